@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The README's two commands, and CI's sanitizer runs:
+#   ./build.sh run [SERVER ARGS...]   install what is missing, build the echo server (release), run it
+#   ./build.sh test [plain|asan|tsan] install what is missing, build everything, run the tests
+# Installs missing Debian packages (apt-get, via sudo when not root); rebuilds incrementally.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+run_pkgs=(meson ninja-build g++ pkg-config libcli11-dev)
+test_pkgs=("${run_pkgs[@]}" libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev python3)
+
+install_missing() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  local sudo=()
+  [[ $(id -u) -ne 0 ]] && sudo=(sudo)
+  echo "installing: ${missing[*]}" >&2
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+}
+
+# setup DIR ARGS...: configure once, reconfigure only when the options differ.
+setup() {
+  local dir=$1
+  shift
+  if [[ -f $dir/build.ninja ]]; then
+    meson configure "$dir" "$@" >/dev/null
+  else
+    meson setup "$dir" "$@" >/dev/null
+  fi
+}
+
+cmd=${1:-}
+shift || true
+case $cmd in
+  run)
+    install_missing "${run_pkgs[@]}"
+    setup build-release --buildtype=release -Db_ndebug=true -Ddemo=enabled -Dtests=disabled -Dbench=disabled
+    ninja -C build-release demo/echo_server >/dev/null
+    [[ $# -eq 0 ]] && set -- --listen 127.0.0.1:7777
+    exec ./build-release/demo/echo_server "$@"
+    ;;
+  test)
+    install_missing "${test_pkgs[@]}"
+    mode=${1:-plain}
+    case $mode in
+      plain) dir=build; opts=(-Dwerror=true -Db_sanitize=none) ;;
+      asan) dir=build-asan; opts=(-Db_sanitize=address,undefined -Db_lundef=false -Dbench=disabled
+                                 "-Dcpp_args=-fno-sanitize-recover=all" "-Dcpp_link_args=-fno-sanitize-recover=all") ;;
+      tsan) dir=build-tsan; opts=(-Db_sanitize=thread -Db_lundef=false -Dbench=disabled) ;;
+      *) echo "unknown test mode: $mode (plain, asan or tsan)" >&2; exit 2 ;;
+    esac
+    suites=()
+    [[ $mode == tsan ]] && suites=(--suite threads)
+    setup "$dir" "${opts[@]}"
+    ninja -C "$dir"
+    rm -rf "$dir/tests/results"
+    rc=0
+    meson test -C "$dir" --print-errorlogs --num-processes 2 "${suites[@]}" || rc=$?
+    python3 tests/count_results.py "$dir" || rc=1
+    exit $rc
+    ;;
+  *)
+    sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+    [[ $cmd == -h || $cmd == --help ]] && exit 0
+    exit 2
+    ;;
+esac

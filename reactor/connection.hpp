@@ -1,0 +1,213 @@
+// Connection: one connected, non-blocking stream socket (TCP or Unix) on one EventLoop.
+//
+// Ownership. A Connection is owned by a TcpServer (which hands out references during callbacks
+// and ConnectionIds to find it later) or by a ConnectionHandle (from a Connector). Its
+// callbacks live in a ConnectionHandlers that the owner keeps alive longer than the connection;
+// many connections share one. The socket is closed when the connection closes; the object is
+// destroyed at the end of the dispatch round in which it closed, so a reference obtained in a
+// callback stays valid until that callback returns, whatever the callback does.
+//
+// Threads. Every method must be called on the connection's loop thread. To send from another
+// thread, post to the loop and look the connection up by id there:
+//     loop.post([&server, id, msg = std::move(msg)] {
+//       if (Connection* c = server.find(id)) c->send(msg);   // a stale id finds nothing
+//     });
+//
+// Callbacks (all optional except that unread input accumulates without on_data):
+//   on_data(conn, input)      bytes arrived; consume() what you used, the rest stays for next time
+//   on_drained(conn)          queued output reached zero
+//   on_high_water(conn, n)    queued output passed high_water_mark; by default reading stops
+//                             until output drains below low_water_mark (a peer that never reads
+//                             cannot grow memory without bound)
+//   on_peer_shutdown(conn)    the peer half-closed (EOF); you may still send, then close().
+//                             Without this callback the connection closes gracefully at once.
+//   on_close(conn, reason, ec) exactly once, last; no callback follows it
+// A callback may send, close or abort this or any other connection.
+//
+// Output. send() writes directly when nothing is queued and queues only what the kernel did not
+// take; EPOLLOUT is armed only while output is queued. MSG_NOSIGNAL everywhere: a closed peer
+// never raises SIGPIPE. No allocation per message once the buffers have grown to fit.
+//
+// Close. close() flushes queued output, shuts down the write side, discards input until the
+// peer's EOF, then closes; bounded by `linger` (then it aborts). Closing with unread input would
+// send a reset and the peer could lose the last reply. abort() closes at once with RST.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstdint>
+#include <string_view>
+#include <system_error>
+
+#include "reactor/address.hpp"
+#include "reactor/buffer.hpp"
+#include "reactor/event_loop.hpp"
+#include "reactor/function.hpp"
+#include "reactor/socket.hpp"
+
+namespace reactor {
+
+class Connection;
+
+enum class CloseReason {
+  peer_closed,  // the peer's EOF ended it (after ours, or the peer closed first)
+  reset,        // the peer reset the connection (ECONNRESET, EPIPE)
+  timed_out,    // idle timeout
+  local_close,  // close() completed (ec is timed_out when linger ran out and it aborted)
+  aborted,      // abort()
+  error,        // another socket error, in ec
+};
+const char* to_string(CloseReason reason) noexcept;
+
+struct ConnectionHandlers {
+  Function<void(Connection&, Buffer& input)> on_data;
+  Function<void(Connection&)> on_drained;
+  Function<void(Connection&, std::size_t queued)> on_high_water;
+  Function<void(Connection&)> on_peer_shutdown;
+  Function<void(Connection&, CloseReason, std::error_code)> on_close;
+};
+
+struct ConnectionOptions {
+  std::size_t high_water_mark = 1 << 20;  // queued output that triggers on_high_water
+  std::size_t low_water_mark = 256 << 10;  // reading resumes when output drains below this
+  bool pause_reading_at_high_water = true;
+  Duration linger = std::chrono::seconds(5);  // bound on a graceful close(); then abort
+  Duration idle_timeout = Duration::zero();   // zero: none
+  bool tcp_nodelay = true;                    // TCP only
+  int reads_per_event = 4;  // reads per readiness while each read fills the buffer (fairness)
+};
+
+// Finds a connection later, across its lifetime: generation-checked, a stale id finds nothing.
+struct ConnectionId {
+  std::uint32_t slot = 0;
+  std::uint32_t generation = 0;  // 0: never valid
+  std::uint32_t shard = 0;       // which loop of a multi-loop server
+  explicit operator bool() const noexcept { return generation != 0; }
+  friend bool operator==(ConnectionId, ConnectionId) = default;
+};
+
+// Byte counters a connection adds to as it goes (a server's, summed over its connections).
+// Single writer (the loop thread), readable from any thread.
+struct TrafficCounters {
+  std::atomic<std::uint64_t> bytes_in{0};
+  std::atomic<std::uint64_t> bytes_out{0};
+  void add_in(std::uint64_t n) noexcept { bump(bytes_in, n); }
+  void add_out(std::uint64_t n) noexcept { bump(bytes_out, n); }
+
+ private:
+  // One writer: a plain load and store, no locked read-modify-write on the hot path.
+  static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n) noexcept {
+    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+};
+
+class Connection {
+ public:
+  // Normally made by TcpServer or Connector. `handlers` (and `counters`, if given) must outlive
+  // the connection. Call start() to register with the loop.
+  Connection(EventLoop& loop, Fd fd, const Address& peer, ConnectionHandlers& handlers,
+             const ConnectionOptions& options = {}, TrafficCounters* counters = nullptr);
+  // Closes the socket if still open, without callbacks.
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  std::error_code start();
+
+  // Output. false when the connection no longer sends (closing, write side shut, or closed);
+  // then nothing was written or queued.
+  bool send(std::string_view data);
+  bool send(std::string_view first, std::string_view second);  // one gather write
+  bool send(const iovec* iov, int count);
+  std::size_t queued_bytes() const noexcept { return output_.size(); }
+
+  // Input flow control, on top of the high-water pause.
+  void pause_reading();
+  void resume_reading();
+
+  void close();           // graceful (see above)
+  void shutdown_write();  // half-close after queued output is flushed; reading goes on
+  void abort();           // RST now
+
+  bool is_open() const noexcept { return !closing_ && !closed_; }
+  bool is_closed() const noexcept { return closed_; }
+  bool peer_has_shut_down() const noexcept { return peer_eof_; }
+  // True while one of this connection's callbacks is running (owners' debug checks).
+  bool in_callback() const noexcept { return callback_depth_ > 0; }
+
+  // Idle timeout: closes (reason timed_out) after `timeout` without input or output. Costs one
+  // timer operation per timeout period, not one per byte. Zero turns it off.
+  void set_idle_timeout(Duration timeout);
+
+  const Address& peer() const noexcept { return peer_; }
+  int fd() const noexcept { return fd_.get(); }
+  EventLoop& loop() const noexcept { return loop_; }
+  ConnectionId id() const noexcept { return id_; }
+  std::uint64_t bytes_received() const noexcept { return bytes_in_; }
+  std::uint64_t bytes_sent() const noexcept { return bytes_out_; }
+
+  // User context: whatever the user sets, returned as is in every callback via the Connection.
+  void set_context(void* context) noexcept { context_ = context; }
+  void* context() const noexcept { return context_; }
+  template <class T>
+  T* context_as() const noexcept {
+    return static_cast<T*>(context_);
+  }
+
+  // For owners (TcpServer, ConnectionHandle): `id` is reported by id(); `on_finished` runs once,
+  // after on_close, and is where the owner schedules destruction.
+  void set_owner(ConnectionId id, Function<void(Connection&)> on_finished) noexcept;
+  // For owners: stop all callbacks and deregister now, without closing the socket (the
+  // destructor does that).
+  void detach() noexcept;
+
+ private:
+  void on_events(std::uint32_t events);
+  void handle_read();
+  void handle_write();
+  void handle_eof();
+  void begin_close(CloseReason reason);
+  bool write_direct(const iovec* iov, int count, std::size_t total);
+  void queue_output(const iovec* iov, int count, std::size_t skip);
+  void after_output_queued();
+  void shut_write_now();
+  void update_interest();
+  void finish(CloseReason reason, std::error_code ec);
+  void on_idle_timer();
+  void count_out(std::size_t n) noexcept;
+
+  EventLoop& loop_;
+  Fd fd_;
+  Address peer_;
+  ConnectionHandlers& handlers_;
+  ConnectionOptions options_;
+  TrafficCounters* counters_;
+  IoId io_id_;
+  ConnectionId id_;
+  Function<void(Connection&)> on_finished_;
+  void* context_ = nullptr;
+
+  Buffer input_;
+  Buffer output_;
+  std::uint64_t bytes_in_ = 0;
+  std::uint64_t bytes_out_ = 0;
+
+  TimePoint last_activity_{};
+  TimerId idle_timer_;
+  TimerId linger_timer_;
+  std::error_code write_error_;  // a failed send; reported when the socket's hangup arrives
+
+  int callback_depth_ = 0;
+  bool closing_ = false;       // close() called
+  bool write_shut_ = false;    // our FIN sent
+  bool shut_after_flush_ = false;  // shutdown_write() waiting for output to drain
+  bool peer_eof_ = false;      // the peer's FIN arrived
+  bool closed_ = false;        // socket closed, on_close delivered
+  bool user_paused_ = false;
+  bool water_paused_ = false;  // paused by the high-water mark
+  bool high_water_fired_ = false;
+  CloseReason close_reason_ = CloseReason::local_close;
+};
+
+}  // namespace reactor

@@ -1,0 +1,334 @@
+#include "reactor/event_loop.hpp"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cassert>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
+
+namespace reactor {
+
+namespace {
+
+std::uint64_t token_of(IoId id) noexcept {
+  return (std::uint64_t{id.generation} << 32) | id.slot;
+}
+
+// Rounds up, so a timer is never woken for before its deadline.
+int to_epoll_ms(Duration d) noexcept {
+  if (d <= Duration::zero()) return 0;
+  auto ms = std::chrono::ceil<std::chrono::milliseconds>(d).count();
+  return ms > 0x7fffffff ? 0x7fffffff : static_cast<int>(ms);
+}
+
+}  // namespace
+
+EventLoop::EventLoop() : EventLoop(Options{}) {}
+
+EventLoop::EventLoop(const Options& options)
+    : options_(options), owner_(std::this_thread::get_id()) {
+  // Failing to create the loop's own fds is a set-up error the caller cannot route anywhere
+  // else: a constructor has no error_code to return.
+  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epoll_fd_ < 0) throw std::system_error(errno_code(), "epoll_create1");
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) {
+    auto ec = errno_code();
+    ::close(epoll_fd_);
+    throw std::system_error(ec, "eventfd");
+  }
+  options_.max_events = std::max(1, options_.max_events);
+  events_.resize(static_cast<std::size_t>(options_.max_events));
+  now_ = clock_now();
+  auto id = add(wake_fd_, io::readable, [this](std::uint32_t) { on_wakeup(); });
+  if (!id) {
+    ::close(wake_fd_);
+    ::close(epoll_fd_);
+    throw std::system_error(id.error(), "epoll_ctl(eventfd)");
+  }
+  wake_id_ = *id;
+}
+
+EventLoop::~EventLoop() {
+  if (signal_fd_ >= 0) ::close(signal_fd_);
+  ::close(wake_fd_);
+  ::close(epoll_fd_);
+}
+
+void EventLoop::assert_in_loop() const noexcept {
+  assert(in_loop_thread() && "EventLoop method called from a thread that does not own the loop");
+}
+
+TimePoint EventLoop::clock_now() const noexcept {
+  return options_.clock ? options_.clock->now() : Clock::now();
+}
+
+void EventLoop::run() {
+  assert_in_loop();
+  while (!stop_requested_.load(std::memory_order_acquire)) run_once();
+  stop_requested_.store(false, std::memory_order_relaxed);
+}
+
+void EventLoop::stop() noexcept {
+  stop_requested_.store(true, std::memory_order_release);
+  if (!in_loop_thread()) wake();
+}
+
+void EventLoop::wake() noexcept {
+  std::uint64_t one = 1;
+  // EAGAIN means the counter is already non-zero: the loop will wake anyway.
+  [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
+}
+
+std::size_t EventLoop::run_once(std::optional<Duration> timeout) {
+  assert_in_loop();
+  ++stats_.iterations;
+  now_ = clock_now();
+  timers_.run_due(now_);
+
+  std::optional<Duration> wait_for = timeout;
+  if (!deferred_.empty() || stop_requested_.load(std::memory_order_relaxed)) {
+    wait_for = Duration::zero();
+  } else if (auto next = timers_.next_deadline(); next && !options_.clock) {
+    Duration until_timer = std::max(Duration::zero(), *next - clock_now());
+    if (!wait_for || until_timer < *wait_for) wait_for = until_timer;
+  }
+
+  int n = wait(wait_for);
+  if (n > 0) now_ = clock_now();
+  for (int i = 0; i < n; ++i) {
+    const std::uint64_t token = events_[static_cast<std::size_t>(i)].data.u64;
+    const auto slot = static_cast<std::uint32_t>(token);
+    const auto generation = static_cast<std::uint32_t>(token >> 32);
+    Slot& s = slots_[slot];
+    if (s.generation != generation || !s.live) {
+      ++stats_.stale_events;
+      continue;
+    }
+    ++stats_.events;
+    s.handler(events_[static_cast<std::size_t>(i)].events);
+  }
+
+  run_tasks();
+  removed_handlers_.clear();
+  return n > 0 ? static_cast<std::size_t>(n) : 0;
+}
+
+int EventLoop::wait(std::optional<Duration> timeout) {
+  epoll_event* events = events_.data();
+  const int max = options_.max_events;
+
+  if (options_.busy_poll.count() > 0 && (!timeout || *timeout > Duration::zero())) {
+    const TimePoint spin_until =
+        Clock::now() + std::min<Duration>(options_.busy_poll, timeout.value_or(Duration::max()));
+    do {
+      int n = epoll_wait(epoll_fd_, events, max, 0);
+      if (n != 0) return n < 0 ? 0 : n;
+    } while (Clock::now() < spin_until);
+    if (timeout) timeout = std::max(Duration::zero(), *timeout - options_.busy_poll);
+  }
+
+  int n;
+  if (options_.use_epoll_pwait2 && stats_.epoll_pwait2) {
+    timespec ts{};
+    timespec* tsp = nullptr;
+    if (timeout) {
+      auto ns = std::max<std::int64_t>(0, timeout->count());
+      ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+      ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+      tsp = &ts;
+    }
+    n = epoll_pwait2(epoll_fd_, events, max, tsp, nullptr);
+    if (n >= 0 || errno != ENOSYS) return n < 0 ? 0 : n;  // EINTR: an empty iteration
+    stats_.epoll_pwait2 = false;  // old kernel or valgrind: fall back for good
+  }
+  n = epoll_wait(epoll_fd_, events, max, timeout ? to_epoll_ms(*timeout) : -1);
+  return n < 0 ? 0 : n;
+}
+
+void EventLoop::run_tasks() {
+  // Deferred first: they finish the work of this dispatch round (closing, destroying). What
+  // they defer in turn runs next iteration, which then does not block.
+  if (!deferred_.empty()) {
+    running_.swap(deferred_);
+    for (auto& task : running_) task();
+    running_.clear();
+  }
+  if (!posted_run_.empty()) {
+    for (auto& task : posted_run_) task();
+    posted_run_.clear();
+  }
+}
+
+void EventLoop::on_wakeup() {
+  std::uint64_t count;
+  [[maybe_unused]] auto n = ::read(wake_fd_, &count, sizeof count);
+  ++stats_.wakeups;
+  std::lock_guard lock(posted_mutex_);
+  // posted_run_ is empty here: it is drained at the end of every iteration.
+  posted_run_.swap(posted_);
+  wake_pending_ = false;
+}
+
+Result<IoId> EventLoop::add(int fd, std::uint32_t interest, IoHandler handler) {
+  assert_in_loop();
+  std::uint32_t index;
+  if (!free_slots_.empty()) {
+    index = free_slots_.back();
+    free_slots_.pop_back();
+  } else {
+    index = static_cast<std::uint32_t>(slots_.size());
+    slots_.emplace_back();
+  }
+  Slot& s = slots_[index];
+  IoId id{index, s.generation};
+  epoll_event ev{};
+  ev.events = interest;
+  ev.data.u64 = token_of(id);
+  ++stats_.epoll_ctl_calls;
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) < 0) {
+    auto ec = errno_code();
+    free_slots_.push_back(index);
+    return ec;
+  }
+  s.fd = fd;
+  s.interest = interest;
+  s.live = true;
+  s.handler = std::move(handler);
+  ++live_registrations_;
+  return id;
+}
+
+std::error_code EventLoop::modify(IoId id, std::uint32_t interest) {
+  assert_in_loop();
+  if (id.slot >= slots_.size()) return std::make_error_code(std::errc::bad_file_descriptor);
+  Slot& s = slots_[id.slot];
+  if (!s.live || s.generation != id.generation) {
+    return std::make_error_code(std::errc::bad_file_descriptor);
+  }
+  if (s.interest == interest) return {};
+  epoll_event ev{};
+  ev.events = interest;
+  ev.data.u64 = token_of(id);
+  ++stats_.epoll_ctl_calls;
+  if (epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, s.fd, &ev) < 0) return errno_code();
+  s.interest = interest;
+  return {};
+}
+
+void EventLoop::remove(IoId id) noexcept {
+  assert_in_loop();
+  if (id.slot >= slots_.size()) return;
+  Slot& s = slots_[id.slot];
+  if (!s.live || s.generation != id.generation) return;
+  ++stats_.epoll_ctl_calls;
+  // Fails only if the fd was closed already (the kernel dropped it); either way it is gone.
+  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, s.fd, nullptr);
+  s.live = false;
+  s.fd = -1;
+  s.interest = 0;
+  // A new generation makes events still in this batch for the old one stale; 0 stays invalid.
+  if (++s.generation == 0) s.generation = 1;
+  // The handler may be the one running now: keep it alive until the iteration ends.
+  removed_handlers_.push_back(std::move(s.handler));
+  free_slots_.push_back(id.slot);
+  --live_registrations_;
+}
+
+std::uint32_t EventLoop::interest(IoId id) const noexcept {
+  if (id.slot >= slots_.size()) return 0;
+  const Slot& s = slots_[id.slot];
+  return s.live && s.generation == id.generation ? s.interest : 0;
+}
+
+TimerId EventLoop::after(Duration delay, Function<void()> fn) {
+  assert_in_loop();
+  return timers_.add(clock_now() + std::max(Duration::zero(), delay), Duration::zero(),
+                     std::move(fn));
+}
+
+TimerId EventLoop::every(Duration period, Function<void()> fn) {
+  assert_in_loop();
+  assert(period > Duration::zero() && "every() needs a positive period");
+  period = std::max(period, Duration{1});
+  return timers_.add(clock_now() + period, period, std::move(fn));
+}
+
+bool EventLoop::cancel(TimerId id) noexcept {
+  assert_in_loop();
+  return timers_.cancel(id);
+}
+
+void EventLoop::defer(Task fn) {
+  assert_in_loop();
+  deferred_.push_back(std::move(fn));
+}
+
+void EventLoop::post(Task fn) {
+  bool need_wake;
+  {
+    std::lock_guard lock(posted_mutex_);
+    posted_.push_back(std::move(fn));
+    need_wake = !wake_pending_;
+    wake_pending_ = true;
+  }
+  if (need_wake) wake();
+}
+
+std::error_code EventLoop::on_signal(int signo, SignalHandler handler) {
+  assert_in_loop();
+  sigset_t blocked;
+  pthread_sigmask(SIG_BLOCK, nullptr, &blocked);
+  if (sigismember(&blocked, signo) != 1) return std::make_error_code(std::errc::invalid_argument);
+  for (auto& [s, h] : signal_handlers_) {
+    if (s == signo) return std::make_error_code(std::errc::file_exists);
+  }
+  sigset_t mask;
+  sigemptyset(&mask);
+  for (auto& entry : signal_handlers_) sigaddset(&mask, entry.first);
+  sigaddset(&mask, signo);
+  int fd = signalfd(signal_fd_, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (fd < 0) return errno_code();
+  if (signal_fd_ < 0) {
+    auto id = add(fd, io::readable, [this](std::uint32_t) { on_signalfd(); });
+    if (!id) {
+      ::close(fd);
+      return id.error();
+    }
+    signal_fd_ = fd;
+    signal_id_ = *id;
+  }
+  signal_handlers_.emplace_back(signo, std::move(handler));
+  return {};
+}
+
+void EventLoop::on_signalfd() {
+  signalfd_siginfo info;
+  while (::read(signal_fd_, &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
+    // By index: a handler may add handlers for other signals.
+    for (std::size_t i = 0; i < signal_handlers_.size(); ++i) {
+      if (signal_handlers_[i].first == static_cast<int>(info.ssi_signo)) {
+        signal_handlers_[i].second(signal_handlers_[i].first);
+      }
+    }
+  }
+}
+
+std::error_code block_signals(std::initializer_list<int> signals) {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : signals) sigaddset(&set, s);
+  if (int rc = pthread_sigmask(SIG_BLOCK, &set, nullptr); rc != 0) {
+    return {rc, std::system_category()};
+  }
+  return {};
+}
+
+}  // namespace reactor

@@ -1,0 +1,202 @@
+// EventLoop: one epoll instance, the fds registered with it, its timers, and the tasks posted
+// to it from other threads.
+//
+// Threads. A loop belongs to the thread that constructed it. run(), run_once() and every method
+// not marked "any thread" must be called on that thread; debug builds assert it. post() and
+// stop() may be called from any thread. To work on a loop from another thread, post() a task.
+//
+// One iteration, in order:
+//   1. timers that are due (on the clock read at the start of the iteration: now()),
+//   2. wait for I/O (epoll_pwait2, nanosecond timeout: until the next timer, or not at all when
+//      tasks are pending; falls back to epoll_wait at run time where the kernel lacks it),
+//   3. dispatch: each ready fd's handler is called with its event mask,
+//   4. deferred tasks (defer()), then posted tasks (post()), in the order they were queued,
+//   5. handlers of registrations removed during this iteration are destroyed.
+//
+// Callbacks. A callback may do anything with the loop: add or remove registrations (its own
+// included), schedule or cancel timers, defer, post, stop. After remove(id) returns, the
+// handler of `id` is never called again, even if the fd was already reported ready in the
+// current batch, and even if the fd number is reused at once: events carry a generation-checked
+// token, not the fd. The removed handler object itself lives until step 5, so a handler may
+// remove itself and keep using its captures until it returns.
+//
+// Errors are returned as std::error_code. Callbacks must not throw. The constructor throws
+// std::system_error only when the loop cannot get its own fds (epoll, eventfd): EMFILE at start-up.
+//
+// Allocation. Handlers, timers and tasks are reactor::Function: a lambda capturing up to four
+// pointers is stored inline. Registration slots, the timer heap and the task queues are vectors
+// that only grow, so a loop in steady state does not allocate.
+#pragma once
+
+#include <sys/epoll.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <initializer_list>
+#include <mutex>
+#include <optional>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#include "reactor/function.hpp"
+#include "reactor/result.hpp"
+#include "reactor/timer_queue.hpp"
+
+namespace reactor {
+
+// Interest and event bits, the epoll ones, named.
+namespace io {
+inline constexpr std::uint32_t readable = EPOLLIN;
+inline constexpr std::uint32_t writable = EPOLLOUT;
+inline constexpr std::uint32_t edge_triggered = EPOLLET;  // interest only
+inline constexpr std::uint32_t exclusive = EPOLLEXCLUSIVE;  // interest only; add() only, never modify()
+inline constexpr std::uint32_t peer_closed = EPOLLRDHUP;  // interest and event
+inline constexpr std::uint32_t hangup = EPOLLHUP;         // event only, always reported
+inline constexpr std::uint32_t error = EPOLLERR;          // event only, always reported
+}  // namespace io
+
+// Names one registration. Generation-checked: once removed, an IoId is stale forever.
+struct IoId {
+  std::uint32_t slot = 0;
+  std::uint32_t generation = 0;  // 0: never valid
+  explicit operator bool() const noexcept { return generation != 0; }
+  friend bool operator==(IoId, IoId) = default;
+};
+
+class EventLoop {
+ public:
+  using IoHandler = Function<void(std::uint32_t events)>;
+  using Task = Function<void()>;
+  using SignalHandler = Function<void(int signo)>;
+
+  struct Options {
+    int max_events = 256;  // epoll_wait batch size
+    // Busy-poll: spin on a non-blocking epoll_wait for up to this long before sleeping. Trades a
+    // core for wake-up latency; off (zero) by default.
+    std::chrono::microseconds busy_poll{0};
+    // Replaces the monotonic clock (tests). Under a replaced clock timers never shorten the
+    // wait: time moves only when the test moves it, then run_once() fires what is due.
+    const TimeSource* clock = nullptr;
+    bool use_epoll_pwait2 = true;  // false: always epoll_wait (tests of the fallback path)
+  };
+
+  struct Stats {
+    std::uint64_t iterations = 0;
+    std::uint64_t events = 0;          // events dispatched to handlers
+    std::uint64_t stale_events = 0;    // events dropped: their registration was removed
+    std::uint64_t epoll_ctl_calls = 0;
+    std::uint64_t wakeups = 0;         // eventfd reads (each covers any number of posts)
+    bool epoll_pwait2 = true;          // false once the fallback to epoll_wait was taken
+  };
+
+  EventLoop();
+  explicit EventLoop(const Options& options);
+  // Pending timers, deferred and posted tasks are destroyed without running. Registered fds are
+  // not closed: they belong to whoever registered them.
+  ~EventLoop();
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  // Runs iterations until stop(). A stop() that came before run() makes it return after one
+  // iteration.
+  void run();
+  // One iteration; waits at most `timeout` for I/O (nullopt: until a timer is due or an event
+  // arrives; zero: does not block). Returns the number of events dispatched.
+  std::size_t run_once(std::optional<Duration> timeout = std::nullopt);
+  // Any thread, or a callback: run() returns at the end of the current iteration.
+  void stop() noexcept;
+
+  // Registers `fd` (not owned) with `interest` (io:: bits). Errors: those of epoll_ctl (EEXIST
+  // if the fd is already registered here, EPERM for regular files, ...).
+  Result<IoId> add(int fd, std::uint32_t interest, IoHandler handler);
+  // Changes the interest set; calls epoll_ctl only when it differs from the current one.
+  std::error_code modify(IoId id, std::uint32_t interest);
+  // Deregisters (EPOLL_CTL_DEL; do it before closing the fd). Stale ids are ignored.
+  void remove(IoId id) noexcept;
+  // The current interest of a live registration (0 when stale).
+  std::uint32_t interest(IoId id) const noexcept;
+
+  // Timers: `fn` runs no earlier than (a fresh clock read at the call) + delay. every() stays on
+  // its period grid and skips the periods it missed during a stall. Cancelling a fired or
+  // cancelled timer is a harmless no-op (returns false).
+  TimerId after(Duration delay, Function<void()> fn);
+  TimerId every(Duration period, Function<void()> fn);
+  bool cancel(TimerId id) noexcept;
+  // The time read once at the start of the current iteration; cheap.
+  TimePoint now() const noexcept { return now_; }
+  // A fresh read of the loop's clock.
+  TimePoint clock_now() const noexcept;
+
+  // Runs `fn` after the current dispatch round, on this loop's thread, in the order deferred.
+  void defer(Task fn);
+  // Any thread: runs `fn` on the loop's thread, exactly once, FIFO per posting thread. Posts
+  // between two iterations cost one eventfd write and read in all. Tasks still queued when the
+  // loop is destroyed are destroyed without running.
+  void post(Task fn);
+
+  // Handles `signo` on this loop through a signalfd. A signal reaches a signalfd only while
+  // every thread blocks it: call block_signals() in main() before starting any thread (and
+  // child processes must unblock what they need before exec). Returns EINVAL when the calling
+  // thread does not block `signo`, EEXIST when it is already handled here.
+  std::error_code on_signal(int signo, SignalHandler handler);
+
+  bool in_loop_thread() const noexcept { return std::this_thread::get_id() == owner_; }
+  const Stats& stats() const noexcept { return stats_; }
+  std::size_t registrations() const noexcept { return live_registrations_; }
+
+ private:
+  struct Slot {
+    std::uint32_t generation = 1;
+    std::uint32_t interest = 0;
+    int fd = -1;
+    bool live = false;
+    IoHandler handler;
+  };
+
+  void assert_in_loop() const noexcept;
+  int wait(std::optional<Duration> timeout);
+  void run_tasks();
+  void on_wakeup();
+  void on_signalfd();
+  void wake() noexcept;
+
+  Options options_;
+  int epoll_fd_ = -1;
+  int wake_fd_ = -1;
+  int signal_fd_ = -1;
+  std::thread::id owner_;
+  TimePoint now_{};
+  Stats stats_;
+  std::atomic<bool> stop_requested_{false};
+
+  std::vector<epoll_event> events_;
+  // A deque, not a vector: a handler running from slots_[i] may add registrations, and growth
+  // must not move the handler that is executing.
+  std::deque<Slot> slots_;
+  std::vector<std::uint32_t> free_slots_;
+  std::vector<IoHandler> removed_handlers_;  // destroyed at the end of the iteration
+  std::size_t live_registrations_ = 0;
+
+  TimerQueue timers_;
+
+  std::vector<Task> deferred_;
+  std::vector<Task> running_;
+
+  std::mutex posted_mutex_;
+  std::vector<Task> posted_;      // guarded by posted_mutex_
+  bool wake_pending_ = false;     // guarded by posted_mutex_: an eventfd write is outstanding
+  std::vector<Task> posted_run_;  // loop thread only
+
+  std::deque<std::pair<int, SignalHandler>> signal_handlers_;  // deque: handlers may add handlers
+  IoId wake_id_;
+  IoId signal_id_;
+};
+
+// Blocks `signals` in the calling thread (and the threads it starts later). Call it in main()
+// before starting threads, for every signal a loop will handle with on_signal().
+std::error_code block_signals(std::initializer_list<int> signals);
+
+}  // namespace reactor

@@ -1,0 +1,160 @@
+#include "reactor/listener.hpp"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <string>
+
+namespace reactor {
+
+namespace {
+
+// A Unix socket file nobody accepts on is left over from a process that died: connecting to it
+// is refused. Anything else (accepting, or a non-socket file) must not be removed.
+bool is_stale_unix_socket(const Address& address) {
+  auto probe = open_stream_socket(AF_UNIX);
+  if (!probe) return false;
+  if (::connect(probe->get(), address.sockaddr_ptr(), address.length()) == 0) return false;
+  return errno == ECONNREFUSED;
+}
+
+bool fd_exhausted(int err) noexcept {
+  return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+}
+
+}  // namespace
+
+Result<ListenSocket> ListenSocket::open(const Address& address, const ListenOptions& options) {
+  auto socket = open_stream_socket(address.family());
+  if (!socket) return socket.error();
+  const int fd = socket->get();
+  const bool unix_path = address.is_unix() && !address.is_abstract();
+  if (!address.is_unix()) {
+    if (auto ec = set_reuse_addr(fd)) return ec;
+    if (options.reuse_port) {
+      if (auto ec = set_reuse_port(fd)) return ec;
+    }
+  }
+  if (::bind(fd, address.sockaddr_ptr(), address.length()) < 0) {
+    auto ec = errno_code();
+    if (!(ec == std::errc::address_in_use && unix_path && is_stale_unix_socket(address))) return ec;
+    ::unlink(std::string(address.unix_path()).c_str());
+    if (::bind(fd, address.sockaddr_ptr(), address.length()) < 0) return errno_code();
+  }
+  if (::listen(fd, options.backlog) < 0) {
+    auto ec = errno_code();
+    if (unix_path) ::unlink(std::string(address.unix_path()).c_str());
+    return ec;
+  }
+  sockaddr_storage bound{};
+  socklen_t len = sizeof bound;
+  Address actual = address;
+  if (!address.is_unix() && ::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &len) == 0) {
+    if (auto a = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&bound), len)) actual = *a;
+  }
+  return ListenSocket(std::move(*socket), actual, unix_path);
+}
+
+ListenSocket::ListenSocket(Fd fd, Address address, bool owns_path) noexcept
+    : fd_(std::move(fd)), address_(address), owns_path_(owns_path) {}
+
+ListenSocket::ListenSocket(ListenSocket&& other) noexcept
+    : fd_(std::move(other.fd_)), address_(other.address_), owns_path_(other.owns_path_) {
+  other.owns_path_ = false;
+}
+
+ListenSocket& ListenSocket::operator=(ListenSocket&& other) noexcept {
+  if (this != &other) {
+    if (owns_path_) ::unlink(std::string(address_.unix_path()).c_str());
+    fd_ = std::move(other.fd_);
+    address_ = other.address_;
+    owns_path_ = other.owns_path_;
+    other.owns_path_ = false;
+  }
+  return *this;
+}
+
+ListenSocket::~ListenSocket() {
+  if (owns_path_) ::unlink(std::string(address_.unix_path()).c_str());
+}
+
+Listener::Listener(EventLoop& loop, const ListenSocket& socket, AcceptHandler on_accept)
+    : Listener(loop, socket, std::move(on_accept), Options{}) {}
+
+Listener::Listener(EventLoop& loop, const ListenSocket& socket, AcceptHandler on_accept,
+                   const Options& options)
+    : loop_(loop), listen_fd_(socket.fd()), on_accept_(std::move(on_accept)), options_(options) {}
+
+Listener::~Listener() { stop(); }
+
+std::error_code Listener::start() {
+  if (io_id_) return {};
+  if (!spare_) spare_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  const std::uint32_t interest = io::readable | (options_.exclusive ? io::exclusive : 0);
+  auto id = loop_.add(listen_fd_, interest, [this](std::uint32_t) { on_readable(); });
+  if (!id) return id.error();
+  io_id_ = *id;
+  return {};
+}
+
+void Listener::stop() noexcept {
+  if (retry_timer_) loop_.cancel(retry_timer_);
+  retry_timer_ = TimerId{};
+  if (io_id_) loop_.remove(io_id_);
+  io_id_ = IoId{};
+}
+
+void Listener::on_readable() {
+  for (int i = 0; i < options_.accepts_per_event && io_id_; ++i) {
+    sockaddr_storage peer{};
+    socklen_t len = sizeof peer;
+    int fd = ::accept4(listen_fd_, reinterpret_cast<sockaddr*>(&peer), &len,
+                       SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      const int err = errno;
+      if (err == EAGAIN || err == EWOULDBLOCK) return;
+      if (fd_exhausted(err)) {
+        ++fd_exhaustion_;
+        if (on_error_) on_error_(std::error_code(err, std::system_category()));
+        if (!shed_one()) {
+          pause();
+          return;
+        }
+        continue;
+      }
+      // ECONNABORTED, EPROTO, EPERM (firewall), EINTR, and the network errors Linux passes
+      // through accept: that connection is lost, the listener is fine.
+      continue;
+    }
+    Fd socket(fd);
+    ++accepted_;
+    auto address = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&peer), len);
+    on_accept_(std::move(socket), address ? *address : Address{});
+  }
+}
+
+bool Listener::shed_one() {
+  if (!spare_) spare_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (!spare_) return false;
+  spare_.reset();
+  int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  const int err = fd < 0 ? errno : 0;
+  if (fd >= 0) ::close(fd);  // the peer sees the connection closed at once, not a hang
+  spare_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  return fd >= 0 || err == EAGAIN || err == EWOULDBLOCK;
+}
+
+void Listener::pause() {
+  if (!io_id_) return;
+  loop_.remove(io_id_);
+  io_id_ = IoId{};
+  retry_timer_ = loop_.after(options_.pause_on_exhaustion, [this] {
+    retry_timer_ = TimerId{};
+    (void)start();
+  });
+}
+
+}  // namespace reactor

@@ -1,0 +1,106 @@
+// ListenSocket and Listener: a bound, listening socket, and the accepting of it on one loop.
+//
+// ListenSocket owns the socket: bind + listen on an IPv4, IPv6 or Unix address. SO_REUSEADDR is
+// set for TCP; SO_REUSEPORT only on request, because with it a second process of the same user
+// binds the same port silently and "address already in use" can no longer be reported. A stale
+// Unix socket file (nobody accepts: connect is refused) is removed before binding; a live one
+// is EADDRINUSE; the file is removed when the ListenSocket is destroyed. Any thread.
+//
+// Listener accepts on one EventLoop (its thread only). Several loops may share one ListenSocket
+// (each Listener registers it with EPOLLEXCLUSIVE, so one wake-up per connection, not a
+// thundering herd), or each loop may own a SO_REUSEPORT socket. The ListenSocket must outlive
+// its Listeners.
+//
+// Accepting: accept4(SOCK_NONBLOCK | SOCK_CLOEXEC) in a loop, at most accepts_per_event per
+// readiness so that a connection storm cannot starve established connections. ECONNABORTED,
+// EPROTO, EPERM and friends skip the one connection. EMFILE/ENFILE (no fd for the new
+// connection): a reserved spare fd is closed, the pending connection accepted and closed at
+// once, and the spare reopened, so the backlog drains instead of the loop spinning on a
+// readiness it cannot clear; on_error reports it and fd_exhaustion() counts it. Should the spare
+// be gone too (ENFILE), accepting pauses and retries after pause_on_exhaustion.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <system_error>
+
+#include "reactor/address.hpp"
+#include "reactor/event_loop.hpp"
+#include "reactor/function.hpp"
+#include "reactor/result.hpp"
+#include "reactor/socket.hpp"
+
+namespace reactor {
+
+struct ListenOptions {
+  int backlog = SOMAXCONN;
+  bool reuse_port = false;  // TCP only; see above for the caveat
+};
+
+class ListenSocket {
+ public:
+  // Errors: EADDRINUSE, EACCES (privileged port, directory permissions), EADDRNOTAVAIL, ...
+  static Result<ListenSocket> open(const Address& address, const ListenOptions& options = {});
+  ListenSocket(ListenSocket&& other) noexcept;
+  ListenSocket& operator=(ListenSocket&& other) noexcept;
+  ~ListenSocket();
+
+  int fd() const noexcept { return fd_.get(); }
+  // The bound address: the real port when port 0 was asked.
+  const Address& address() const noexcept { return address_; }
+
+ private:
+  ListenSocket(Fd fd, Address address, bool owns_path) noexcept;
+  Fd fd_;
+  Address address_;
+  bool owns_path_ = false;  // a Unix path to unlink on close
+};
+
+class Listener {
+ public:
+  // Called with each accepted socket (non-blocking, close-on-exec) and its peer address.
+  using AcceptHandler = Function<void(Fd socket, const Address& peer)>;
+  using ErrorHandler = Function<void(std::error_code)>;
+
+  struct Options {
+    int accepts_per_event = 64;
+    bool exclusive = false;  // EPOLLEXCLUSIVE: set when several loops share the socket
+    Duration pause_on_exhaustion = std::chrono::milliseconds(100);
+  };
+
+  // Does not own `socket`.
+  Listener(EventLoop& loop, const ListenSocket& socket, AcceptHandler on_accept,
+           const Options& options);
+  Listener(EventLoop& loop, const ListenSocket& socket, AcceptHandler on_accept);
+  ~Listener();
+  Listener(const Listener&) = delete;
+  Listener& operator=(const Listener&) = delete;
+
+  std::error_code start();
+  void stop() noexcept;  // deregisters; start() may register again
+
+  // EMFILE, ENFILE, ENOBUFS, ENOMEM while accepting, once per occurrence.
+  void set_error_handler(ErrorHandler handler) { on_error_ = std::move(handler); }
+
+  std::uint64_t accepted() const noexcept { return accepted_; }
+  std::uint64_t fd_exhaustion() const noexcept { return fd_exhaustion_; }
+
+ private:
+  void on_readable();
+  bool shed_one();  // the spare-fd trick; false when no spare is available
+  void pause();
+
+  EventLoop& loop_;
+  int listen_fd_;
+  AcceptHandler on_accept_;
+  ErrorHandler on_error_;
+  Options options_;
+  IoId io_id_;
+  TimerId retry_timer_;
+  Fd spare_;
+  std::uint64_t accepted_ = 0;
+  std::uint64_t fd_exhaustion_ = 0;
+};
+
+}  // namespace reactor

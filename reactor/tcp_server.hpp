@@ -1,0 +1,111 @@
+// TcpServer: a listening address plus the connections accepted on it, served by one loop or by
+// several loops on several threads.
+//
+// Ownership. The server owns its connections. Callbacks get a Connection& valid until they
+// return; keep conn.id() to find the connection later with find() (a stale id finds nothing).
+// Connections close themselves (close(), abort(), peer, errors) and are destroyed at the end
+// of the dispatch round; the server never destroys one under a running callback.
+//
+// Threads and loops. `loops[0]` is the home loop: construct, start(), stop() and destroy the
+// server on its thread. With several loops, each one accepts from the listening socket (shared
+// with EPOLLEXCLUSIVE by default, or one SO_REUSEPORT socket per loop with
+// ListenOptions::reuse_port) and owns the connections it accepted: callbacks for a connection
+// run on its loop's thread, and find() must be called there (ConnectionId::shard names the
+// loop: post to loops[id.shard]). The other loops must be running while the server starts and
+// stops; destroy the server only after stop() completed (or, with one loop, at any time on its
+// thread outside the server's own callbacks: destroying it inside one is a programmer error,
+// asserted in debug builds; defer() it instead).
+//
+// Limits. max_connections caps open connections (over it, a new connection is accepted and
+// closed at once, and counted as refused). Fd exhaustion is handled by the Listener (see
+// listener.hpp) and counted here.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <system_error>
+#include <vector>
+
+#include "reactor/address.hpp"
+#include "reactor/connection.hpp"
+#include "reactor/event_loop.hpp"
+#include "reactor/function.hpp"
+#include "reactor/listener.hpp"
+
+namespace reactor {
+
+struct ServerOptions {
+  ListenOptions listen;
+  ConnectionOptions connection;
+  std::size_t max_connections = 0;  // 0: no cap
+  int accepts_per_event = 64;
+};
+
+// Counters, readable from any thread.
+struct ServerStats {
+  std::uint64_t accepted = 0;
+  std::uint64_t active = 0;
+  std::uint64_t refused = 0;        // over max_connections
+  std::uint64_t fd_exhaustion = 0;  // EMFILE/ENFILE while accepting
+  std::uint64_t bytes_in = 0;
+  std::uint64_t bytes_out = 0;
+};
+
+class TcpServer {
+ public:
+  // on_open runs for each new connection, before any of its other callbacks; set the
+  // connection's context there.
+  using OpenHandler = Function<void(Connection&)>;
+
+  TcpServer(EventLoop& loop, const Address& address, ConnectionHandlers& handlers,
+            const ServerOptions& options = {});
+  TcpServer(std::vector<EventLoop*> loops, const Address& address, ConnectionHandlers& handlers,
+            const ServerOptions& options = {});
+  ~TcpServer();
+  TcpServer(const TcpServer&) = delete;
+  TcpServer& operator=(const TcpServer&) = delete;
+
+  void set_open_handler(OpenHandler on_open) { on_open_ = std::move(on_open); }
+  void set_error_handler(Listener::ErrorHandler on_error) { on_error_ = std::move(on_error); }
+
+  // Binds and starts accepting on every loop. Errors: those of ListenSocket::open
+  // (EADDRINUSE, EACCES, ...). On error nothing is listening.
+  std::error_code start();
+  // The bound address (the real port when port 0 was asked). Valid after start().
+  const Address& address() const noexcept { return bound_; }
+
+  // On the loop of id.shard only.
+  Connection* find(ConnectionId id) const noexcept;
+
+  // Graceful shutdown: stop accepting, close() every connection (flush, FIN, wait for the
+  // peer's EOF), abort what is still open after `grace`, then run `done` on the home loop.
+  // Any callback of the server may call it.
+  void stop(Duration grace, Function<void()> done = nullptr);
+
+  ServerStats stats() const noexcept;
+  std::size_t loop_count() const noexcept { return shards_.size(); }
+
+ private:
+  struct Shard;
+  void on_accept(Shard& shard, Fd socket, const Address& peer);
+  void on_finished(Shard& shard, Connection& connection);
+  void stop_shard(Shard& shard, Duration grace);
+  void shard_stopped();
+
+  std::vector<std::unique_ptr<Shard>> shards_;
+  Address address_;
+  Address bound_;
+  ConnectionHandlers& handlers_;
+  ServerOptions options_;
+  OpenHandler on_open_;
+  Listener::ErrorHandler on_error_;
+  std::vector<ListenSocket> sockets_;  // one shared, or one per loop with reuse_port
+  std::atomic<std::size_t> open_connections_{0};
+  std::atomic<std::size_t> shards_running_{0};
+  Function<void()> on_stopped_;
+  bool in_callback_guard_ = false;
+};
+
+}  // namespace reactor
