@@ -1,0 +1,121 @@
+#include "reactor/buffer.hpp"
+
+#include <sys/uio.h>
+
+#include <cassert>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "reactor/result.hpp"
+
+namespace reactor {
+
+Buffer::Buffer(Buffer&& other) noexcept
+    : data_(std::move(other.data_)),
+      capacity_(std::exchange(other.capacity_, 0)),
+      read_pos_(std::exchange(other.read_pos_, 0)),
+      write_pos_(std::exchange(other.write_pos_, 0)) {}
+
+Buffer& Buffer::operator=(Buffer&& other) noexcept {
+  if (this != &other) {
+    data_ = std::move(other.data_);
+    capacity_ = std::exchange(other.capacity_, 0);
+    read_pos_ = std::exchange(other.read_pos_, 0);
+    write_pos_ = std::exchange(other.write_pos_, 0);
+  }
+  return *this;
+}
+
+void Buffer::consume(std::size_t n) noexcept {
+  assert(n <= size());
+  read_pos_ += n;
+  if (read_pos_ == write_pos_) clear();
+}
+
+void Buffer::commit(std::size_t n) noexcept {
+  assert(n <= writable());
+  write_pos_ += n;
+}
+
+void Buffer::reserve(std::size_t n) {
+  if (writable() >= n) return;
+  std::size_t live = size();
+  // Sliding the live bytes to the front costs a memmove of `live` bytes; it is worth it when
+  // that makes room and the live bytes are at most half the block (otherwise the buffer is
+  // genuinely full and would soon compact again: grow instead, amortized O(1) per byte).
+  if (read_pos_ + writable() >= n && live <= capacity_ / 2) {
+    std::memmove(data_.get(), data_.get() + read_pos_, live);
+    read_pos_ = 0;
+    write_pos_ = live;
+    return;
+  }
+  std::size_t needed = live + n;
+  std::size_t new_capacity = capacity_ * 2 > kMinCapacity ? capacity_ * 2 : kMinCapacity;
+  while (new_capacity < needed)
+    new_capacity *= 2;
+  // Default-initialized, not value-initialized: zeroing bytes we overwrite anyway is waste.
+  std::unique_ptr<char[]> block(new char[new_capacity]);
+  if (live > 0) std::memcpy(block.get(), data_.get() + read_pos_, live);
+  data_ = std::move(block);
+  capacity_ = new_capacity;
+  read_pos_ = 0;
+  write_pos_ = live;
+}
+
+void Buffer::append(const void* p, std::size_t n) {
+  if (n == 0) return;
+  reserve(n);
+  std::memcpy(write_ptr(), p, n);
+  write_pos_ += n;
+}
+
+void Buffer::shrink_to_fit() noexcept {
+  if (!empty()) return;
+  data_.reset();
+  capacity_ = 0;
+  read_pos_ = write_pos_ = 0;
+}
+
+ReadResult Buffer::read_from(int fd) {
+  // Reading straight into the buffer alone would force a choice between a small read (more
+  // syscalls) and a big buffer per connection (memory). The stack area gives a large read
+  // for one syscall; only the bytes that actually arrive are copied into the heap.
+  char overflow[kOverflowSize];
+  iovec iov[2];
+  int count = 0;
+  std::size_t space = writable();
+  if (space > 0) {
+    iov[count].iov_base = write_ptr();
+    iov[count].iov_len = space;
+    ++count;
+  }
+  iov[count].iov_base = overflow;
+  iov[count].iov_len = sizeof overflow;
+  ++count;
+
+  ReadResult result;
+  ssize_t n;
+  for (;;) {
+    n = ::readv(fd, iov, count);
+    if (n >= 0) break;
+    std::error_code ec = errno_code();
+    if (ec.value() != EINTR) {
+      result.error = ec;
+      return result;
+    }
+  }
+
+  auto got = static_cast<std::size_t>(n);
+  result.bytes = got;
+  result.filled = got == space + sizeof overflow;
+  if (got <= space) {
+    write_pos_ += got;
+  } else {
+    write_pos_ += space;
+    append(overflow, got - space);
+  }
+  return result;
+}
+
+}  // namespace reactor

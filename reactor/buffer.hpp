@@ -1,0 +1,88 @@
+// Buffer: the growable byte buffer behind a connection's input and output.
+//
+// Layout: one heap block [consumed | readable | writable]. Reading from the front is
+// consume(), which only moves an index; writing at the back is write_ptr()/commit() or
+// append(). When the back runs out of room, reserve() first slides the live bytes to the
+// front (cheap while they are few), and only otherwise doubles the block.
+//
+// Contract:
+// - Owns its memory; move-only (moving transfers the block, the source becomes empty).
+// - Not thread-safe: one thread (the connection's loop) uses it at a time.
+// - Allocates only in reserve()/append()/read_from() when the bytes do not fit, and never
+//   before the first write: idle connections cost nothing. It never shrinks by itself;
+//   shrink_to_fit() frees the block when the buffer is empty.
+// - data(), view() and write_ptr() are invalidated by any call that may allocate or compact
+//   (reserve, append, read_from, shrink_to_fit).
+// - consume(n) and commit(n) with n beyond size() / writable() are programmer errors
+//   (asserted in debug builds). Allocation failure throws std::bad_alloc, like new.
+// - read_from() never throws for I/O failures: it reports them in ReadResult::error.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string_view>
+#include <system_error>
+
+namespace reactor {
+
+struct ReadResult {
+  std::size_t bytes = 0;  // bytes appended to the buffer
+  // The read used every byte offered (buffer space + overflow area): more may be waiting.
+  // A short read means the socket is drained: do not read again until it polls readable.
+  bool filled = false;
+  // Set on failure; std::errc::resource_unavailable_try_again (EAGAIN) when nothing was there.
+  std::error_code error;
+  bool eof() const noexcept { return !error && bytes == 0; }
+};
+
+class Buffer {
+ public:
+  static constexpr std::size_t kOverflowSize = 64 * 1024;  // stack area for read_from
+  static constexpr std::size_t kMinCapacity = 1024;        // first allocation
+
+  Buffer() noexcept = default;
+  Buffer(Buffer&& other) noexcept;
+  Buffer& operator=(Buffer&& other) noexcept;
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() = default;
+
+  // The readable region: bytes written and not yet consumed.
+  std::size_t size() const noexcept { return write_pos_ - read_pos_; }
+  bool empty() const noexcept { return write_pos_ == read_pos_; }
+  const char* data() const noexcept { return data_.get() + read_pos_; }
+  std::string_view view() const noexcept { return {data(), size()}; }
+  // Drops n <= size() bytes from the front. Consuming everything rewinds to the start of
+  // the block, so the next write has the whole capacity without a memmove.
+  void consume(std::size_t n) noexcept;
+  void clear() noexcept { read_pos_ = write_pos_ = 0; }
+
+  // The writable region: free space after the readable bytes. Write into it, then commit.
+  std::size_t writable() const noexcept { return capacity_ - write_pos_; }
+  char* write_ptr() noexcept { return data_.get() + write_pos_; }
+  void commit(std::size_t n) noexcept;  // n <= writable()
+  // Ensures writable() >= n, by compacting when the live bytes are few, else by growing
+  // (at least doubling, at least kMinCapacity). Never shrinks.
+  void reserve(std::size_t n);
+
+  void append(const void* p, std::size_t n);
+  void append(std::string_view s) { append(s.data(), s.size()); }
+
+  std::size_t capacity() const noexcept { return capacity_; }
+  // Frees the block if the buffer is empty (an idle connection should hold no memory);
+  // keeps it otherwise.
+  void shrink_to_fit() noexcept;
+
+  // One readv() (retried on EINTR) into the free space plus a kOverflowSize stack area;
+  // bytes that land in the stack area are appended, growing the buffer. A small buffer
+  // thus reads up to 64 KiB in one syscall without keeping 64 KiB per connection.
+  ReadResult read_from(int fd);
+
+ private:
+  std::unique_ptr<char[]> data_;
+  std::size_t capacity_ = 0;
+  std::size_t read_pos_ = 0;
+  std::size_t write_pos_ = 0;
+};
+
+}  // namespace reactor
