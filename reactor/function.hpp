@@ -28,7 +28,8 @@ class Function<R(Args...)> {
   Function(std::nullptr_t) noexcept {}  // NOLINT: implicit, like std::function
 
   template <class F, class D = std::decay_t<F>,
-            class = std::enable_if_t<!std::is_same_v<D, Function> && std::is_invocable_r_v<R, D&, Args...>>>
+            class = std::enable_if_t<!std::is_same_v<D, Function> &&
+                                     std::is_invocable_r_v<R, D&, Args...>>>
   Function(F&& f) {  // NOLINT: implicit, like std::function
     if constexpr (fits_inline<D>) {
       ::new (static_cast<void*>(storage_)) D(std::forward<F>(f));
@@ -73,15 +74,25 @@ class Function<R(Args...)> {
     bool inline_stored;
   };
 
+  // Discards the callable's result when R is void, as std::function does.
   template <class D>
-  static constexpr bool fits_inline = sizeof(D) <= kInlineSize &&
-                                      alignof(D) <= alignof(std::max_align_t) &&
-                                      std::is_nothrow_move_constructible_v<D>;
+  static R invoke(D& f, Args&&... args) {
+    if constexpr (std::is_void_v<R>) {
+      f(std::forward<Args>(args)...);
+    } else {
+      return f(std::forward<Args>(args)...);
+    }
+  }
+
+  template <class D>
+  static constexpr bool fits_inline =
+      sizeof(D) <= kInlineSize &&
+      alignof(D) <= alignof(std::max_align_t) && std::is_nothrow_move_constructible_v<D>;
 
   template <class D>
   static constexpr Ops inline_ops = {
       [](void* s, Args&&... args) -> R {
-        return (*std::launder(static_cast<D*>(s)))(std::forward<Args>(args)...);
+        return invoke(*std::launder(static_cast<D*>(s)), std::forward<Args>(args)...);
       },
       [](void* from, void* to) noexcept {
         D* f = std::launder(static_cast<D*>(from));
@@ -94,7 +105,9 @@ class Function<R(Args...)> {
 
   template <class D>
   static constexpr Ops heap_ops = {
-      [](void* s, Args&&... args) -> R { return (**static_cast<D**>(s))(std::forward<Args>(args)...); },
+      [](void* s, Args&&... args) -> R {
+        return invoke(**static_cast<D**>(s), std::forward<Args>(args)...);
+      },
       [](void* from, void* to) noexcept { *static_cast<D**>(to) = *static_cast<D**>(from); },
       [](void* s) noexcept { delete *static_cast<D**>(s); },
       false,

@@ -1,0 +1,638 @@
+#include "reactor/timer_queue.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <optional>
+#include <random>
+#include <utility>
+#include <vector>
+
+namespace reactor {
+namespace {
+
+using std::chrono::nanoseconds;
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr std::size_t kMany = 100'000;
+#else
+constexpr std::size_t kMany = 1'000'000;
+#endif
+
+const TimePoint kStart = TimePoint{} + std::chrono::hours(1);
+
+TimePoint at(std::int64_t ns) {
+  return kStart + nanoseconds(ns);
+}
+
+constexpr Duration kOnce = Duration::zero();
+
+// A callback that appends `label` to `log`.
+TimerQueue::Callback record(std::vector<int>& log, int label) {
+  return [&log, label] { log.push_back(label); };
+}
+
+TEST(TimerQueue, EmptyQueue) {
+  TimerQueue q;
+  EXPECT_EQ(q.size(), 0u);
+  EXPECT_EQ(q.next_deadline(), std::nullopt);
+  EXPECT_EQ(q.run_due(at(1'000'000)), 0u);
+  EXPECT_FALSE(q.cancel(TimerId{}));
+  EXPECT_FALSE(q.cancel(TimerId{5, 1}));
+}
+
+TEST(TimerQueue, IdsAreNeverGenerationZero) {
+  TimerQueue q;
+  std::vector<int> log;
+  const TimerId id = q.add(at(0), kOnce, record(log, 0));
+  EXPECT_TRUE(id);
+  EXPECT_NE(id.generation, 0u);
+  EXPECT_FALSE(TimerId{});
+}
+
+TEST(TimerQueue, EqualDeadlinesFireInSchedulingOrder) {
+  TimerQueue q;
+  std::vector<int> log;
+  for (int i = 0; i < 100; ++i)
+    q.add(at(10), kOnce, record(log, i));
+  EXPECT_EQ(q.run_due(at(10)), 100u);
+  std::vector<int> expected(100);
+  std::iota(expected.begin(), expected.end(), 0);
+  EXPECT_EQ(log, expected);
+}
+
+TEST(TimerQueue, FiresInDeadlineOrder) {
+  TimerQueue q;
+  std::vector<int> log;
+  q.add(at(30), kOnce, record(log, 30));
+  q.add(at(10), kOnce, record(log, 10));
+  q.add(at(20), kOnce, record(log, 20));
+  q.add(at(5), kOnce, record(log, 5));
+  EXPECT_EQ(q.next_deadline(), at(5));
+  EXPECT_EQ(q.run_due(at(100)), 4u);
+  EXPECT_EQ(log, (std::vector<int>{5, 10, 20, 30}));
+  EXPECT_EQ(q.size(), 0u);
+  EXPECT_EQ(q.next_deadline(), std::nullopt);
+}
+
+TEST(TimerQueue, NeverEarly) {
+  TimerQueue q;
+  std::vector<int> log;
+  q.add(at(50), kOnce, record(log, 1));
+  EXPECT_EQ(q.run_due(at(50) - nanoseconds(1)), 0u);
+  EXPECT_TRUE(log.empty());
+  EXPECT_EQ(q.run_due(at(50)), 1u);
+  EXPECT_EQ(log, std::vector<int>{1});
+}
+
+TEST(TimerQueue, OnlyDueTimersFire) {
+  TimerQueue q;
+  std::vector<int> log;
+  q.add(at(10), kOnce, record(log, 10));
+  q.add(at(20), kOnce, record(log, 20));
+  q.add(at(30), kOnce, record(log, 30));
+  EXPECT_EQ(q.run_due(at(20)), 2u);
+  EXPECT_EQ(log, (std::vector<int>{10, 20}));
+  EXPECT_EQ(q.size(), 1u);
+  EXPECT_EQ(q.next_deadline(), at(30));
+}
+
+TEST(TimerQueue, CancelBeforeFiring) {
+  TimerQueue q;
+  std::vector<int> log;
+  const TimerId a = q.add(at(10), kOnce, record(log, 1));
+  q.add(at(20), kOnce, record(log, 2));
+  EXPECT_EQ(q.size(), 2u);
+  EXPECT_TRUE(q.cancel(a));
+  EXPECT_EQ(q.size(), 1u);
+  EXPECT_EQ(q.next_deadline(), at(20));
+  EXPECT_FALSE(q.cancel(a));  // twice is a no-op
+  EXPECT_EQ(q.run_due(at(100)), 1u);
+  EXPECT_EQ(log, std::vector<int>{2});
+}
+
+TEST(TimerQueue, CancelDestroysCallbackAtOnce) {
+  TimerQueue q;
+  auto token = std::make_shared<int>(0);
+  const TimerId id = q.add(at(10), kOnce, [token] {});
+  EXPECT_EQ(token.use_count(), 2);
+  EXPECT_TRUE(q.cancel(id));
+  EXPECT_EQ(token.use_count(), 1);
+}
+
+TEST(TimerQueue, CancelAtFiringFromAnotherCallbackInSameRun) {
+  TimerQueue q;
+  std::vector<int> log;
+  TimerId victim;
+  bool cancelled = false;
+  q.add(at(10), kOnce, [&] {
+    log.push_back(1);
+    cancelled = q.cancel(victim);
+  });
+  victim = q.add(at(10), kOnce, record(log, 2));  // due in the same run_due call
+  q.add(at(10), kOnce, record(log, 3));
+  EXPECT_EQ(q.run_due(at(10)), 2u);
+  EXPECT_TRUE(cancelled);
+  EXPECT_EQ(log, (std::vector<int>{1, 3}));
+  EXPECT_EQ(q.size(), 0u);
+}
+
+TEST(TimerQueue, CancelAfterFiringReturnsFalse) {
+  TimerQueue q;
+  std::vector<int> log;
+  const TimerId id = q.add(at(10), kOnce, record(log, 1));
+  EXPECT_EQ(q.run_due(at(10)), 1u);
+  EXPECT_FALSE(q.cancel(id));
+  EXPECT_EQ(q.size(), 0u);
+}
+
+TEST(TimerQueue, OneShotCancellingItselfWhileRunningReturnsFalse) {
+  TimerQueue q;
+  TimerId self;
+  std::optional<bool> result;
+  self = q.add(at(10), kOnce, [&] { result = q.cancel(self); });
+  EXPECT_EQ(q.run_due(at(10)), 1u);
+  EXPECT_EQ(result, false);  // it has fired: its id is already stale
+}
+
+TEST(TimerQueue, StaleIdAfterSlotReuseDoesNotCancelNewTimer) {
+  TimerQueue q;
+  std::vector<int> log;
+  const TimerId old_id = q.add(at(10), kOnce, record(log, 1));
+  EXPECT_TRUE(q.cancel(old_id));
+  const TimerId new_id = q.add(at(20), kOnce, record(log, 2));
+  ASSERT_EQ(new_id.slot, old_id.slot);  // the slot is recycled...
+  EXPECT_NE(new_id, old_id);            // ...under a new generation
+  EXPECT_FALSE(q.cancel(old_id));
+  EXPECT_EQ(q.size(), 1u);
+  EXPECT_EQ(q.run_due(at(20)), 1u);
+  EXPECT_EQ(log, std::vector<int>{2});
+
+  // The same after firing rather than cancelling.
+  const TimerId third = q.add(at(30), kOnce, record(log, 3));
+  EXPECT_EQ(third.slot, new_id.slot);
+  EXPECT_FALSE(q.cancel(new_id));
+  EXPECT_FALSE(q.cancel(old_id));
+  EXPECT_EQ(q.size(), 1u);
+  EXPECT_TRUE(q.cancel(third));
+}
+
+TEST(TimerQueue, RepeatingTimerCancelsItselfFromItsCallback) {
+  TimerQueue q;
+  TimerId self;
+  int calls = 0;
+  std::optional<bool> result;
+  self = q.add(at(10), nanoseconds(10), [&] {
+    if (++calls == 3) result = q.cancel(self);
+  });
+  q.run_due(at(10));
+  q.run_due(at(20));
+  EXPECT_EQ(q.size(), 1u);
+  q.run_due(at(30));
+  EXPECT_EQ(calls, 3);
+  EXPECT_EQ(result, true);
+  EXPECT_EQ(q.size(), 0u);
+  EXPECT_EQ(q.next_deadline(), std::nullopt);
+  EXPECT_FALSE(q.cancel(self));  // stale now
+  EXPECT_EQ(q.run_due(at(1000)), 0u);
+  EXPECT_EQ(calls, 3);
+}
+
+TEST(TimerQueue, RepeatingTimerCallbackDestroyedWhenItCancelsItself) {
+  TimerQueue q;
+  auto token = std::make_shared<int>(0);
+  TimerId self;
+  self = q.add(at(10), nanoseconds(10), [&q, &self, token] { q.cancel(self); });
+  EXPECT_EQ(token.use_count(), 2);
+  q.run_due(at(10));
+  EXPECT_EQ(token.use_count(), 1);
+}
+
+TEST(TimerQueue, RepeatingTimerCancelledByAnotherCallbackInSameRunStops) {
+  TimerQueue q;
+  int calls = 0;
+  const TimerId repeating = q.add(at(10), nanoseconds(10), [&] { ++calls; });
+  q.add(at(25), kOnce, [&] { EXPECT_TRUE(q.cancel(repeating)); });
+  // A stall: the repeating timer fires once (re-armed at 50), then the canceller at 25 runs.
+  EXPECT_EQ(q.run_due(at(40)), 2u);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(q.size(), 0u);
+  EXPECT_EQ(q.run_due(at(1000)), 0u);
+}
+
+TEST(TimerQueue, RescheduleInsideCallbackFiresOnNextRunNotThisOne) {
+  TimerQueue q;
+  int calls = 0;
+  // Re-arms itself with zero delay: must not loop forever inside one run_due call.
+  struct Rearm {
+    TimerQueue* q;
+    int* calls;
+    TimePoint when;
+    void operator()() const {
+      ++*calls;
+      q->add(when, kOnce, Rearm{q, calls, when});
+    }
+  };
+  q.add(at(10), kOnce, Rearm{&q, &calls, at(10)});
+  EXPECT_EQ(q.run_due(at(10)), 1u);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(q.size(), 1u);
+  EXPECT_EQ(q.next_deadline(), at(10));
+  EXPECT_EQ(q.run_due(at(10)), 1u);
+  EXPECT_EQ(calls, 2);
+}
+
+TEST(TimerQueue, TimerAddedDuringRunDoesNotHideOlderDueTimers) {
+  TimerQueue q;
+  std::vector<int> log;
+  // The first callback adds a timer due before the second old one; the old one still fires in
+  // this call and the new one waits for the next.
+  q.add(at(10), kOnce, [&] {
+    log.push_back(1);
+    q.add(at(5), kOnce, record(log, 99));
+  });
+  q.add(at(20), kOnce, record(log, 2));
+  EXPECT_EQ(q.run_due(at(20)), 2u);
+  EXPECT_EQ(log, (std::vector<int>{1, 2}));
+  EXPECT_EQ(q.next_deadline(), at(5));
+  EXPECT_EQ(q.run_due(at(20)), 1u);
+  EXPECT_EQ(log, (std::vector<int>{1, 2, 99}));
+}
+
+TEST(TimerQueue, TimerAddedDuringRunCanBeCancelledInSameRun) {
+  TimerQueue q;
+  std::vector<int> log;
+  TimerId added;
+  q.add(at(10), kOnce, [&] { added = q.add(at(10), kOnce, record(log, 99)); });
+  q.add(at(10), kOnce, [&] {
+    EXPECT_EQ(q.size(), 1u);  // both old ones have fired; the added one is pending
+    EXPECT_EQ(q.next_deadline(), at(10));
+    EXPECT_TRUE(q.cancel(added));
+  });
+  EXPECT_EQ(q.run_due(at(10)), 2u);
+  EXPECT_EQ(q.size(), 0u);
+  EXPECT_EQ(q.run_due(at(10)), 0u);
+  EXPECT_TRUE(log.empty());
+}
+
+TEST(TimerQueue, RepeatingTimerStaysOnItsGrid) {
+  TimerQueue q;
+  std::vector<TimePoint> fired_at;
+  TimePoint now;
+  q.add(at(10), nanoseconds(10), [&] { fired_at.push_back(now); });
+  now = at(10);
+  EXPECT_EQ(q.run_due(now), 1u);
+  EXPECT_EQ(q.next_deadline(), at(20));
+  now = at(25);  // late: the next deadline stays on the grid, not 25 + 10
+  EXPECT_EQ(q.run_due(now), 1u);
+  EXPECT_EQ(fired_at, (std::vector<TimePoint>{at(10), at(25)}));
+  EXPECT_EQ(q.next_deadline(), at(30));
+  EXPECT_EQ(q.size(), 1u);
+}
+
+TEST(TimerQueue, RepeatingTimerSkipsPeriodsMissedInAStall) {
+  TimerQueue q;
+  int calls = 0;
+  q.add(at(10), nanoseconds(10), [&] { ++calls; });
+  EXPECT_EQ(q.run_due(at(10)), 1u);
+  EXPECT_EQ(q.run_due(at(1000)), 1u);  // once, not a burst of 99
+  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(q.next_deadline(), at(1010));
+  EXPECT_EQ(q.run_due(at(1009)), 0u);
+  EXPECT_EQ(q.run_due(at(1010)), 1u);
+  EXPECT_EQ(q.next_deadline(), at(1020));
+}
+
+TEST(TimerQueue, RepeatingTimerWithoutARepresentableNextDeadlineStops) {
+  TimerQueue q;
+  int calls = 0;
+  const TimerId id = q.add(TimePoint::max() - nanoseconds(5), nanoseconds(10), [&] { ++calls; });
+  EXPECT_EQ(q.run_due(TimePoint::max()), 1u);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(q.size(), 0u);
+  EXPECT_FALSE(q.cancel(id));
+}
+
+TEST(TimerQueue, DestructorDestroysPendingCallbacksWithoutCalling) {
+  auto token = std::make_shared<int>(0);
+  bool called = false;
+  {
+    TimerQueue q;
+    q.add(at(10), kOnce, [token, &called] { called = true; });
+    q.add(at(10), nanoseconds(5), [token, &called] { called = true; });
+    EXPECT_EQ(token.use_count(), 3);
+  }
+  EXPECT_FALSE(called);
+  EXPECT_EQ(token.use_count(), 1);
+}
+
+TEST(TimerQueue, OneShotCallbackDestroyedAfterFiring) {
+  TimerQueue q;
+  auto token = std::make_shared<int>(0);
+  q.add(at(10), kOnce, [token] {});
+  q.run_due(at(10));
+  EXPECT_EQ(token.use_count(), 1);
+}
+
+TEST(TimerQueue, ThrowingCallbackLeavesQueueConsistent) {
+  TimerQueue q;
+  std::vector<int> log;
+  q.add(at(10), nanoseconds(10), [&] {
+    log.push_back(1);
+    q.add(at(10), kOnce, record(log, 3));  // staged when the throw happens
+    throw 42;
+  });
+  q.add(at(10), kOnce, record(log, 2));
+  EXPECT_THROW(q.run_due(at(10)), int);
+  EXPECT_EQ(q.size(), 3u);  // the repeating timer keeps its place and its callback
+  EXPECT_EQ(q.next_deadline(), at(10));
+  EXPECT_EQ(q.run_due(at(10)), 2u);  // the one the throw skipped, then the one added
+  EXPECT_EQ(log, (std::vector<int>{1, 2, 3}));
+  EXPECT_EQ(q.next_deadline(), at(20));
+}
+
+TEST(TimerQueue, ManyTimersScheduledThenAllCancelledInRandomOrder) {
+  TimerQueue q;
+  std::mt19937_64 rng(1);
+  std::uniform_int_distribution<std::int64_t> deadline(0, 1'000'000'000);
+  std::vector<TimerId> ids;
+  ids.reserve(kMany);
+  int calls = 0;
+  for (std::size_t i = 0; i < kMany; ++i) {
+    ids.push_back(q.add(at(deadline(rng)), kOnce, [&calls] { ++calls; }));
+  }
+  EXPECT_EQ(q.size(), kMany);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    ASSERT_TRUE(q.cancel(ids[i])) << i;
+  }
+  EXPECT_EQ(q.size(), 0u);
+  EXPECT_EQ(q.next_deadline(), std::nullopt);
+  EXPECT_EQ(q.run_due(TimePoint::max()), 0u);
+  EXPECT_EQ(calls, 0);
+  for (const TimerId id : ids)
+    EXPECT_FALSE(q.cancel(id));
+}
+
+TEST(TimerQueue, ManyRandomTimersFireInDeadlineThenSchedulingOrder) {
+  TimerQueue q;
+  q.reserve(kMany);
+  std::mt19937_64 rng(2);
+  // A narrow range, so many deadlines tie and the sequence number decides.
+  std::uniform_int_distribution<std::int64_t> deadline(0, static_cast<std::int64_t>(kMany / 8));
+  std::vector<std::int64_t> deadlines(kMany);
+  std::vector<std::uint32_t> fired;
+  fired.reserve(kMany);
+  for (std::size_t i = 0; i < kMany; ++i) {
+    deadlines[i] = deadline(rng);
+    q.add(at(deadlines[i]), kOnce, [&fired, i] { fired.push_back(static_cast<std::uint32_t>(i)); });
+  }
+  std::vector<std::uint32_t> expected(kMany);
+  std::iota(expected.begin(), expected.end(), 0u);
+  std::stable_sort(expected.begin(), expected.end(),
+                   [&](std::uint32_t a, std::uint32_t b) { return deadlines[a] < deadlines[b]; });
+
+  // Half in steps, the rest at once, so both partial and full runs are exercised.
+  const std::int64_t half = static_cast<std::int64_t>(kMany / 16);
+  for (std::int64_t t = 0; t < half; t += 97)
+    q.run_due(at(t));
+  q.run_due(TimePoint::max());
+  EXPECT_EQ(q.size(), 0u);
+  ASSERT_EQ(fired.size(), expected.size());
+  EXPECT_TRUE(fired == expected);
+}
+
+// ---- Random schedule / cancel / run against a model --------------------------------------------
+
+// The model states the contract in the most literal way: a std::map keyed by (deadline,
+// scheduling sequence), with run_due firing only entries whose sequence predates the call.
+class Model {
+ public:
+  using Key = std::pair<TimePoint, std::uint64_t>;
+
+  void add(int label, TimePoint deadline, Duration period) {
+    if (static_cast<std::size_t>(label) >= where_.size()) {
+      where_.resize(static_cast<std::size_t>(label) + 1);
+      period_.resize(where_.size());
+    }
+    const Key key{deadline, seq_++};
+    timers_.emplace(key, label);
+    where_[static_cast<std::size_t>(label)] = key;
+    period_[static_cast<std::size_t>(label)] = period;
+  }
+
+  bool cancel(int label) {
+    auto& where = where_[static_cast<std::size_t>(label)];
+    if (!where) return false;
+    timers_.erase(*where);
+    where.reset();
+    return true;
+  }
+
+  // Calls on_fire(label) for each timer that fires.
+  template <class OnFire>
+  std::size_t run_due(TimePoint now, OnFire on_fire) {
+    const std::uint64_t snapshot = seq_;
+    std::size_t fired = 0;
+    for (;;) {
+      auto it = timers_.begin();
+      while (it != timers_.end() && it->first.first <= now && it->first.second >= snapshot)
+        ++it;
+      if (it == timers_.end() || it->first.first > now) break;
+      const auto [key, label] = *it;
+      timers_.erase(it);
+      auto& where = where_[static_cast<std::size_t>(label)];
+      const Duration period = period_[static_cast<std::size_t>(label)];
+      if (period > Duration::zero()) {
+        const auto steps = (now - key.first) / period + 1;
+        where = Key{key.first + steps * period, seq_++};
+        timers_.emplace(*where, label);
+      } else {
+        where.reset();
+      }
+      ++fired;
+      on_fire(label);
+    }
+    return fired;
+  }
+
+  std::size_t size() const { return timers_.size(); }
+  std::optional<TimePoint> next_deadline() const {
+    if (timers_.empty()) return std::nullopt;
+    return timers_.begin()->first.first;
+  }
+
+ private:
+  std::map<Key, int> timers_;
+  std::vector<std::optional<Key>> where_;  // by label
+  std::vector<Duration> period_;           // by label
+  std::uint64_t seq_ = 0;
+};
+
+std::uint64_t mix(std::uint64_t x) {  // splitmix64: a label's fixed pseudo-random traits
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// What a timer's callback does besides logging, the same for the real queue and the model.
+struct Script {
+  enum Kind { kNothing, kCancel, kAdd } kind = kNothing;
+  int target = 0;          // kCancel: any label created so far, itself included
+  std::int64_t delay = 0;  // kAdd: a one-shot at now + delay (0: already due)
+};
+
+Script script_for(int label) {
+  const std::uint64_t h = mix(static_cast<std::uint64_t>(label));
+  Script s;
+  switch (h % 8) {
+    case 0:
+    case 1:
+      s.kind = Script::kCancel;
+      s.target = static_cast<int>((h >> 8) % static_cast<std::uint64_t>(label + 1));
+      break;
+    case 2:
+      s.kind = Script::kAdd;
+      s.delay = static_cast<std::int64_t>((h >> 8) % 40);
+      break;
+    default:
+      break;
+  }
+  return s;
+}
+
+// The real queue and the model, driven by the same operations; timers are named by labels,
+// created in the same order on both sides.
+struct Harness {
+  TimerQueue q;
+  Model model;
+  std::vector<TimerId> ids;  // by label
+  int labels = 0;
+  int model_labels = 0;
+  TimePoint now = at(0);
+  std::vector<int> real_log, model_log;
+  std::vector<bool> real_results, model_results;  // what cancels inside callbacks returned
+
+  int add(TimePoint deadline, Duration period) {
+    const int label = labels++;
+    ids.push_back(q.add(deadline, period, [this, label] { real_fire(label); }));
+    model.add(model_labels++, deadline, period);
+    return label;
+  }
+
+  void real_fire(int label) {
+    real_log.push_back(label);
+    const Script s = script_for(label);
+    if (s.kind == Script::kCancel) {
+      real_results.push_back(q.cancel(ids[static_cast<std::size_t>(s.target)]));
+    } else if (s.kind == Script::kAdd) {
+      const int added = labels++;
+      ids.push_back(q.add(now + nanoseconds(s.delay), kOnce, [this, added] { real_fire(added); }));
+    }
+  }
+
+  void model_fire(int label) {
+    model_log.push_back(label);
+    const Script s = script_for(label);
+    if (s.kind == Script::kCancel) {
+      model_results.push_back(model.cancel(s.target));
+    } else if (s.kind == Script::kAdd) {
+      model.add(model_labels++, now + nanoseconds(s.delay), kOnce);
+    }
+  }
+};
+
+TEST(TimerQueue, RandomOperationsMatchModel) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  constexpr int kOps = 200'000;
+#else
+  constexpr int kOps = 1'000'000;
+#endif
+  Harness h;
+  std::mt19937_64 rng(3);
+  auto uniform = [&](std::int64_t lo, std::int64_t hi) {
+    return std::uniform_int_distribution<std::int64_t>(lo, hi)(rng);
+  };
+  std::size_t total_fired = 0;
+  std::size_t max_size = 0;
+  std::size_t cancels_in_callbacks = 0;
+  // Random cancels mostly hit stale labels; these keep the repeating population near 20.
+  std::vector<int> repeating;
+  for (int op = 0; op < kOps; ++op) {
+    const std::int64_t dice = uniform(0, 99);
+    if (uniform(0, 1999) < static_cast<std::int64_t>(repeating.size())) {
+      const auto i = static_cast<std::size_t>(uniform(0, std::ssize(repeating) - 1));
+      const int label = repeating[i];
+      repeating[i] = repeating.back();
+      repeating.pop_back();
+      ASSERT_EQ(h.q.cancel(h.ids[static_cast<std::size_t>(label)]), h.model.cancel(label))
+          << "op " << op;
+    } else if (dice < 45 || h.labels == 0) {
+      // Mostly near (some already due), a few far, so the heap gets a few levels deep.
+      const std::int64_t horizon = uniform(0, 4) == 0 ? 50'000 : 300;
+      const TimePoint deadline = h.now + nanoseconds(uniform(-20, horizon));
+      if (uniform(0, 49) == 0) {
+        repeating.push_back(h.add(deadline, nanoseconds(uniform(20, 400))));
+      } else {
+        h.add(deadline, kOnce);
+      }
+    } else if (dice < 70) {
+      const int label = static_cast<int>(uniform(0, h.labels - 1));
+      ASSERT_EQ(h.q.cancel(h.ids[static_cast<std::size_t>(label)]), h.model.cancel(label))
+          << "op " << op;
+    } else {
+      h.now += nanoseconds(uniform(0, 60));
+      h.real_log.clear();
+      h.model_log.clear();
+      const std::size_t real_fired = h.q.run_due(h.now);
+      const std::size_t model_fired =
+          h.model.run_due(h.now, [&h](int label) { h.model_fire(label); });
+      ASSERT_EQ(real_fired, model_fired) << "op " << op;
+      ASSERT_EQ(h.real_log, h.model_log) << "op " << op;
+      total_fired += real_fired;
+    }
+    ASSERT_EQ(h.labels, h.model_labels);
+    ASSERT_EQ(h.real_results, h.model_results) << "op " << op;
+    cancels_in_callbacks += h.real_results.size();
+    h.real_results.clear();
+    h.model_results.clear();
+    ASSERT_EQ(h.q.size(), h.model.size()) << "op " << op;
+    ASSERT_EQ(h.q.next_deadline(), h.model.next_deadline()) << "op " << op;
+    max_size = std::max(max_size, h.q.size());
+  }
+  RecordProperty("fired", static_cast<int>(total_fired));
+  RecordProperty("max_size", static_cast<int>(max_size));
+  RecordProperty("cancels_in_callbacks", static_cast<int>(cancels_in_callbacks));
+  // The run must have exercised something: many firings, cancels from callbacks, a real heap.
+  EXPECT_GT(total_fired, static_cast<std::size_t>(kOps / 10));
+  EXPECT_GT(cancels_in_callbacks, 100u);
+  EXPECT_GT(max_size, 50u);
+}
+
+TEST(ManualClock, StartsWhereToldAndMovesOnlyWhenTold) {
+  ManualClock clock;
+  EXPECT_EQ(clock.now(), TimePoint{} + std::chrono::hours(1));
+  EXPECT_EQ(clock.now(), clock.now());
+
+  ManualClock other(at(5));
+  EXPECT_EQ(other.now(), at(5));
+  other.advance(nanoseconds(7));
+  EXPECT_EQ(other.now(), at(12));
+  other.advance(Duration::zero());
+  EXPECT_EQ(other.now(), at(12));
+  other.set(at(1000));
+  EXPECT_EQ(other.now(), at(1000));
+  other.set(at(3));  // set() may go back; advance() may not
+  EXPECT_EQ(other.now(), at(3));
+
+  const TimeSource& source = other;
+  EXPECT_EQ(source.now(), at(3));
+}
+
+}  // namespace
+}  // namespace reactor
