@@ -10,7 +10,9 @@ namespace reactor {
 
 namespace {
 
-bool would_block(int err) noexcept { return err == EAGAIN || err == EWOULDBLOCK; }
+bool would_block(int err) noexcept {
+  return err == EAGAIN || err == EWOULDBLOCK;
+}
 
 CloseReason reason_for(std::error_code ec) noexcept {
   if (ec == std::errc::connection_reset || ec == std::errc::broken_pipe) return CloseReason::reset;
@@ -21,12 +23,18 @@ CloseReason reason_for(std::error_code ec) noexcept {
 
 const char* to_string(CloseReason reason) noexcept {
   switch (reason) {
-    case CloseReason::peer_closed: return "peer closed";
-    case CloseReason::reset: return "reset by peer";
-    case CloseReason::timed_out: return "timed out";
-    case CloseReason::local_close: return "closed";
-    case CloseReason::aborted: return "aborted";
-    case CloseReason::error: return "error";
+    case CloseReason::peer_closed:
+      return "peer closed";
+    case CloseReason::reset:
+      return "reset by peer";
+    case CloseReason::timed_out:
+      return "timed out";
+    case CloseReason::local_close:
+      return "closed";
+    case CloseReason::aborted:
+      return "aborted";
+    case CloseReason::error:
+      return "error";
   }
   return "unknown";
 }
@@ -97,7 +105,8 @@ void Connection::handle_read() {
     ReadResult r = input_.read_from(fd_.get());
     if (r.error) {
       if (would_block(r.error.value())) return;
-      finish(reason_for(write_error_ ? write_error_ : r.error), write_error_ ? write_error_ : r.error);
+      finish(reason_for(write_error_ ? write_error_ : r.error),
+             write_error_ ? write_error_ : r.error);
       return;
     }
     if (r.eof()) {
@@ -128,7 +137,7 @@ void Connection::handle_eof() {
     finish(closing_ ? close_reason_ : CloseReason::peer_closed, {});
     return;
   }
-  update_interest();  // stop reading: EOF stays readable, level-triggered
+  update_interest();     // stop reading: EOF stays readable, level-triggered
   if (closing_) return;  // flushing; finishes after the write side is shut
   if (handlers_.on_peer_shutdown) {
     handlers_.on_peer_shutdown(*this);
@@ -142,7 +151,16 @@ void Connection::handle_write() {
     ssize_t n = ::send(fd_.get(), output_.data(), output_.size(), MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
-      if (would_block(errno)) return;
+      if (would_block(errno)) {
+        // Resume at the low-water mark, not at zero: the peer keeps a window of work in
+        // flight. Re-arm the high-water mark with it, or output could grow without bound.
+        if (water_paused_ && output_.size() < options_.low_water_mark) {
+          water_paused_ = false;
+          high_water_fired_ = false;
+          update_interest();
+        }
+        return;
+      }
       write_error_ = errno_code();
       output_.clear();
       break;  // the hangup that follows reports it
@@ -191,7 +209,8 @@ bool Connection::send(std::string_view first, std::string_view second) {
 bool Connection::send(const iovec* iov, int count) {
   if (closed_ || closing_ || write_shut_ || shut_after_flush_ || write_error_) return false;
   std::size_t total = 0;
-  for (int i = 0; i < count; ++i) total += iov[i].iov_len;
+  for (int i = 0; i < count; ++i)
+    total += iov[i].iov_len;
   if (total == 0) return true;
   if (!output_.empty()) {
     // EPOLLOUT is armed: the socket was full a moment ago. Queue; handle_write sends in order.
@@ -279,7 +298,9 @@ void Connection::resume_reading() {
   update_interest();
 }
 
-void Connection::close() { begin_close(peer_eof_ ? CloseReason::peer_closed : CloseReason::local_close); }
+void Connection::close() {
+  begin_close(peer_eof_ ? CloseReason::peer_closed : CloseReason::local_close);
+}
 
 void Connection::begin_close(CloseReason reason) {
   if (closed_ || closing_) return;
@@ -353,7 +374,9 @@ void Connection::finish(CloseReason reason, std::error_code ec) {
   detach();
   fd_.reset();
   output_.clear();
-  input_.clear();
+  // input_ is left as is: an on_data that closed or aborted (directly, or from on_high_water
+  // inside its send) still holds it and may consume() what it used. It is freed with the
+  // connection, at the end of the dispatch round.
   if (handlers_.on_close) handlers_.on_close(*this, reason, ec);
   if (on_finished_) {
     auto done = std::move(on_finished_);

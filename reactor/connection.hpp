@@ -69,7 +69,7 @@ struct ConnectionHandlers {
 };
 
 struct ConnectionOptions {
-  std::size_t high_water_mark = 1 << 20;  // queued output that triggers on_high_water
+  std::size_t high_water_mark = 1 << 20;   // queued output that triggers on_high_water
   std::size_t low_water_mark = 256 << 10;  // reading resumes when output drains below this
   bool pause_reading_at_high_water = true;
   Duration linger = std::chrono::seconds(5);  // bound on a graceful close(); then abort
@@ -199,11 +199,11 @@ class Connection {
   std::error_code write_error_;  // a failed send; reported when the socket's hangup arrives
 
   int callback_depth_ = 0;
-  bool closing_ = false;       // close() called
-  bool write_shut_ = false;    // our FIN sent
+  bool closing_ = false;           // close() called
+  bool write_shut_ = false;        // our FIN sent
   bool shut_after_flush_ = false;  // shutdown_write() waiting for output to drain
-  bool peer_eof_ = false;      // the peer's FIN arrived
-  bool closed_ = false;        // socket closed, on_close delivered
+  bool peer_eof_ = false;          // the peer's FIN arrived
+  bool closed_ = false;            // socket closed, on_close delivered
   bool user_paused_ = false;
   bool water_paused_ = false;  // paused by the high-water mark
   bool high_water_fired_ = false;

@@ -17,7 +17,9 @@ ConnectionHandle& ConnectionHandle::operator=(ConnectionHandle&& other) noexcept
   return *this;
 }
 
-ConnectionHandle::~ConnectionHandle() { reset(); }
+ConnectionHandle::~ConnectionHandle() {
+  reset();
+}
 
 void ConnectionHandle::reset() noexcept {
   if (!connection_) return;
@@ -65,7 +67,9 @@ std::error_code Connector::connect(const Address& to, Duration timeout,
   return {};
 }
 
-void Connector::on_writable() { complete(pending_socket_error(fd_.get())); }
+void Connector::on_writable() {
+  complete(pending_socket_error(fd_.get()));
+}
 
 void Connector::cancel() noexcept {
   if (io_id_) loop_.remove(io_id_);

@@ -72,7 +72,10 @@ TimePoint EventLoop::clock_now() const noexcept {
 
 void EventLoop::run() {
   assert_in_loop();
-  while (!stop_requested_.load(std::memory_order_acquire)) run_once();
+  // do-while: a stop() that came before run() still lets one iteration happen.
+  do {
+    run_once();
+  } while (!stop_requested_.load(std::memory_order_acquire));
   stop_requested_.store(false, std::memory_order_relaxed);
 }
 
@@ -90,8 +93,6 @@ void EventLoop::wake() noexcept {
 std::size_t EventLoop::run_once(std::optional<Duration> timeout) {
   assert_in_loop();
   ++stats_.iterations;
-  now_ = clock_now();
-  timers_.run_due(now_);
 
   std::optional<Duration> wait_for = timeout;
   if (!deferred_.empty() || stop_requested_.load(std::memory_order_relaxed)) {
@@ -101,24 +102,30 @@ std::size_t EventLoop::run_once(std::optional<Duration> timeout) {
     if (!wait_for || until_timer < *wait_for) wait_for = until_timer;
   }
 
-  int n = wait(wait_for);
-  if (n > 0) now_ = clock_now();
+  const int n = wait(wait_for);
+  now_ = clock_now();
   for (int i = 0; i < n; ++i) {
-    const std::uint64_t token = events_[static_cast<std::size_t>(i)].data.u64;
-    const auto slot = static_cast<std::uint32_t>(token);
-    const auto generation = static_cast<std::uint32_t>(token >> 32);
+    const epoll_event& event = events_[static_cast<std::size_t>(i)];
+    const auto slot = static_cast<std::uint32_t>(event.data.u64);
+    const auto generation = static_cast<std::uint32_t>(event.data.u64 >> 32);
     Slot& s = slots_[slot];
     if (s.generation != generation || !s.live) {
-      ++stats_.stale_events;
+      ++stats_.stale_events;  // removed (and maybe reused) earlier in this batch
       continue;
     }
     ++stats_.events;
-    s.handler(events_[static_cast<std::size_t>(i)].events);
+    s.handler(event.events);
   }
 
+  timers_.run_due(now_);
   run_tasks();
-  removed_handlers_.clear();
-  return n > 0 ? static_cast<std::size_t>(n) : 0;
+  // By index: a handler's destructor may remove more registrations.
+  for (std::size_t i = 0; i < removed_slots_.size(); ++i) {
+    slots_[removed_slots_[i]].handler = nullptr;
+    free_slots_.push_back(removed_slots_[i]);
+  }
+  removed_slots_.clear();
+  return static_cast<std::size_t>(n);
 }
 
 int EventLoop::wait(std::optional<Duration> timeout) {
@@ -149,6 +156,7 @@ int EventLoop::wait(std::optional<Duration> timeout) {
     if (n >= 0 || errno != ENOSYS) return n < 0 ? 0 : n;  // EINTR: an empty iteration
     stats_.epoll_pwait2 = false;  // old kernel or valgrind: fall back for good
   }
+  stats_.epoll_pwait2 = false;  // also when Options::use_epoll_pwait2 forces the fallback
   n = epoll_wait(epoll_fd_, events, max, timeout ? to_epoll_ms(*timeout) : -1);
   return n < 0 ? 0 : n;
 }
@@ -158,11 +166,13 @@ void EventLoop::run_tasks() {
   // they defer in turn runs next iteration, which then does not block.
   if (!deferred_.empty()) {
     running_.swap(deferred_);
-    for (auto& task : running_) task();
+    for (auto& task : running_)
+      task();
     running_.clear();
   }
   if (!posted_run_.empty()) {
-    for (auto& task : posted_run_) task();
+    for (auto& task : posted_run_)
+      task();
     posted_run_.clear();
   }
 }
@@ -236,9 +246,9 @@ void EventLoop::remove(IoId id) noexcept {
   s.interest = 0;
   // A new generation makes events still in this batch for the old one stale; 0 stays invalid.
   if (++s.generation == 0) s.generation = 1;
-  // The handler may be the one running now: keep it alive until the iteration ends.
-  removed_handlers_.push_back(std::move(s.handler));
-  free_slots_.push_back(id.slot);
+  // The handler may be the one running now: neither move it (that destroys its captures) nor
+  // let add() reuse the slot until the iteration ends.
+  removed_slots_.push_back(id.slot);
   --live_registrations_;
 }
 
@@ -292,7 +302,8 @@ std::error_code EventLoop::on_signal(int signo, SignalHandler handler) {
   }
   sigset_t mask;
   sigemptyset(&mask);
-  for (auto& entry : signal_handlers_) sigaddset(&mask, entry.first);
+  for (auto& entry : signal_handlers_)
+    sigaddset(&mask, entry.first);
   sigaddset(&mask, signo);
   int fd = signalfd(signal_fd_, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
   if (fd < 0) return errno_code();
@@ -324,7 +335,8 @@ void EventLoop::on_signalfd() {
 std::error_code block_signals(std::initializer_list<int> signals) {
   sigset_t set;
   sigemptyset(&set);
-  for (int s : signals) sigaddset(&set, s);
+  for (int s : signals)
+    sigaddset(&set, s);
   if (int rc = pthread_sigmask(SIG_BLOCK, &set, nullptr); rc != 0) {
     return {rc, std::system_category()};
   }

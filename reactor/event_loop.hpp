@@ -4,12 +4,15 @@
 // Threads. A loop belongs to the thread that constructed it. run(), run_once() and every method
 // not marked "any thread" must be called on that thread; debug builds assert it. post() and
 // stop() may be called from any thread. To work on a loop from another thread, post() a task.
+// The loop must outlive those calls: another thread may not post() or stop() while the loop is
+// being destroyed (LoopThread keeps its loop alive until join() has stopped it).
 //
 // One iteration, in order:
-//   1. timers that are due (on the clock read at the start of the iteration: now()),
-//   2. wait for I/O (epoll_pwait2, nanosecond timeout: until the next timer, or not at all when
-//      tasks are pending; falls back to epoll_wait at run time where the kernel lacks it),
-//   3. dispatch: each ready fd's handler is called with its event mask,
+//   1. wait for I/O (epoll_pwait2, nanosecond timeout: until the next timer, or not at all when
+//      deferred tasks are pending; falls back to epoll_wait at run time where the kernel lacks
+//      it), then read the clock once: now(),
+//   2. dispatch: each ready fd's handler is called with its event mask,
+//   3. timers whose deadline is <= now(), in deadline order,
 //   4. deferred tasks (defer()), then posted tasks (post()), in the order they were queued,
 //   5. handlers of registrations removed during this iteration are destroyed.
 //
@@ -52,7 +55,8 @@ namespace io {
 inline constexpr std::uint32_t readable = EPOLLIN;
 inline constexpr std::uint32_t writable = EPOLLOUT;
 inline constexpr std::uint32_t edge_triggered = EPOLLET;  // interest only
-inline constexpr std::uint32_t exclusive = EPOLLEXCLUSIVE;  // interest only; add() only, never modify()
+inline constexpr std::uint32_t exclusive =
+    EPOLLEXCLUSIVE;  // interest only; add() only, never modify()
 inline constexpr std::uint32_t peer_closed = EPOLLRDHUP;  // interest and event
 inline constexpr std::uint32_t hangup = EPOLLHUP;         // event only, always reported
 inline constexpr std::uint32_t error = EPOLLERR;          // event only, always reported
@@ -85,11 +89,11 @@ class EventLoop {
 
   struct Stats {
     std::uint64_t iterations = 0;
-    std::uint64_t events = 0;          // events dispatched to handlers
-    std::uint64_t stale_events = 0;    // events dropped: their registration was removed
+    std::uint64_t events = 0;        // events dispatched to handlers
+    std::uint64_t stale_events = 0;  // events dropped: their registration was removed
     std::uint64_t epoll_ctl_calls = 0;
-    std::uint64_t wakeups = 0;         // eventfd reads (each covers any number of posts)
-    bool epoll_pwait2 = true;          // false once the fallback to epoll_wait was taken
+    std::uint64_t wakeups = 0;  // eventfd reads (each covers any number of posts)
+    bool epoll_pwait2 = true;   // false once the fallback to epoll_wait was taken
   };
 
   EventLoop();
@@ -104,7 +108,8 @@ class EventLoop {
   // iteration.
   void run();
   // One iteration; waits at most `timeout` for I/O (nullopt: until a timer is due or an event
-  // arrives; zero: does not block). Returns the number of events dispatched.
+  // arrives; zero: does not block). Returns the number of events epoll reported
+  // (stale ones, dropped because their registration was removed, included).
   std::size_t run_once(std::optional<Duration> timeout = std::nullopt);
   // Any thread, or a callback: run() returns at the end of the current iteration.
   void stop() noexcept;
@@ -177,7 +182,9 @@ class EventLoop {
   // must not move the handler that is executing.
   std::deque<Slot> slots_;
   std::vector<std::uint32_t> free_slots_;
-  std::vector<IoHandler> removed_handlers_;  // destroyed at the end of the iteration
+  // Slots of registrations removed during this iteration: their handlers (one may be running)
+  // are destroyed and the slots recycled at its end, never while a handler could still run.
+  std::vector<std::uint32_t> removed_slots_;
   std::size_t live_registrations_ = 0;
 
   TimerQueue timers_;

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -15,6 +16,11 @@ namespace {
 // A Unix socket file nobody accepts on is left over from a process that died: connecting to it
 // is refused. Anything else (accepting, or a non-socket file) must not be removed.
 bool is_stale_unix_socket(const Address& address) {
+  // connect() to a regular file is refused too: only ever remove a socket file.
+  struct stat st {};
+  if (::lstat(std::string(address.unix_path()).c_str(), &st) < 0 || !S_ISSOCK(st.st_mode)) {
+    return false;
+  }
   auto probe = open_stream_socket(AF_UNIX);
   if (!probe) return false;
   if (::connect(probe->get(), address.sockaddr_ptr(), address.length()) == 0) return false;
@@ -88,7 +94,9 @@ Listener::Listener(EventLoop& loop, const ListenSocket& socket, AcceptHandler on
                    const Options& options)
     : loop_(loop), listen_fd_(socket.fd()), on_accept_(std::move(on_accept)), options_(options) {}
 
-Listener::~Listener() { stop(); }
+Listener::~Listener() {
+  stop();
+}
 
 std::error_code Listener::start() {
   if (io_id_) return {};
@@ -119,8 +127,10 @@ void Listener::on_readable() {
       if (fd_exhausted(err)) {
         ++fd_exhaustion_;
         if (on_error_) on_error_(std::error_code(err, std::system_category()));
+        // accept4 reports EMFILE before looking at the backlog: once shed_one finds it empty,
+        // stop, or each readiness would spin through accepts_per_event failed accepts.
         if (!shed_one()) {
-          pause();
+          if (!spare_) pause();
           return;
         }
         continue;
@@ -141,10 +151,9 @@ bool Listener::shed_one() {
   if (!spare_) return false;
   spare_.reset();
   int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-  const int err = fd < 0 ? errno : 0;
   if (fd >= 0) ::close(fd);  // the peer sees the connection closed at once, not a hang
   spare_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-  return fd >= 0 || err == EAGAIN || err == EWOULDBLOCK;
+  return fd >= 0;
 }
 
 void Listener::pause() {

@@ -88,7 +88,9 @@ class Listener {
 
  private:
   void on_readable();
-  bool shed_one();  // the spare-fd trick; false when no spare is available
+  // The spare-fd trick: true when a pending connection was accepted and closed; false when
+  // none was pending, or when no spare is available (then spare_ is empty).
+  bool shed_one();
   void pause();
 
   EventLoop& loop_;

@@ -18,16 +18,21 @@ LoopThread::LoopThread(const EventLoop::Options& options) {
       created.notify_one();
     }
     loop.run();
+    stop_done_.wait(false, std::memory_order_acquire);
   });
   std::unique_lock lock(mutex);
   created.wait(lock, [this] { return loop_ != nullptr; });
 }
 
-LoopThread::~LoopThread() { join(); }
+LoopThread::~LoopThread() {
+  join();
+}
 
 void LoopThread::join() {
   if (!thread_.joinable()) return;
   loop_->stop();
+  stop_done_.store(true, std::memory_order_release);
+  stop_done_.notify_one();
   thread_.join();
 }
 

@@ -7,6 +7,7 @@
 // creating thread's signal mask, so call block_signals() before creating any LoopThread.
 #pragma once
 
+#include <atomic>
 #include <thread>
 
 #include "reactor/event_loop.hpp"
@@ -26,6 +27,9 @@ class LoopThread {
 
  private:
   EventLoop* loop_ = nullptr;
+  // Set once join()'s stop() has returned: until then the thread keeps the loop alive, since
+  // stop() from another thread still writes to the loop's eventfd after run() may have returned.
+  std::atomic<bool> stop_done_{false};
   std::thread thread_;
 };
 

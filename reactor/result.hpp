@@ -16,7 +16,8 @@ namespace reactor {
 template <class T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : state_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value)
+      : state_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit by design
   Result(std::error_code error) : state_(std::in_place_index<1>, error) {  // NOLINT
     assert(error && "a failed Result needs a non-zero error_code");
   }
@@ -49,6 +50,8 @@ class [[nodiscard]] Result {
 };
 
 // The current errno as an error_code; call it right after the failed syscall.
-inline std::error_code errno_code() noexcept { return {errno, std::system_category()}; }
+inline std::error_code errno_code() noexcept {
+  return {errno, std::system_category()};
+}
 
 }  // namespace reactor

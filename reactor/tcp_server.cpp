@@ -96,7 +96,14 @@ std::error_code TcpServer::start() {
       if (on_error_) on_error_(ec);
     });
     if (shard.loop->in_loop_thread()) {
-      if (auto ec = shard.listener->start()) return ec;
+      // Fails only for want of memory or fds (epoll_ctl); keep the promise that nothing listens.
+      if (auto ec = shard.listener->start()) {
+        for (auto& s : shards_) {
+          if (s->loop->in_loop_thread()) s->listener.reset();
+        }
+        sockets_.clear();
+        return ec;
+      }
     } else {
       shard.loop->post([&shard] { (void)shard.listener->start(); });
     }
@@ -105,7 +112,10 @@ std::error_code TcpServer::start() {
 }
 
 void TcpServer::on_accept(Shard& shard, Fd socket, const Address& peer) {
-  if (shard.stopping) return;  // the socket closes here
+  if (shard.stopping) {
+    Shard::bump(shard.refused, 1);  // the socket closes here
+    return;
+  }
   if (options_.max_connections &&
       open_connections_.load(std::memory_order_relaxed) >= options_.max_connections) {
     Shard::bump(shard.refused, 1);
@@ -203,7 +213,8 @@ void TcpServer::shard_stopped() {
   // The last shard to stop hands `done` to the home loop, outside every callback of ours.
   EventLoop* home = shards_[0]->loop;
   home->post([this] {
-    for (auto& shard : shards_) shard->listener.reset();
+    for (auto& shard : shards_)
+      shard->listener.reset();
     sockets_.clear();  // new connections are refused now, and a Unix socket file goes away
     if (on_stopped_) {
       auto done = std::move(on_stopped_);

@@ -47,7 +47,7 @@ struct ServerOptions {
 struct ServerStats {
   std::uint64_t accepted = 0;
   std::uint64_t active = 0;
-  std::uint64_t refused = 0;        // over max_connections
+  std::uint64_t refused = 0;        // over max_connections, or while stopping
   std::uint64_t fd_exhaustion = 0;  // EMFILE/ENFILE while accepting
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
@@ -105,7 +105,6 @@ class TcpServer {
   std::atomic<std::size_t> open_connections_{0};
   std::atomic<std::size_t> shards_running_{0};
   Function<void()> on_stopped_;
-  bool in_callback_guard_ = false;
 };
 
 }  // namespace reactor

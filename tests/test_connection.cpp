@@ -1,0 +1,1153 @@
+// Connection over loopback: a TcpServer on the test's loop for the server side; clients are
+// plain sockets the test drives by hand (blocking connect, then non-blocking I/O between loop
+// iterations) or Connectors on the same loop. Every wait is bounded; timeouts and linger run
+// on a ManualClock.
+#include "reactor/connection.hpp"
+
+#include <poll.h>
+#include <pthread.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "reactor/connector.hpp"
+#include "reactor/tcp_server.hpp"
+
+namespace reactor {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Generous bound on every wait (real time). Passing tests take a small fraction of it.
+constexpr auto kDeadline = std::chrono::seconds(20);
+
+std::string random_bytes(std::size_t n, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::string s(n, '\0');
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const std::uint64_t v = rng();
+    std::memcpy(&s[i], &v, 8);
+  }
+  for (; i < n; ++i) {
+    s[i] = static_cast<char>(rng());
+  }
+  return s;
+}
+
+bool has_ipv6_loopback() {
+  Fd s(::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!s) return false;
+  const Address a = Address::ipv6_loopback(0);
+  return ::bind(s.get(), a.sockaddr_ptr(), a.length()) == 0;
+}
+
+// Blocks until `fd` reports a hangup or an error (poll reports those with no events asked).
+short wait_for_hangup(int fd) {
+  pollfd p{fd, 0, 0};
+  const int n = ::poll(&p, 1, static_cast<int>(std::chrono::milliseconds(kDeadline).count()));
+  return n == 1 ? p.revents : 0;
+}
+
+// Blocks until `fd` has input queued.
+bool wait_for_input(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  const int n = ::poll(&p, 1, static_cast<int>(std::chrono::milliseconds(kDeadline).count()));
+  return n == 1 && (p.revents & POLLIN);
+}
+
+// A client socket the test drives by hand. The connect blocks (loopback completes the handshake
+// without the server's accept, so the loop need not run); all I/O after it is non-blocking.
+class RawClient {
+ public:
+  explicit RawClient(const Address& to, int recv_buffer = 0, int send_buffer = 0) {
+    fd_.reset(::socket(to.family(), SOCK_STREAM | SOCK_CLOEXEC, 0));
+    EXPECT_TRUE(fd_) << std::strerror(errno);
+    // Before connect, so the window scale the handshake announces fits the buffer.
+    if (recv_buffer > 0) {
+      EXPECT_FALSE(set_recv_buffer(fd_.get(), recv_buffer));
+    }
+    if (send_buffer > 0) {
+      EXPECT_FALSE(set_send_buffer(fd_.get(), send_buffer));
+    }
+    int rc;
+    do {
+      rc = ::connect(fd_.get(), to.sockaddr_ptr(), to.length());
+    } while (rc < 0 && errno == EINTR);
+    connected_ = rc == 0;
+    EXPECT_TRUE(connected_) << "connect to " << to.to_string() << ": " << std::strerror(errno);
+    EXPECT_FALSE(set_nonblocking(fd_.get()));
+  }
+
+  int fd() const { return fd_.get(); }
+  bool connected() const { return connected_; }
+
+  // Sends what the kernel takes now; 0 when the socket is full (or failed: see error()).
+  std::size_t send_some(std::string_view data) {
+    if (data.empty()) return 0;
+    for (;;) {
+      const ssize_t n = ::send(fd_.get(), data.data(), data.size(), MSG_NOSIGNAL);
+      if (n >= 0) return static_cast<std::size_t>(n);
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) error_ = errno;
+      return 0;
+    }
+  }
+
+  // Appends to received() at most `max` bytes of what is queued now; notes EOF and errors.
+  std::size_t receive_some(std::size_t max = SIZE_MAX) {
+    std::size_t total = 0;
+    while (total < max && !eof_ && error_ == 0) {
+      char chunk[64 * 1024];
+      const ssize_t n = ::recv(fd_.get(), chunk, std::min(sizeof chunk, max - total), 0);
+      if (n > 0) {
+        received_.append(chunk, static_cast<std::size_t>(n));
+        total += static_cast<std::size_t>(n);
+      } else if (n == 0) {
+        eof_ = true;
+      } else if (errno == EINTR) {
+        continue;
+      } else {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) error_ = errno;
+        break;
+      }
+    }
+    return total;
+  }
+
+  std::string& received() { return received_; }
+  bool eof() const { return eof_; }
+  int error() const { return error_; }  // errno of a failed send or recv, 0 if none
+  bool failed() const { return error_ != 0; }
+
+  void shutdown_write() { EXPECT_EQ(::shutdown(fd_.get(), SHUT_WR), 0); }
+  void close() { fd_.reset(); }  // FIN (or RST if input is left unread)
+  void reset() {                 // RST: SO_LINGER 0, then close
+    EXPECT_FALSE(set_linger_abort(fd_.get()));
+    fd_.reset();
+  }
+
+ private:
+  Fd fd_;
+  bool connected_ = false;
+  bool eof_ = false;
+  int error_ = 0;
+  std::string received_;
+};
+
+// One server-side connection as its callbacks saw it.
+struct Record {
+  ConnectionId id;
+  Address peer;
+  std::string received;  // for tests whose on_data keeps input
+  int data_calls = 0;
+  int drained_calls = 0;
+  int high_water_calls = 0;
+  int peer_shutdown_calls = 0;
+  int close_calls = 0;
+  int calls_after_close = 0;  // any callback after on_close: must stay 0
+  CloseReason reason = CloseReason::error;
+  std::error_code ec;
+};
+
+void echo(Connection& conn, Buffer& input, Record&) {
+  conn.send(input.view());
+  input.consume(input.size());
+}
+
+class ConnectionTest : public ::testing::Test {
+ protected:
+  ConnectionTest() : loop_(std::make_unique<EventLoop>()) {}
+
+  ~ConnectionTest() override {
+    server_.reset();
+    loop_->run_once(0ns);  // destroys what the last round deferred
+  }
+
+  void TearDown() override {
+    for (const Record& r : records_) {
+      EXPECT_LE(r.close_calls, 1) << "on_close ran more than once";
+      EXPECT_EQ(r.calls_after_close, 0) << "a callback ran after on_close";
+    }
+  }
+
+  // Before start_server(): the loop's timers then move only with clock_.
+  void use_manual_clock() {
+    EventLoop::Options options;
+    options.clock = &clock_;
+    loop_ = std::make_unique<EventLoop>(options);
+  }
+
+  // Starts the server with the hooks set so far; returns the bound address.
+  Address start_server(const Address& at, const ServerOptions& options = {}) {
+    handlers_.on_data = [this](Connection& c, Buffer& input) {
+      Record& r = record_of(c);
+      note(r);
+      ++r.data_calls;
+      on_data_(c, input, r);
+    };
+    handlers_.on_drained = [](Connection& c) {
+      Record& r = record_of(c);
+      note(r);
+      ++r.drained_calls;
+    };
+    handlers_.on_high_water = [this](Connection& c, std::size_t queued) {
+      Record& r = record_of(c);
+      note(r);
+      ++r.high_water_calls;
+      if (on_high_water_) on_high_water_(c, queued, r);
+    };
+    // Only when the test asks: without it the connection closes at the peer's EOF.
+    if (on_peer_shutdown_) {
+      handlers_.on_peer_shutdown = [this](Connection& c) {
+        Record& r = record_of(c);
+        note(r);
+        ++r.peer_shutdown_calls;
+        on_peer_shutdown_(c, r);
+      };
+    }
+    handlers_.on_close = [this](Connection& c, CloseReason reason, std::error_code ec) {
+      Record& r = record_of(c);
+      note(r);
+      ++r.close_calls;
+      r.reason = reason;
+      r.ec = ec;
+      if (on_close_) on_close_(c, r);
+    };
+    server_ = std::make_unique<TcpServer>(*loop_, at, handlers_, options);
+    server_->set_open_handler([this](Connection& c) {
+      Record& r = records_.emplace_back();
+      r.id = c.id();
+      r.peer = c.peer();
+      c.set_context(&r);
+      if (on_open_) on_open_(c, r);
+    });
+    const std::error_code ec = server_->start();
+    EXPECT_FALSE(ec) << "start on " << at.to_string() << ": " << ec.message();
+    return server_->address();
+  }
+
+  // Runs loop iterations (each waiting at most `poll` for I/O) until `done` holds or the
+  // deadline passes; returns whether it held.
+  template <class Predicate>
+  bool run_until(Predicate done, Duration poll = 10ms) {
+    const auto deadline = std::chrono::steady_clock::now() + kDeadline;
+    while (!done()) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      loop_->run_once(poll);
+    }
+    return true;
+  }
+
+  bool run_until_open(std::size_t count = 1) {
+    return run_until([&] { return records_.size() >= count; });
+  }
+
+  // Reads everything the client gets until EOF or an error.
+  bool run_until_eof(RawClient& client) {
+    return run_until([&] {
+      client.receive_some();
+      return client.eof() || client.failed();
+    });
+  }
+
+  Connection* server_side(const Record& r) const { return server_->find(r.id); }
+
+  void expect_echo_round_trip(const Address& at);
+  void expect_gather_send_to_closed_peer_is_reset(const std::function<bool(Connection&)>& send);
+
+  static Record& record_of(Connection& c) { return *c.context_as<Record>(); }
+  static void note(Record& r) {
+    if (r.close_calls > 0) ++r.calls_after_close;
+  }
+
+  ManualClock clock_;
+  std::unique_ptr<EventLoop> loop_;
+  ConnectionHandlers handlers_;
+  std::deque<Record> records_;  // stable addresses: each connection's context points at one
+  std::unique_ptr<TcpServer> server_;
+
+  // What the server does; the handlers above count every call before calling these.
+  std::function<void(Connection&, Record&)> on_open_;
+  std::function<void(Connection&, Buffer&, Record&)> on_data_ = echo;
+  std::function<void(Connection&, std::size_t, Record&)> on_high_water_;
+  std::function<void(Connection&, Record&)> on_peer_shutdown_;
+  std::function<void(Connection&, Record&)> on_close_;
+};
+
+// ---- Echo over each address family ----
+
+void ConnectionTest::expect_echo_round_trip(const Address& at) {
+  const Address bound = start_server(at);
+  RawClient client(bound);
+  ASSERT_TRUE(client.connected());
+  const std::string message = random_bytes(300 * 1024, 1);  // several reads' worth
+  std::size_t sent = 0;
+  ASSERT_TRUE(run_until([&] {
+    sent += client.send_some(std::string_view(message).substr(sent));
+    client.receive_some();
+    return client.received().size() >= message.size() || client.failed() || client.eof();
+  }));
+  ASSERT_EQ(client.received().size(), message.size());
+  EXPECT_TRUE(client.received() == message) << "echoed bytes differ";
+
+  client.shutdown_write();
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_EQ(client.error(), 0) << std::strerror(client.error());
+  ASSERT_EQ(records_.size(), 1u);
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].peer.family(), at.family());
+  EXPECT_EQ(records_[0].reason, CloseReason::peer_closed) << to_string(records_[0].reason);
+  EXPECT_FALSE(records_[0].ec) << records_[0].ec.message();
+}
+
+TEST_F(ConnectionTest, EchoRoundTripOverIpv4) {
+  expect_echo_round_trip(Address::ipv4_loopback(0));
+}
+
+TEST_F(ConnectionTest, EchoRoundTripOverIpv6) {
+  if (!has_ipv6_loopback()) GTEST_SKIP() << "no IPv6 loopback: cannot bind [::1]:0";
+  expect_echo_round_trip(Address::ipv6_loopback(0));
+}
+
+TEST_F(ConnectionTest, EchoRoundTripOverUnixPath) {
+  char dir[] = "/tmp/reactor-connection-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr) << std::strerror(errno);
+  const std::string path = std::string(dir) + "/echo.sock";
+  auto at = Address::parse("unix:" + path);
+  ASSERT_TRUE(at.ok()) << at.error().message();
+  expect_echo_round_trip(*at);
+  server_.reset();  // the listening socket removes its file
+  EXPECT_NE(::access(path.c_str(), F_OK), 0) << "socket file left behind";
+  ::unlink(path.c_str());
+  EXPECT_EQ(::rmdir(dir), 0) << std::strerror(errno);
+}
+
+TEST_F(ConnectionTest, EchoRoundTripOverAbstractUnix) {
+  auto at = Address::parse("unix:@reactor-test-connection-" + std::to_string(::getpid()));
+  ASSERT_TRUE(at.ok()) << at.error().message();
+  expect_echo_round_trip(*at);
+}
+
+// ---- Many connections ----
+
+TEST_F(ConnectionTest, ThousandConcurrentConnectionsEchoRandomSizesByteExact) {
+  constexpr int kClients = 1000;
+  rlimit limit{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &limit), 0);
+  if (limit.rlim_max < 2100 || limit.rlim_cur < 2100) {
+    GTEST_SKIP() << "fd limit " << limit.rlim_cur << "/" << limit.rlim_max
+                 << " is below 2,100: 1,000 loopback connections take two fds each";
+  }
+  const Address bound = start_server(Address::ipv4_loopback(0));
+
+  struct Client {
+    explicit Client(EventLoop& loop) : connector(loop) {}
+    Connector connector;
+    ConnectionHandle handle;
+    std::string payload;
+    std::string received;
+    std::error_code connect_error;
+    int close_calls = 0;
+    CloseReason reason = CloseReason::error;
+    std::error_code ec;
+  };
+  int connected = 0;
+  int closed = 0;
+  ConnectionHandlers client_handlers;
+  client_handlers.on_data = [](Connection& c, Buffer& input) {
+    Client& client = *c.context_as<Client>();
+    client.received.append(input.view());
+    input.consume(input.size());
+    if (client.received.size() >= client.payload.size()) c.close();
+  };
+  client_handlers.on_close = [&closed](Connection& c, CloseReason reason, std::error_code ec) {
+    Client& client = *c.context_as<Client>();
+    ++client.close_calls;
+    client.reason = reason;
+    client.ec = ec;
+    ++closed;
+  };
+
+  std::mt19937 rng(20240601);
+  std::uniform_int_distribution<std::size_t> size(1, 64 * 1024);
+  std::vector<std::unique_ptr<Client>> clients;
+  for (int i = 0; i < kClients; ++i) {
+    auto client = std::make_unique<Client>(*loop_);
+    client->payload = random_bytes(size(rng), static_cast<std::uint64_t>(i));
+    Client* raw = client.get();
+    const std::error_code ec =
+        raw->connector.connect(bound, kDeadline, client_handlers,
+                               [raw, &connected](std::error_code error, ConnectionHandle handle) {
+                                 ++connected;
+                                 raw->connect_error = error;
+                                 if (!error) {
+                                   raw->handle = std::move(handle);
+                                   raw->handle->set_context(raw);
+                                 }
+                               });
+    ASSERT_FALSE(ec) << "client " << i << ": " << ec.message();
+    clients.push_back(std::move(client));
+  }
+
+  // All open at once before any byte moves: the echoes really are concurrent.
+  ASSERT_TRUE(run_until([&] {
+    return connected == kClients && server_->stats().active == static_cast<unsigned>(kClients);
+  })) << connected
+      << " connected, " << server_->stats().active << " accepted";
+  for (auto& client : clients) {
+    ASSERT_FALSE(client->connect_error) << client->connect_error.message();
+  }
+  for (auto& client : clients)
+    ASSERT_TRUE(client->handle->send(client->payload));
+
+  ASSERT_TRUE(run_until([&] { return closed == kClients && server_->stats().active == 0; }))
+      << closed << " of " << kClients << " clients done";
+  int mismatched = 0;
+  for (auto& client : clients) {
+    if (client->received != client->payload) ++mismatched;
+    EXPECT_EQ(client->close_calls, 1);
+    EXPECT_EQ(client->reason, CloseReason::local_close) << to_string(client->reason);
+    EXPECT_FALSE(client->ec) << client->ec.message();
+  }
+  EXPECT_EQ(mismatched, 0) << "connections whose echo was not byte-exact";
+  EXPECT_EQ(records_.size(), static_cast<std::size_t>(kClients));
+  for (const Record& r : records_)
+    EXPECT_EQ(r.close_calls, 1);
+}
+
+// ---- Backpressure ----
+
+constexpr std::size_t kHighWater = 256 * 1024;
+constexpr std::size_t kLowWater = 64 * 1024;
+
+ServerOptions backpressure_options() {
+  ServerOptions options;
+  options.connection.high_water_mark = kHighWater;
+  options.connection.low_water_mark = kLowWater;
+  return options;
+}
+
+// The echo server's output, checked against the bound: each on_data sends at most the one
+// message it was given, on top of output that (reading paused at high water) is below the mark.
+struct OutputBound {
+  std::size_t last_message = 0;
+  std::size_t max_queued = 0;
+  int violations = 0;
+  std::size_t worst = 0;
+
+  void sample(std::size_t queued) {
+    max_queued = std::max(max_queued, queued);
+    if (queued > kHighWater + last_message) {
+      ++violations;
+      worst = std::max(worst, queued);
+    }
+  }
+};
+
+TEST_F(ConnectionTest, SixtyFourMiBBothWaysThroughSlowReaderIsExactAndBounded) {
+  constexpr std::size_t kTotal = 64u << 20;
+  const std::string payload = random_bytes(kTotal, 64);
+  OutputBound bound_check;
+  on_open_ = [](Connection& c, Record&) {
+    // Small kernel buffers: backpressure shows up after a few hundred KiB, not after many MiB.
+    EXPECT_FALSE(set_send_buffer(c.fd(), 256 * 1024));
+    EXPECT_FALSE(set_recv_buffer(c.fd(), 256 * 1024));
+  };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    bound_check.last_message = input.size();
+    c.send(input.view());
+    input.consume(input.size());
+    bound_check.sample(c.queued_bytes());
+  };
+  on_high_water_ = [&](Connection& c, std::size_t queued, Record&) {
+    bound_check.sample(queued);
+    bound_check.sample(c.queued_bytes());
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0), backpressure_options());
+  RawClient client(bound, 64 * 1024, 256 * 1024);
+  ASSERT_TRUE(client.connected());
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+
+  // The client writes as fast as the kernel lets it and reads at most 32 KiB per iteration,
+  // nothing at all until the server first reached its high-water mark.
+  std::size_t sent = 0;
+  std::size_t verified = 0;
+  bool mismatch = false;
+  ASSERT_TRUE(run_until(
+      [&] {
+        sent += client.send_some(std::string_view(payload).substr(sent, 256 * 1024));
+        if (rec.high_water_calls > 0) {
+          client.receive_some(32 * 1024);
+          std::string& got = client.received();
+          if (!got.empty()) {
+            if (std::memcmp(got.data(), payload.data() + verified, got.size()) != 0) {
+              mismatch = true;
+            }
+            verified += got.size();
+            got.clear();
+          }
+        }
+        return verified >= kTotal || mismatch || client.failed() || client.eof();
+      },
+      0ns))
+      << "sent " << sent << ", echoed back " << verified;
+  EXPECT_FALSE(mismatch) << "echo differs near offset " << verified;
+  EXPECT_EQ(verified, kTotal);
+  EXPECT_EQ(client.error(), 0) << std::strerror(client.error());
+  EXPECT_GE(rec.high_water_calls, 1);
+  EXPECT_EQ(bound_check.violations, 0) << "queued output reached " << bound_check.worst
+                                       << " > high water " << kHighWater << " + one message";
+
+  client.shutdown_write();
+  ASSERT_TRUE(run_until_eof(client));
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(server_->stats().bytes_in, kTotal);
+  EXPECT_EQ(server_->stats().bytes_out, kTotal);
+  EXPECT_EQ(rec.reason, CloseReason::peer_closed) << to_string(rec.reason);
+}
+
+TEST_F(ConnectionTest, PeerThatNeverReadsPausesReadingAndOutputStaysBounded) {
+  constexpr std::size_t kTotal = 32u << 20;
+  const std::string payload = random_bytes(kTotal, 32);
+  OutputBound bound_check;
+  int data_calls_at_stall = -1;
+  on_open_ = [](Connection& c, Record&) {
+    EXPECT_FALSE(set_send_buffer(c.fd(), 256 * 1024));
+    EXPECT_FALSE(set_recv_buffer(c.fd(), 256 * 1024));
+  };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    bound_check.last_message = input.size();
+    c.send(input.view());
+    input.consume(input.size());
+    bound_check.sample(c.queued_bytes());
+  };
+  on_high_water_ = [&](Connection&, std::size_t queued, Record&) { bound_check.sample(queued); };
+  const Address bound = start_server(Address::ipv4_loopback(0), backpressure_options());
+  RawClient client(bound, 64 * 1024, 64 * 1024);
+  ASSERT_TRUE(client.connected());
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+
+  // Phase 1: the client sends and never reads. It stalls once the server stops reading: the
+  // client's socket is full and a whole iteration passes with nothing for the loop to do.
+  std::size_t sent = 0;
+  bool stalled = false;
+  const auto deadline = std::chrono::steady_clock::now() + kDeadline;
+  while (!stalled && sent < kTotal && !client.failed() &&
+         std::chrono::steady_clock::now() < deadline) {
+    const std::size_t n = client.send_some(std::string_view(payload).substr(sent));
+    sent += n;
+    const std::size_t events = loop_->run_once(10ms);
+    stalled = n == 0 && events == 0 && rec.high_water_calls > 0;
+  }
+  ASSERT_TRUE(stalled) << "sent " << sent << " of " << kTotal << " without a stall";
+  EXPECT_LT(sent, kTotal / 4) << "the server kept reading from a peer that does not read";
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  EXPECT_LE(conn->queued_bytes(), kHighWater + bound_check.last_message);
+  EXPECT_LT(conn->bytes_received(), static_cast<std::uint64_t>(sent));
+  EXPECT_EQ(bound_check.violations, 0)
+      << "queued output reached " << bound_check.worst << " > high water + one message";
+  data_calls_at_stall = rec.data_calls;
+
+  // Phase 2: the client reads; reading resumes and everything comes back exact.
+  std::size_t verified = 0;
+  bool mismatch = false;
+  ASSERT_TRUE(run_until(
+      [&] {
+        sent += client.send_some(std::string_view(payload).substr(sent));
+        client.receive_some();
+        std::string& got = client.received();
+        if (!got.empty()) {
+          if (std::memcmp(got.data(), payload.data() + verified, got.size()) != 0) mismatch = true;
+          verified += got.size();
+          got.clear();
+        }
+        return verified >= kTotal || mismatch || client.failed() || client.eof();
+      },
+      0ns))
+      << "echoed back " << verified << " of " << kTotal;
+  EXPECT_FALSE(mismatch) << "echo differs near offset " << verified;
+  EXPECT_EQ(verified, kTotal);
+  EXPECT_GT(rec.data_calls, data_calls_at_stall) << "reading never resumed";
+  EXPECT_EQ(bound_check.violations, 0)
+      << "queued output reached " << bound_check.worst << " > high water + one message";
+  EXPECT_LE(bound_check.max_queued, kHighWater + 4 * Buffer::kOverflowSize + (1u << 20))
+      << "queued output grew far beyond the high-water mark";
+}
+
+TEST_F(ConnectionTest, ReadingResumesOnceOutputDrainsBelowLowWaterMark) {
+  // The low-water mark close to the high one, and a small kernel send buffer: output drains in
+  // steps smaller than the gap between high water and zero, so it passes below the low-water
+  // mark while bytes are still queued.
+  constexpr std::size_t kLow = 192 * 1024;
+  ServerOptions options;
+  options.connection.high_water_mark = kHighWater;
+  options.connection.low_water_mark = kLow;
+  const std::string payload = random_bytes(8 << 20, 25);
+  bool paused_once = false;
+  bool paused = false;                        // on_high_water ran; no on_data since
+  std::vector<std::size_t> queued_at_resume;  // queued output when on_data ran again
+  on_open_ = [](Connection& c, Record&) {
+    EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024));
+    EXPECT_FALSE(set_recv_buffer(c.fd(), 64 * 1024));
+  };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    if (paused) queued_at_resume.push_back(c.queued_bytes());
+    paused = false;
+    c.send(input.view());
+    input.consume(input.size());
+  };
+  on_high_water_ = [&](Connection&, std::size_t, Record&) { paused_once = paused = true; };
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound, 64 * 1024, 64 * 1024);
+  ASSERT_TRUE(run_until_open());
+
+  std::size_t sent = 0;
+  std::size_t verified = 0;
+  bool mismatch = false;
+  ASSERT_TRUE(run_until(
+      [&] {
+        sent += client.send_some(std::string_view(payload).substr(sent));
+        if (paused_once) client.receive_some(16 * 1024);  // slowly, once the server paused
+        std::string& got = client.received();
+        if (!got.empty()) {
+          if (std::memcmp(got.data(), payload.data() + verified, got.size()) != 0) mismatch = true;
+          verified += got.size();
+          got.clear();
+        }
+        return verified >= payload.size() || mismatch || client.failed() || client.eof();
+      },
+      0ns));
+  EXPECT_FALSE(mismatch);
+  EXPECT_EQ(verified, payload.size());
+  ASSERT_FALSE(queued_at_resume.empty()) << "reading never paused and resumed";
+  const std::size_t most = *std::max_element(queued_at_resume.begin(), queued_at_resume.end());
+  EXPECT_GT(most, 0u)
+      << "reading resumed only once output drained to zero, not below the low-water mark";
+  EXPECT_LT(most, kLow) << "reading resumed above the low-water mark";
+}
+
+// ---- Half-close and graceful close ----
+
+TEST_F(ConnectionTest, ReplyAfterPeerHalfCloseIsStillDelivered) {
+  const std::string tail = random_bytes(1 << 20, 5);
+  std::size_t queued_at_close = 0;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [](Connection&, Buffer& input, Record& r) {
+    r.received.append(input.view());
+    input.consume(input.size());
+  };
+  on_peer_shutdown_ = [&](Connection& c, Record& r) {
+    EXPECT_TRUE(c.send("you said: " + r.received + "\n", tail));
+    queued_at_close = c.queued_bytes();
+    c.close();
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("question"), 8u);
+  client.shutdown_write();
+
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_GT(queued_at_close, 0u) << "close() had nothing queued to flush";
+  EXPECT_EQ(client.error(), 0) << std::strerror(client.error());
+  EXPECT_TRUE(client.received() == "you said: question\n" + tail)
+      << "got " << client.received().size() << " bytes";
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].peer_shutdown_calls, 1);
+  EXPECT_EQ(records_[0].reason, CloseReason::peer_closed) << to_string(records_[0].reason);
+  EXPECT_FALSE(records_[0].ec) << records_[0].ec.message();
+}
+
+TEST_F(ConnectionTest, ErrorReplyThenCloseWithUnreadInputReachesPeerWithoutReset) {
+  int unread_at_close = -1;
+  on_data_ = [&](Connection& c, Buffer& input, Record& r) {
+    if (r.data_calls == 1) {
+      ASSERT_EQ(::ioctl(c.fd(), FIONREAD, &unread_at_close), 0);
+      EXPECT_TRUE(c.send("ERR\n"));
+      c.close();
+    }
+    input.consume(input.size());
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  const std::string upload = random_bytes(1 << 20, 9);
+  RawClient client(bound, 0, 2 << 20);
+  // Queued before the server reads a byte: its first read takes a part, the rest stays unread.
+  std::size_t sent = client.send_some(upload);
+  ASSERT_GT(sent, 0u);
+
+  ASSERT_TRUE(run_until([&] {
+    sent += client.send_some(std::string_view(upload).substr(sent));
+    client.receive_some();
+    return (sent == upload.size() && client.eof()) || client.failed();
+  }));
+  EXPECT_GT(unread_at_close, 0) << "the server had no unread input when it closed";
+  EXPECT_EQ(client.error(), 0) << std::strerror(client.error());
+  EXPECT_EQ(client.received(), "ERR\n");
+  EXPECT_TRUE(client.eof());
+
+  // The server drained our input to our EOF, then closed: FIN both ways, never RST.
+  client.shutdown_write();
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].reason, CloseReason::local_close) << to_string(records_[0].reason);
+  EXPECT_FALSE(records_[0].ec) << records_[0].ec.message();
+  char byte;
+  EXPECT_EQ(::recv(client.fd(), &byte, 1, 0), 0) << std::strerror(errno);
+}
+
+TEST_F(ConnectionTest, ShutdownWriteFlushesQueuedOutputThenEofAndKeepsReading) {
+  const std::string reply = random_bytes(8 << 20, 11);
+  std::size_t queued_at_shutdown = 0;
+  bool send_after_shutdown = true;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record& r) {
+    if (r.data_calls == 1) {
+      input.consume(input.size());
+      EXPECT_TRUE(c.send(reply));
+      queued_at_shutdown = c.queued_bytes();
+      c.shutdown_write();
+      send_after_shutdown = c.send("more");
+      return;
+    }
+    r.received.append(input.view());
+    input.consume(input.size());
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("start"), 5u);
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].data_calls == 1; }));
+  Record& rec = records_[0];
+  EXPECT_GT(queued_at_shutdown, 0u) << "nothing was queued: shutdown_write() had nothing to flush";
+  EXPECT_FALSE(send_after_shutdown);
+
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_EQ(client.error(), 0) << std::strerror(client.error());
+  EXPECT_EQ(client.received().size(), reply.size());
+  EXPECT_TRUE(client.received() == reply) << "bytes before EOF differ";
+
+  ASSERT_EQ(client.send_some("still reading"), 13u);
+  ASSERT_TRUE(run_until([&] { return rec.received == "still reading"; }));
+  EXPECT_EQ(rec.close_calls, 0);
+
+  client.close();
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::peer_closed) << to_string(rec.reason);
+}
+
+// ---- Resets ----
+
+TEST_F(ConnectionTest, PeerResetMidSendIsReportedAsReset) {
+  const std::string big = random_bytes(8 << 20, 13);
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    EXPECT_TRUE(c.send(big));
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("go"), 2u);
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].data_calls == 1; }));
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  ASSERT_GT(conn->queued_bytes(), 0u) << "the send finished before the reset";
+
+  client.reset();
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::reset) << to_string(rec.reason) << ": " << rec.ec.message();
+  EXPECT_TRUE(rec.ec == std::errc::connection_reset || rec.ec == std::errc::broken_pipe)
+      << rec.ec.message();
+}
+
+// The peer closed; data toward it draws an RST, after which any send fails with EPIPE — the
+// error that raises SIGPIPE unless the send passes MSG_NOSIGNAL. SIGPIPE stays at its default
+// (fatal) action here, so reaching the end of the test proves it was not raised.
+void ConnectionTest::expect_gather_send_to_closed_peer_is_reset(
+    const std::function<bool(Connection&)>& send) {
+  struct sigaction action {};
+  ASSERT_EQ(::sigaction(SIGPIPE, nullptr, &action), 0);
+  ASSERT_EQ(action.sa_handler, SIG_DFL) << "SIGPIPE must keep its default action";
+  sigset_t blocked;
+  ASSERT_EQ(::pthread_sigmask(SIG_BLOCK, nullptr, &blocked), 0);
+  ASSERT_FALSE(sigismember(&blocked, SIGPIPE)) << "SIGPIPE must not be blocked";
+
+  on_peer_shutdown_ = [](Connection&, Record&) {};  // stay open after the peer's FIN
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  client.close();
+  ASSERT_TRUE(run_until([&] { return rec.peer_shutdown_calls == 1; }));
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  ASSERT_TRUE(conn->send("probe"));  // reaches a closed socket: its kernel answers RST
+  ASSERT_NE(wait_for_hangup(conn->fd()) & (POLLHUP | POLLERR), 0) << "no RST arrived";
+
+  EXPECT_FALSE(send(*conn)) << "a gather write to a reset peer reported success";
+  EXPECT_FALSE(conn->send("after the failure"));
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::reset) << to_string(rec.reason) << ": " << rec.ec.message();
+}
+
+TEST_F(ConnectionTest, TwoPartSendToClosedPeerRaisesNoSigpipeAndReportsReset) {
+  const std::string first = random_bytes(64 * 1024, 15);
+  const std::string second = random_bytes(64 * 1024, 16);
+  expect_gather_send_to_closed_peer_is_reset([&](Connection& c) { return c.send(first, second); });
+}
+
+TEST_F(ConnectionTest, IovecSendToClosedPeerRaisesNoSigpipeAndReportsReset) {
+  std::string parts[3] = {random_bytes(1000, 17), random_bytes(64 * 1024, 18), random_bytes(7, 19)};
+  iovec iov[3];
+  for (int i = 0; i < 3; ++i)
+    iov[i] = {parts[i].data(), parts[i].size()};
+  expect_gather_send_to_closed_peer_is_reset([&](Connection& c) { return c.send(iov, 3); });
+}
+
+TEST_F(ConnectionTest, AbortSendsResetToThePeer) {
+  on_data_ = [](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    c.abort();
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].reason, CloseReason::aborted) << to_string(records_[0].reason);
+  EXPECT_FALSE(records_[0].ec) << records_[0].ec.message();
+
+  ASSERT_NE(wait_for_hangup(client.fd()), 0) << "the peer saw no hangup";
+  char byte;
+  EXPECT_EQ(::recv(client.fd(), &byte, 1, 0), -1);
+  EXPECT_EQ(errno, ECONNRESET) << std::strerror(errno);
+}
+
+// ---- Closing from callbacks ----
+
+TEST_F(ConnectionTest, OnDataMayCloseItsOwnConnection) {
+  on_data_ = [](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    EXPECT_TRUE(c.send("bye\n"));
+    c.close();
+    EXPECT_FALSE(c.is_open());
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_EQ(client.send_some("hello"), 5u);
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_EQ(client.received(), "bye\n");
+  EXPECT_EQ(client.error(), 0) << std::strerror(client.error());
+
+  // Input after close() is read only to reach our EOF: it never reaches on_data.
+  ASSERT_EQ(client.send_some("ignored"), 7u);
+  client.close();
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].data_calls, 1);
+  EXPECT_EQ(records_[0].reason, CloseReason::local_close) << to_string(records_[0].reason);
+  EXPECT_FALSE(records_[0].ec) << records_[0].ec.message();
+}
+
+// Two connections with input ready in one epoll batch; whichever on_data runs first closes
+// (or aborts) the other, whose event is still in the batch.
+class SameBatchTest : public ConnectionTest {
+ protected:
+  void run_batch(bool abort_other) {
+    on_data_ = [this, abort_other](Connection&, Buffer& input, Record& r) {
+      input.consume(input.size());
+      if (closer_ != nullptr) return;
+      closer_ = &r;
+      victim_ = &records_[&r == &records_[0] ? 1 : 0];
+      Connection* other = server_->find(victim_->id);
+      ASSERT_NE(other, nullptr);
+      if (abort_other) {
+        other->abort();
+      } else {
+        other->close();
+      }
+      victim_data_calls_at_close_ = victim_->data_calls;
+    };
+    const Address bound = start_server(Address::ipv4_loopback(0));
+    a_ = std::make_unique<RawClient>(bound);
+    b_ = std::make_unique<RawClient>(bound);
+    ASSERT_TRUE(run_until_open(2));
+    ASSERT_EQ(a_->send_some("a"), 1u);
+    ASSERT_EQ(b_->send_some("b"), 1u);
+    for (const Record& r : records_) {
+      Connection* conn = server_side(r);
+      ASSERT_NE(conn, nullptr);
+      ASSERT_TRUE(wait_for_input(conn->fd()));
+    }
+    stale_before_ = loop_->stats().stale_events;
+    ASSERT_EQ(loop_->run_once(0ns), 2u) << "the two inputs did not arrive in one batch";
+    ASSERT_NE(closer_, nullptr);
+    ASSERT_NE(victim_, nullptr);
+  }
+
+  Record* closer_ = nullptr;
+  Record* victim_ = nullptr;
+  int victim_data_calls_at_close_ = -1;
+  std::uint64_t stale_before_ = 0;
+  std::unique_ptr<RawClient> a_;
+  std::unique_ptr<RawClient> b_;
+};
+
+TEST_F(SameBatchTest, ClosingAnotherConnectionInSameBatchDropsItsInput) {
+  run_batch(false);
+  EXPECT_EQ(victim_data_calls_at_close_, 0);
+  EXPECT_EQ(victim_->data_calls, 0) << "on_data ran for a connection already closing";
+
+  // The victim flushes, sends FIN and waits for its peer's EOF; then on_close, once.
+  ASSERT_TRUE(run_until([&] {
+    a_->receive_some();
+    b_->receive_some();
+    return a_->eof() || b_->eof();
+  }));
+  EXPECT_EQ(a_->eof() + b_->eof(), 1) << "only the victim's peer sees EOF";
+  a_->close();
+  b_->close();
+  ASSERT_TRUE(run_until([&] { return closer_->close_calls == 1 && victim_->close_calls == 1; }));
+  EXPECT_EQ(victim_->data_calls, 0);
+  EXPECT_EQ(victim_->reason, CloseReason::local_close) << to_string(victim_->reason);
+  EXPECT_EQ(closer_->data_calls, 1);
+  EXPECT_EQ(closer_->reason, CloseReason::peer_closed) << to_string(closer_->reason);
+}
+
+TEST_F(SameBatchTest, AbortingAnotherConnectionInSameBatchDropsItsEvent) {
+  run_batch(true);
+  EXPECT_EQ(victim_->data_calls, 0) << "on_data ran for an aborted connection";
+  EXPECT_EQ(victim_->close_calls, 1);
+  EXPECT_EQ(victim_->reason, CloseReason::aborted) << to_string(victim_->reason);
+  EXPECT_EQ(loop_->stats().stale_events, stale_before_ + 1)
+      << "the aborted connection's event in the batch was not dropped";
+
+  a_->close();
+  b_->close();
+  ASSERT_TRUE(run_until([&] { return closer_->close_calls == 1; }));
+  EXPECT_EQ(victim_->close_calls, 1);
+  EXPECT_EQ(victim_->data_calls, 0);
+}
+
+TEST_F(ConnectionTest, OnCloseRunsOnceAndNothingFollowsIt) {
+  bool send_in_on_close = true;
+  on_data_ = [](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    c.close();
+  };
+  on_close_ = [&](Connection& c, Record&) {
+    // Everything a confused owner might do from on_close: none of it may call back.
+    send_in_on_close = c.send("late");
+    c.close();
+    c.shutdown_write();
+    c.abort();
+    c.pause_reading();
+    c.resume_reading();
+    c.set_idle_timeout(1ns);
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until_eof(client));
+  client.close();
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+
+  // A timer armed after the close runs later than anything the connection could have left.
+  bool marker = false;
+  loop_->after(20ms, [&marker] { marker = true; });
+  ASSERT_TRUE(run_until([&] { return marker; }));
+  EXPECT_FALSE(send_in_on_close);
+  EXPECT_EQ(records_[0].close_calls, 1);
+  EXPECT_EQ(records_[0].calls_after_close, 0);
+  EXPECT_EQ(records_[0].reason, CloseReason::local_close) << to_string(records_[0].reason);
+}
+
+TEST_F(ConnectionTest, SendAfterCloseReturnsFalse) {
+  const std::string reply = random_bytes(2 << 20, 23);
+  std::size_t queued_at_close = 0;
+  bool send_after_close = true;
+  bool gather_after_close = true;
+  bool send_in_on_close = true;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    EXPECT_TRUE(c.send(reply));
+    queued_at_close = c.queued_bytes();
+    c.close();  // still flushing: the write side is open, but the connection no longer sends
+    send_after_close = c.send("late");
+    gather_after_close = c.send("la", "te");
+  };
+  on_close_ = [&](Connection& c, Record&) { send_in_on_close = c.send("later"); };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_GT(queued_at_close, 0u) << "close() had nothing queued: the write side was shut at once";
+  EXPECT_FALSE(send_after_close);
+  EXPECT_FALSE(gather_after_close);
+  EXPECT_EQ(client.received().size(), reply.size()) << "bytes sent after close() went out";
+  EXPECT_TRUE(client.received() == reply);
+  client.close();
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_FALSE(send_in_on_close);
+}
+
+// ---- Timeouts on the test clock ----
+
+TEST_F(ConnectionTest, IdleTimeoutFiresOnlyAfterTimeoutWithoutActivity) {
+  use_manual_clock();
+  ServerOptions options;
+  options.connection.idle_timeout = 30s;
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+
+  clock_.advance(30s - 1ns);
+  loop_->run_once(0ns);  // runs every timer due by now
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  EXPECT_TRUE(conn->is_open()) << "closed before the idle timeout passed";
+
+  clock_.advance(1ns);
+  loop_->run_once(0ns);
+  EXPECT_FALSE(conn->is_open()) << "still open once the idle timeout passed";
+  ASSERT_TRUE(run_until_eof(client));  // a graceful close: FIN first
+  client.close();
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::timed_out) << to_string(rec.reason);
+  EXPECT_FALSE(rec.ec) << rec.ec.message();
+}
+
+TEST_F(ConnectionTest, InputPushesIdleTimeoutOut) {
+  use_manual_clock();
+  ServerOptions options;
+  options.connection.idle_timeout = 30s;
+  on_data_ = [](Connection&, Buffer& input, Record&) { input.consume(input.size()); };  // no reply
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+
+  clock_.advance(20s);
+  ASSERT_EQ(client.send_some("ping"), 4u);
+  ASSERT_TRUE(run_until([&] { return rec.data_calls == 1; }));
+
+  clock_.advance(10s);  // the first deadline, but the last input came 10 s ago
+  loop_->run_once(0ns);
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  EXPECT_TRUE(conn->is_open()) << "input did not push the idle timeout out";
+
+  clock_.advance(20s - 1ns);  // 30 s since the input, less 1 ns
+  loop_->run_once(0ns);
+  EXPECT_TRUE(conn->is_open()) << "closed before 30 s without activity";
+
+  clock_.advance(1ns);
+  loop_->run_once(0ns);
+  EXPECT_FALSE(conn->is_open());
+  ASSERT_TRUE(run_until_eof(client));
+  client.close();
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::timed_out) << to_string(rec.reason);
+}
+
+TEST_F(ConnectionTest, LingerAbortsCloseTowardPeerThatNeitherReadsNorSendsEof) {
+  use_manual_clock();
+  const std::string big = random_bytes(8 << 20, 21);
+  ServerOptions options;
+  options.connection.linger = 5s;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    EXPECT_TRUE(c.send(big));
+    c.close();
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].data_calls == 1; }));
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  EXPECT_GT(conn->queued_bytes(), 0u) << "the close had nothing left to flush";
+
+  clock_.advance(5s - 1ns);
+  loop_->run_once(0ns);
+  EXPECT_EQ(rec.close_calls, 0) << "gave up before the linger time";
+
+  clock_.advance(1ns);
+  loop_->run_once(0ns);
+  ASSERT_EQ(rec.close_calls, 1) << "linger ran out without aborting";
+  EXPECT_EQ(rec.reason, CloseReason::local_close) << to_string(rec.reason);
+  EXPECT_EQ(rec.ec, std::errc::timed_out) << rec.ec.message();
+
+  // It aborted: after what it already holds, the peer reads a reset, not an EOF.
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_EQ(client.error(), ECONNRESET) << std::strerror(client.error());
+}
+
+// ---- Cost in steady state ----
+
+TEST_F(ConnectionTest, PingPongCallsNoEpollCtlPerMessage) {
+  constexpr std::string_view kMessage = "0123456789abcdef";
+  const Address bound = start_server(Address::ipv4_loopback(0));
+
+  struct PingPong {
+    int round_trips = 0;
+    int target = 0;
+    int mismatches = 0;
+  } state;
+  ConnectionHandlers client_handlers;
+  client_handlers.on_data = [&state, kMessage](Connection& c, Buffer& input) {
+    while (input.size() >= kMessage.size()) {
+      if (input.view().substr(0, kMessage.size()) != kMessage) ++state.mismatches;
+      input.consume(kMessage.size());
+      if (++state.round_trips < state.target) c.send(kMessage);
+    }
+  };
+  Connector connector(*loop_);
+  ConnectionHandle handle;
+  std::error_code connect_error;
+  bool connect_done = false;
+  ASSERT_FALSE(connector.connect(bound, kDeadline, client_handlers,
+                                 [&](std::error_code ec, ConnectionHandle h) {
+                                   connect_done = true;
+                                   connect_error = ec;
+                                   handle = std::move(h);
+                                 }));
+  ASSERT_TRUE(run_until([&] { return connect_done && records_.size() == 1; }));
+  ASSERT_FALSE(connect_error) << connect_error.message();
+
+  // Warm-up: buffers grow to size, interest settles.
+  state.target = 10;
+  ASSERT_TRUE(handle->send(kMessage));
+  ASSERT_TRUE(run_until([&] { return state.round_trips == 10; }));
+
+  const std::uint64_t ctl_before = loop_->stats().epoll_ctl_calls;
+  state.target = 1010;
+  ASSERT_TRUE(handle->send(kMessage));
+  ASSERT_TRUE(run_until([&] { return state.round_trips == 1010; }));
+  const std::uint64_t ctl_calls = loop_->stats().epoll_ctl_calls - ctl_before;
+  EXPECT_LE(ctl_calls, 4u) << "epoll_ctl calls for 1,000 round trips: not a small constant";
+  EXPECT_EQ(state.mismatches, 0);
+}
+
+}  // namespace
+}  // namespace reactor

@@ -1,0 +1,622 @@
+// Connector (outbound connect: success, refusal, timeout, cancel) and ConnectionHandle (the
+// owner of the Connection it yields; dropping it closes the socket).
+#include "reactor/connector.hpp"
+
+#include <dirent.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "reactor/listener.hpp"
+#include "reactor/tcp_server.hpp"
+#include "reactor/timer_queue.hpp"
+
+namespace reactor {
+namespace {
+
+using namespace std::chrono_literals;
+using SteadyClock = std::chrono::steady_clock;
+
+template <class Pred>
+bool run_until(EventLoop& loop, Pred done, std::chrono::milliseconds limit = 10s) {
+  const auto deadline = SteadyClock::now() + limit;
+  while (!done()) {
+    if (SteadyClock::now() >= deadline) return false;
+    loop.run_once(10ms);
+  }
+  return true;
+}
+
+// Open descriptors of this process (the directory stream's own fd included, both times).
+int open_fd_count() {
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (!dir) return -1;
+  int n = 0;
+  while (dirent* e = ::readdir(dir)) {
+    if (e->d_name[0] != '.') ++n;
+  }
+  ::closedir(dir);
+  return n;
+}
+
+// A temporary directory for Unix socket paths, removed with whatever is left in it.
+class TempDir {
+ public:
+  TempDir() {
+    char pattern[] = "/tmp/reactor-connector-XXXXXX";
+    const char* made = ::mkdtemp(pattern);
+    EXPECT_NE(made, nullptr) << std::strerror(errno);
+    if (made) path_ = made;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
+  }
+  Address unix_address(const char* name) const {
+    auto a = Address::parse("unix:" + path_ + "/" + name);
+    EXPECT_TRUE(a.ok());
+    return a.ok() ? *a : Address{};
+  }
+
+ private:
+  std::string path_;
+};
+
+// What the connect handler saw.
+struct Outcome {
+  int calls = 0;
+  std::error_code error;
+  ConnectionHandle handle;
+};
+
+Connector::ConnectHandler record_into(Outcome& out) {
+  return [&out](std::error_code ec, ConnectionHandle handle) {
+    ++out.calls;
+    out.error = ec;
+    out.handle = std::move(handle);
+  };
+}
+
+// The client side's callbacks: collects what arrives, counts closes.
+struct Client {
+  ConnectionHandlers handlers;
+  std::string received;
+  int closes = 0;
+  CloseReason reason = CloseReason::error;
+
+  Client() {
+    handlers.on_data = [this](Connection&, Buffer& input) {
+      received.append(input.view());
+      input.consume(input.size());
+    };
+    handlers.on_close = [this](Connection&, CloseReason r, std::error_code) {
+      ++closes;
+      reason = r;
+    };
+  }
+};
+
+// An echo server on the test's loop.
+struct EchoServer {
+  ConnectionHandlers handlers;
+  TcpServer server;
+
+  EchoServer(EventLoop& loop, const Address& address)
+      : handlers(make_handlers()), server(loop, address, handlers) {
+    auto ec = server.start();
+    EXPECT_FALSE(ec) << ec.message();
+  }
+
+  static ConnectionHandlers make_handlers() {
+    ConnectionHandlers h;
+    h.on_data = [](Connection& c, Buffer& input) {
+      c.send(input.view());
+      input.consume(input.size());
+    };
+    return h;
+  }
+};
+
+// A port that was bound and closed again: connecting to it is refused.
+Address closed_port() {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  EXPECT_TRUE(socket.ok());
+  return socket.ok() ? socket->address() : Address{};
+}
+
+// A listener whose accept queue is full (backlog 0 and one connection nobody accepted): a
+// new SYN is dropped and the connect hangs in SYN_SENT until it times out.
+class FullBacklog {
+ public:
+  FullBacklog() {
+    ListenOptions options;
+    options.backlog = 0;
+    auto socket = ListenSocket::open(Address::ipv4_loopback(0), options);
+    EXPECT_TRUE(socket.ok()) << socket.error().message();
+    if (!socket.ok()) return;
+    socket_.emplace(std::move(*socket));
+    const auto deadline = SteadyClock::now() + 10s;
+    while (!full() && SteadyClock::now() < deadline) {
+      // Only while there is room: a connect to a full queue would hang.
+      int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+      EXPECT_GE(fd, 0);
+      const Address& to = socket_->address();
+      int rc = ::connect(fd, to.sockaddr_ptr(), to.length());
+      EXPECT_TRUE(rc == 0 || errno == EINPROGRESS) << std::strerror(errno);
+      fillers_.push_back(fd);
+      pollfd pfd{fd, POLLOUT, 0};
+      EXPECT_EQ(::poll(&pfd, 1, 10000), 1);
+      // The handshake's last ACK reaches the queue a moment after the client is connected.
+      const std::uint32_t want = static_cast<std::uint32_t>(fillers_.size());
+      while (queued() < want && SteadyClock::now() < deadline) {
+        ::sched_yield();
+      }
+    }
+    EXPECT_TRUE(full());
+  }
+  ~FullBacklog() {
+    for (int fd : fillers_)
+      ::close(fd);
+  }
+  const Address& address() const { return socket_->address(); }
+
+ private:
+  tcp_info info() const {
+    tcp_info i{};
+    socklen_t len = sizeof i;
+    EXPECT_EQ(::getsockopt(socket_->fd(), IPPROTO_TCP, TCP_INFO, &i, &len), 0);
+    return i;
+  }
+  // For a listening socket Linux reports the accept queue's length and limit here.
+  std::uint32_t queued() const { return info().tcpi_unacked; }
+  bool full() const { return info().tcpi_unacked > info().tcpi_sacked; }
+
+  std::optional<ListenSocket> socket_;
+  std::vector<int> fillers_;
+};
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(Connector, ConnectsAndTheConnectionEchoes) {
+  EventLoop loop;
+  EchoServer echo(loop, Address::ipv4_loopback(0));
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(
+      connector.connect(echo.server.address(), 10s, client.handlers, record_into(outcome)));
+  EXPECT_TRUE(connector.pending());
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  EXPECT_EQ(outcome.calls, 1);
+  ASSERT_FALSE(outcome.error) << outcome.error.message();
+  ASSERT_TRUE(outcome.handle);
+  EXPECT_FALSE(connector.pending());
+  EXPECT_EQ(outcome.handle->peer(), echo.server.address());
+
+  ASSERT_TRUE(outcome.handle->send("hello, echo"));
+  ASSERT_TRUE(run_until(loop, [&] { return client.received.size() >= 11; }));
+  EXPECT_EQ(client.received, "hello, echo");
+}
+
+TEST(Connector, ConnectsOverIpv6) {
+  auto probe = ListenSocket::open(Address::ipv6_loopback(0));
+  if (!probe.ok()) GTEST_SKIP() << "no IPv6 loopback: " << probe.error().message();
+  EventLoop loop;
+  EchoServer echo(loop, Address::ipv6_loopback(0));
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(
+      connector.connect(echo.server.address(), 10s, client.handlers, record_into(outcome)));
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  ASSERT_FALSE(outcome.error) << outcome.error.message();
+  ASSERT_TRUE(outcome.handle->send("six"));
+  ASSERT_TRUE(run_until(loop, [&] { return client.received.size() >= 3; }));
+  EXPECT_EQ(client.received, "six");
+}
+
+TEST(Connector, ConnectsOverAUnixSocket) {
+  TempDir dir;
+  EventLoop loop;
+  EchoServer echo(loop, dir.unix_address("echo.sock"));
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(
+      connector.connect(dir.unix_address("echo.sock"), 10s, client.handlers, record_into(outcome)));
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  ASSERT_FALSE(outcome.error) << outcome.error.message();
+  ASSERT_TRUE(outcome.handle);
+  EXPECT_TRUE(outcome.handle->peer().is_unix());
+  ASSERT_TRUE(outcome.handle->send("over unix"));
+  ASSERT_TRUE(run_until(loop, [&] { return client.received.size() >= 9; }));
+  EXPECT_EQ(client.received, "over unix");
+}
+
+TEST(Connector, HandlerRunsOnTheLoopNeverInsideConnect) {
+  // A Unix connect completes inside connect(2); the handler still waits for the loop.
+  TempDir dir;
+  EventLoop loop;
+  EchoServer echo(loop, dir.unix_address("now.sock"));
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(
+      connector.connect(dir.unix_address("now.sock"), 10s, client.handlers, record_into(outcome)));
+  EXPECT_EQ(outcome.calls, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  EXPECT_EQ(outcome.calls, 1);
+  EXPECT_FALSE(outcome.error);
+}
+
+TEST(Connector, RefusedPortIsReportedOnceThroughTheHandler) {
+  const Address address = closed_port();
+  EventLoop loop;
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(connector.connect(address, 10s, client.handlers, record_into(outcome)));
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  EXPECT_EQ(outcome.error, std::errc::connection_refused) << outcome.error.message();
+  EXPECT_FALSE(outcome.handle);
+  EXPECT_FALSE(connector.pending());
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(outcome.calls, 1);
+  EXPECT_EQ(client.closes, 0);
+}
+
+TEST(Connector, UnixSocketNobodyAcceptsOnIsRefused) {
+  TempDir dir;
+  const Address address = dir.unix_address("stale.sock");
+  {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::bind(fd, address.sockaddr_ptr(), address.length()), 0);
+    ::close(fd);
+  }
+  EventLoop loop;
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(connector.connect(address, 10s, client.handlers, record_into(outcome)));
+  EXPECT_EQ(outcome.calls, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  EXPECT_EQ(outcome.calls, 1);
+  EXPECT_EQ(outcome.error, std::errc::connection_refused) << outcome.error.message();
+}
+
+TEST(Connector, MissingUnixPathIsReportedThroughTheHandler) {
+  TempDir dir;
+  EventLoop loop;
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(connector.connect(dir.unix_address("nobody-here.sock"), 10s, client.handlers,
+                                 record_into(outcome)));
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  EXPECT_EQ(outcome.calls, 1);
+  EXPECT_EQ(outcome.error, std::errc::no_such_file_or_directory) << outcome.error.message();
+}
+
+TEST(Connector, UnixListenerWithAFullBacklogIsTryAgain) {
+  TempDir dir;
+  const Address address = dir.unix_address("full.sock");
+  ListenOptions listen_options;
+  listen_options.backlog = 0;
+  auto socket = ListenSocket::open(address, listen_options);
+  ASSERT_TRUE(socket.ok()) << socket.error().message();
+  // A Unix connect to a full queue fails at once with EAGAIN instead of waiting.
+  std::vector<Fd> fillers;
+  for (int i = 0; i < 64; ++i) {
+    auto fd = open_stream_socket(AF_UNIX);
+    ASSERT_TRUE(fd.ok());
+    if (::connect(fd->get(), address.sockaddr_ptr(), address.length()) < 0) {
+      ASSERT_EQ(errno, EAGAIN) << std::strerror(errno);
+      break;
+    }
+    fillers.push_back(std::move(*fd));
+  }
+  ASSERT_LT(fillers.size(), 64u);
+  EventLoop loop;
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(connector.connect(address, 10s, client.handlers, record_into(outcome)));
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  EXPECT_EQ(outcome.calls, 1);
+  EXPECT_EQ(outcome.error, std::errc::resource_unavailable_try_again) << outcome.error.message();
+}
+
+TEST(Connector, FullBacklogTimesOutOnTheLoopClock) {
+  FullBacklog backlog;
+  ManualClock clock;
+  EventLoop::Options options;
+  options.clock = &clock;
+  EventLoop loop(options);
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(connector.connect(backlog.address(), 5s, client.handlers, record_into(outcome)));
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(1ms);
+  ASSERT_EQ(outcome.calls, 0) << "the SYN was not dropped: " << outcome.error.message();
+  EXPECT_TRUE(connector.pending());
+
+  clock.advance(4s);
+  loop.run_once(0ms);
+  EXPECT_EQ(outcome.calls, 0);
+  clock.advance(1s);
+  loop.run_once(0ms);
+  ASSERT_EQ(outcome.calls, 1);
+  EXPECT_EQ(outcome.error, std::errc::timed_out) << outcome.error.message();
+  EXPECT_FALSE(outcome.handle);
+  EXPECT_FALSE(connector.pending());
+}
+
+TEST(Connector, CancelBeforeCompletionNeverCallsTheHandlerAndClosesTheSocket) {
+  FullBacklog backlog;
+  ManualClock clock;
+  EventLoop::Options options;
+  options.clock = &clock;
+  EventLoop loop(options);
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  const int fds_before = open_fd_count();
+  const std::size_t registrations_before = loop.registrations();
+  ASSERT_FALSE(connector.connect(backlog.address(), 1s, client.handlers, record_into(outcome)));
+  EXPECT_EQ(open_fd_count(), fds_before + 1);
+  loop.run_once(0ms);
+  connector.cancel();
+  EXPECT_FALSE(connector.pending());
+  EXPECT_EQ(open_fd_count(), fds_before);
+  EXPECT_EQ(loop.registrations(), registrations_before);
+
+  clock.advance(10s);  // past the timeout it had
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(outcome.calls, 0);
+}
+
+TEST(Connector, DestroyingAPendingConnectorNeverCallsTheHandlerAndClosesTheSocket) {
+  FullBacklog backlog;
+  ManualClock clock;
+  EventLoop::Options options;
+  options.clock = &clock;
+  EventLoop loop(options);
+  Client client;
+  Outcome outcome;
+  const int fds_before = open_fd_count();
+  {
+    Connector connector(loop);
+    ASSERT_FALSE(connector.connect(backlog.address(), 1s, client.handlers, record_into(outcome)));
+    loop.run_once(0ms);
+  }
+  EXPECT_EQ(open_fd_count(), fds_before);
+  clock.advance(10s);
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(outcome.calls, 0);
+}
+
+TEST(Connector, CancelAfterAnImmediateFailureNeverCallsTheHandler) {
+  // A Unix connect fails inside connect(2); its report waits for the loop and is cancellable.
+  TempDir dir;
+  EventLoop loop;
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  const int fds_before = open_fd_count();
+  ASSERT_FALSE(connector.connect(dir.unix_address("absent.sock"), 10s, client.handlers,
+                                 record_into(outcome)));
+  connector.cancel();
+  EXPECT_EQ(open_fd_count(), fds_before);
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(outcome.calls, 0);
+}
+
+TEST(Connector, CancelWhenNothingIsPendingIsHarmless) {
+  EventLoop loop;
+  Connector connector(loop);
+  connector.cancel();
+  connector.cancel();
+  EXPECT_FALSE(connector.pending());
+}
+
+TEST(Connector, SecondConnectWhilePendingIsRefusedAndTheFirstGoesOn) {
+  FullBacklog backlog;
+  EventLoop loop;
+  EchoServer echo(loop, Address::ipv4_loopback(0));
+  Connector connector(loop);
+  Client client;
+  Outcome first;
+  Outcome second;
+  ASSERT_FALSE(connector.connect(backlog.address(), 10s, client.handlers, record_into(first)));
+  auto ec = connector.connect(echo.server.address(), 10s, client.handlers, record_into(second));
+  EXPECT_EQ(ec, std::errc::connection_already_in_progress) << ec.message();
+  EXPECT_TRUE(connector.pending());
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(1ms);
+  EXPECT_EQ(second.calls, 0);
+  EXPECT_EQ(first.calls, 0);
+  connector.cancel();
+}
+
+TEST(Connector, HandlerMayStartTheNextConnect) {
+  const Address refused = closed_port();
+  EventLoop loop;
+  EchoServer echo(loop, Address::ipv4_loopback(0));
+  Connector connector(loop);
+  Client client;
+  Outcome retried;
+  std::error_code first_error;
+  std::error_code reconnect_error;
+  ASSERT_FALSE(
+      connector.connect(refused, 10s, client.handlers, [&](std::error_code ec, ConnectionHandle) {
+        first_error = ec;
+        reconnect_error =
+            connector.connect(echo.server.address(), 10s, client.handlers, record_into(retried));
+      }));
+  ASSERT_TRUE(run_until(loop, [&] { return retried.calls > 0; }));
+  EXPECT_EQ(first_error, std::errc::connection_refused);
+  EXPECT_FALSE(reconnect_error);
+  EXPECT_FALSE(retried.error) << retried.error.message();
+  EXPECT_TRUE(retried.handle);
+}
+
+TEST(Connector, UnspecifiedAddressIsRejectedWithoutCallingTheHandler) {
+  EventLoop loop;
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  const int fds_before = open_fd_count();
+  auto ec = connector.connect(Address{}, 1s, client.handlers, record_into(outcome));
+  ASSERT_TRUE(ec);
+  EXPECT_EQ(ec, std::errc::address_family_not_supported) << ec.message();
+  EXPECT_FALSE(connector.pending());
+  EXPECT_EQ(open_fd_count(), fds_before);
+  for (int i = 0; i < 3; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(outcome.calls, 0);
+}
+
+TEST(Connector, TrafficCountersCountTheConnectionsBytes) {
+  EventLoop loop;
+  EchoServer echo(loop, Address::ipv4_loopback(0));
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  TrafficCounters counters;
+  ASSERT_FALSE(connector.connect(echo.server.address(), 10s, client.handlers, record_into(outcome),
+                                 ConnectionOptions{}, &counters));
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  ASSERT_TRUE(outcome.handle);
+  const std::string payload(5000, 'x');
+  ASSERT_TRUE(outcome.handle->send(payload));
+  ASSERT_TRUE(run_until(loop, [&] { return client.received.size() >= payload.size(); }));
+  EXPECT_EQ(counters.bytes_out.load(), payload.size());
+  EXPECT_EQ(counters.bytes_in.load(), payload.size());
+}
+
+// ---------------------------------------------------------------------------------------------
+// ConnectionHandle
+
+int accept_with_deadline(const ListenSocket& socket) {
+  pollfd pfd{socket.fd(), POLLIN, 0};
+  if (::poll(&pfd, 1, 10000) != 1) return -1;
+  return ::accept4(socket.fd(), nullptr, nullptr, SOCK_CLOEXEC);
+}
+
+// Waits until the peer's socket reports EOF or a reset; true if it did.
+bool peer_sees_close(int peer) {
+  const auto deadline = SteadyClock::now() + 10s;
+  while (SteadyClock::now() < deadline) {
+    pollfd pfd{peer, POLLIN, 0};
+    if (::poll(&pfd, 1, 100) != 1) continue;
+    char buf[256];
+    ssize_t n = ::recv(peer, buf, sizeof buf, MSG_DONTWAIT);
+    if (n == 0) return true;
+    if (n < 0 && errno == ECONNRESET) return true;
+  }
+  return false;
+}
+
+TEST(ConnectionHandle, DroppingItInsideItsOwnOnDataClosesTheSocket) {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok());
+  EventLoop loop;
+  Connector connector(loop);
+  ConnectionHandle handle;
+  int data_calls = 0;
+  int closes = 0;
+  ConnectionHandlers handlers;
+  handlers.on_data = [&](Connection&, Buffer& input) {
+    ++data_calls;
+    input.consume(input.size());
+    handle.reset();  // destroys nothing yet: the Connection lives to the end of the round
+  };
+  handlers.on_close = [&](Connection&, CloseReason, std::error_code) { ++closes; };
+  Outcome outcome;
+  ASSERT_FALSE(connector.connect(socket->address(), 10s, handlers, record_into(outcome)));
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  ASSERT_TRUE(outcome.handle) << outcome.error.message();
+  handle = std::move(outcome.handle);
+  const int fds_with_connection = open_fd_count();
+
+  int peer = accept_with_deadline(*socket);
+  ASSERT_GE(peer, 0) << std::strerror(errno);
+  ASSERT_EQ(::send(peer, "ping", 4, MSG_NOSIGNAL), 4);
+  ASSERT_TRUE(run_until(loop, [&] { return data_calls > 0; }));
+  EXPECT_FALSE(handle);
+  loop.run_once(0ms);
+
+  EXPECT_TRUE(peer_sees_close(peer));
+  EXPECT_EQ(open_fd_count(), fds_with_connection);  // ours closed, the peer's opened
+  ASSERT_EQ(::send(peer, "more", 4, MSG_NOSIGNAL), 4);
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(1ms);
+  EXPECT_EQ(data_calls, 1);
+  EXPECT_EQ(closes, 0) << "a dropped handle's connection makes no more callbacks";
+  ::close(peer);
+}
+
+TEST(ConnectionHandle, DroppingItOutsideCallbacksClosesTheSocket) {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok());
+  EventLoop loop;
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(connector.connect(socket->address(), 10s, client.handlers, record_into(outcome)));
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  ASSERT_TRUE(outcome.handle) << outcome.error.message();
+  int peer = accept_with_deadline(*socket);
+  ASSERT_GE(peer, 0);
+
+  outcome.handle = ConnectionHandle{};  // assigning over it drops the old connection
+  EXPECT_FALSE(outcome.handle);
+  loop.run_once(0ms);
+  EXPECT_TRUE(peer_sees_close(peer));
+  EXPECT_EQ(client.closes, 0);
+  ::close(peer);
+}
+
+TEST(ConnectionHandle, MovingTransfersOwnership) {
+  EventLoop loop;
+  EchoServer echo(loop, Address::ipv4_loopback(0));
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(
+      connector.connect(echo.server.address(), 10s, client.handlers, record_into(outcome)));
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  ASSERT_TRUE(outcome.handle);
+  Connection* raw = outcome.handle.get();
+  ConnectionHandle moved = std::move(outcome.handle);
+  EXPECT_FALSE(outcome.handle);
+  EXPECT_EQ(moved.get(), raw);
+  outcome.handle = ConnectionHandle{};  // dropping the empty source closes nothing
+  loop.run_once(0ms);
+  ASSERT_TRUE(moved->send("still mine"));
+  ASSERT_TRUE(run_until(loop, [&] { return client.received.size() >= 10; }));
+  EXPECT_EQ(client.received, "still mine");
+}
+
+}  // namespace
+}  // namespace reactor

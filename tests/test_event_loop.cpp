@@ -1,0 +1,789 @@
+#include "reactor/event_loop.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "reactor/socket.hpp"
+
+namespace reactor {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Generous: a condition a correct loop meets in microseconds, given time on a loaded CI box.
+constexpr auto kDeadline = 10s;
+
+struct FdPair {
+  Fd a;  // the end registered with the loop (pipe: read end)
+  Fd b;  // the end the test writes to (pipe: write end)
+};
+
+FdPair make_pipe() {
+  int fds[2];
+  if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return {};
+  return {Fd(fds[0]), Fd(fds[1])};
+}
+
+FdPair make_socketpair() {
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0) return {};
+  return {Fd(fds[0]), Fd(fds[1])};
+}
+
+void write_byte(int fd) {
+  const char c = 'x';
+  ASSERT_EQ(::write(fd, &c, 1), 1);
+}
+
+// Runs iterations until `done()` or kDeadline; returns done().
+template <class Pred>
+bool run_until(EventLoop& loop, Pred done) {
+  const auto give_up = std::chrono::steady_clock::now() + kDeadline;
+  while (!done() && std::chrono::steady_clock::now() < give_up)
+    loop.run_once(10ms);
+  return done();
+}
+
+// Counts live instances, to see which captures were destroyed.
+struct Counted {
+  explicit Counted(int* live) : live_(live) { ++*live_; }
+  Counted(Counted&& other) noexcept : live_(other.live_) { ++*live_; }
+  Counted(const Counted&) = delete;
+  Counted& operator=(const Counted&) = delete;
+  Counted& operator=(Counted&&) = delete;
+  ~Counted() { --*live_; }
+  int* live_;
+};
+
+EventLoop::Options manual(const ManualClock& clock) {
+  EventLoop::Options options;
+  options.clock = &clock;
+  return options;
+}
+
+// ---- readiness ----
+
+TEST(EventLoop, PipeBecomesReadableWhenWrittenTo) {
+  EventLoop loop;
+  FdPair p = make_pipe();
+  ASSERT_TRUE(p.a);
+  std::uint32_t seen = 0;
+  int calls = 0;
+  auto id = loop.add(p.a.get(), io::readable, [&](std::uint32_t events) {
+    seen = events;
+    ++calls;
+  });
+  ASSERT_TRUE(id);
+  loop.run_once(0ns);
+  EXPECT_EQ(calls, 0);
+  write_byte(p.b.get());
+  ASSERT_TRUE(run_until(loop, [&] { return calls > 0; }));
+  EXPECT_TRUE(seen & io::readable);
+  loop.remove(*id);
+}
+
+TEST(EventLoop, SocketpairReportsWritableAndReadable) {
+  EventLoop loop;
+  FdPair s = make_socketpair();
+  ASSERT_TRUE(s.a);
+  std::uint32_t seen = 0;
+  auto id = loop.add(s.a.get(), io::readable | io::writable,
+                     [&](std::uint32_t events) { seen |= events; });
+  ASSERT_TRUE(id);
+  ASSERT_TRUE(run_until(loop, [&] { return (seen & io::writable) != 0; }));
+  EXPECT_FALSE(seen & io::readable);
+  write_byte(s.b.get());
+  ASSERT_TRUE(run_until(loop, [&] { return (seen & io::readable) != 0; }));
+  loop.remove(*id);
+}
+
+TEST(EventLoop, PeerCloseReportsHangupOrPeerClosed) {
+  EventLoop loop;
+  FdPair s = make_socketpair();
+  ASSERT_TRUE(s.a);
+  std::uint32_t seen = 0;
+  auto id = loop.add(s.a.get(), io::readable | io::peer_closed,
+                     [&](std::uint32_t events) { seen |= events; });
+  ASSERT_TRUE(id);
+  s.b.reset();
+  ASSERT_TRUE(run_until(loop, [&] { return seen != 0; }));
+  EXPECT_TRUE(seen & io::peer_closed);
+  loop.remove(*id);
+}
+
+TEST(EventLoop, LevelTriggeredReportsAgainWhileUnread) {
+  EventLoop loop;
+  FdPair p = make_pipe();
+  ASSERT_TRUE(p.a);
+  int calls = 0;
+  auto id = loop.add(p.a.get(), io::readable, [&](std::uint32_t) { ++calls; });
+  ASSERT_TRUE(id);
+  write_byte(p.b.get());
+  ASSERT_TRUE(run_until(loop, [&] { return calls == 1; }));
+  loop.run_once(0ns);
+  loop.run_once(0ns);
+  EXPECT_EQ(calls, 3);
+  loop.remove(*id);
+}
+
+TEST(EventLoop, EdgeTriggeredReportsOncePerNewData) {
+  EventLoop loop;
+  FdPair p = make_pipe();
+  ASSERT_TRUE(p.a);
+  int calls = 0;
+  auto id = loop.add(p.a.get(), io::readable | io::edge_triggered, [&](std::uint32_t) { ++calls; });
+  ASSERT_TRUE(id);
+  write_byte(p.b.get());
+  ASSERT_TRUE(run_until(loop, [&] { return calls == 1; }));
+  loop.run_once(0ns);
+  loop.run_once(0ns);
+  EXPECT_EQ(calls, 1) << "unread data must not be reported again";
+  write_byte(p.b.get());
+  ASSERT_TRUE(run_until(loop, [&] { return calls == 2; }));
+  loop.run_once(0ns);
+  EXPECT_EQ(calls, 2);
+  loop.remove(*id);
+}
+
+TEST(EventLoop, RemovedFdIsNotReported) {
+  EventLoop loop;
+  FdPair p = make_pipe();
+  ASSERT_TRUE(p.a);
+  int calls = 0;
+  auto id = loop.add(p.a.get(), io::readable, [&](std::uint32_t) { ++calls; });
+  ASSERT_TRUE(id);
+  EXPECT_EQ(loop.registrations(), 2u);  // the pipe and the loop's own eventfd
+  loop.remove(*id);
+  EXPECT_EQ(loop.registrations(), 1u);
+  EXPECT_EQ(loop.interest(*id), 0u);
+  write_byte(p.b.get());
+  loop.run_once(0ns);
+  EXPECT_EQ(calls, 0);
+  loop.remove(*id);  // stale: ignored
+  EXPECT_EQ(loop.registrations(), 1u);
+}
+
+TEST(EventLoop, AddingTheSameFdTwiceFailsWithEexist) {
+  EventLoop loop;
+  FdPair p = make_pipe();
+  ASSERT_TRUE(p.a);
+  auto first = loop.add(p.a.get(), io::readable, [](std::uint32_t) {});
+  ASSERT_TRUE(first);
+  auto second = loop.add(p.a.get(), io::readable, [](std::uint32_t) {});
+  ASSERT_FALSE(second);
+  EXPECT_EQ(second.error(), std::errc::file_exists);
+  EXPECT_EQ(loop.registrations(), 2u);
+  loop.remove(*first);
+}
+
+// ---- modify ----
+
+TEST(EventLoop, ModifyWithUnchangedInterestDoesNotCallEpollCtl) {
+  EventLoop loop;
+  FdPair s = make_socketpair();
+  ASSERT_TRUE(s.a);
+  auto id = loop.add(s.a.get(), io::readable, [](std::uint32_t) {});
+  ASSERT_TRUE(id);
+  const auto before = loop.stats().epoll_ctl_calls;
+  EXPECT_FALSE(loop.modify(*id, io::readable));
+  EXPECT_EQ(loop.stats().epoll_ctl_calls, before);
+  loop.remove(*id);
+}
+
+TEST(EventLoop, ModifyWithChangedInterestCallsEpollCtlOnce) {
+  EventLoop loop;
+  FdPair s = make_socketpair();
+  ASSERT_TRUE(s.a);
+  std::uint32_t seen = 0;
+  auto id = loop.add(s.a.get(), io::readable, [&](std::uint32_t events) { seen |= events; });
+  ASSERT_TRUE(id);
+  const auto before = loop.stats().epoll_ctl_calls;
+  EXPECT_FALSE(loop.modify(*id, io::readable | io::writable));
+  EXPECT_EQ(loop.stats().epoll_ctl_calls, before + 1);
+  EXPECT_EQ(loop.interest(*id), io::readable | io::writable);
+  ASSERT_TRUE(run_until(loop, [&] { return (seen & io::writable) != 0; }));
+  loop.remove(*id);
+}
+
+TEST(EventLoop, ModifyOfARemovedRegistrationFails) {
+  EventLoop loop;
+  FdPair s = make_socketpair();
+  ASSERT_TRUE(s.a);
+  auto id = loop.add(s.a.get(), io::readable, [](std::uint32_t) {});
+  ASSERT_TRUE(id);
+  loop.remove(*id);
+  const auto before = loop.stats().epoll_ctl_calls;
+  EXPECT_TRUE(loop.modify(*id, io::writable));
+  EXPECT_EQ(loop.stats().epoll_ctl_calls, before);
+}
+
+// ---- removal inside a dispatch round ----
+
+TEST(EventLoop, RemovingAnotherFdReadyInTheSameBatchDropsItsEvent) {
+  EventLoop loop;
+  FdPair first = make_socketpair();
+  FdPair second = make_socketpair();
+  ASSERT_TRUE(first.a && second.a);
+  IoId ids[2];
+  int calls[2] = {0, 0};
+  for (int i = 0; i < 2; ++i) {
+    FdPair& pair = i == 0 ? first : second;
+    auto id = loop.add(pair.a.get(), io::readable, [&, i](std::uint32_t) {
+      ++calls[i];
+      loop.remove(ids[1 - i]);  // whichever runs first removes the other
+    });
+    ASSERT_TRUE(id);
+    ids[i] = *id;
+  }
+  write_byte(first.b.get());
+  write_byte(second.b.get());
+  const auto stale_before = loop.stats().stale_events;
+  // Both are readable before the wait, so one epoll_wait returns both.
+  loop.run_once(0ns);
+  EXPECT_EQ(calls[0] + calls[1], 1) << "the removed handler must never be called";
+  EXPECT_EQ(loop.stats().stale_events, stale_before + 1);
+  // Level-triggered and still unread, but removed: never reported again.
+  const int survivor = calls[0] == 1 ? 0 : 1;
+  loop.run_once(0ns);
+  EXPECT_EQ(calls[1 - survivor], 0);
+  EXPECT_EQ(calls[survivor], 2);
+  loop.remove(ids[survivor]);
+}
+
+TEST(EventLoop, ClosingAndReopeningTheSameFdNumberInACallbackDropsTheOldEvent) {
+  EventLoop loop;
+  FdPair first = make_socketpair();
+  FdPair second = make_socketpair();
+  ASSERT_TRUE(first.a && second.a);
+  Fd reopened_write;
+  Fd reopened_read;
+  int reused_fd = -1;
+  int new_fd = -1;
+  IoId ids[2];
+  int calls[2] = {0, 0};
+  int c_calls = 0;
+  std::uint64_t c_iteration = 0;
+  for (int i = 0; i < 2; ++i) {
+    auto id = loop.add((i == 0 ? first : second).a.get(), io::readable, [&, i](std::uint32_t) {
+      ++calls[i];
+      if (reused_fd >= 0) return;
+      // Handler A: remove and close the other one's fd X, then reopen X's number.
+      FdPair& other = i == 0 ? second : first;
+      reused_fd = other.a.get();
+      loop.remove(ids[1 - i]);
+      other.a.reset();
+      int fds[2];
+      ASSERT_EQ(::pipe2(fds, O_NONBLOCK | O_CLOEXEC), 0);
+      reopened_read.reset(fds[0]);
+      reopened_write.reset(fds[1]);
+      new_fd = fds[0];
+      write_byte(fds[1]);  // readable at once: only the batch's old event could be misrouted
+      auto c = loop.add(fds[0], io::readable, [&](std::uint32_t) {
+        ++c_calls;
+        c_iteration = loop.stats().iterations;
+      });
+      ASSERT_TRUE(c);
+    });
+    ASSERT_TRUE(id);
+    ids[i] = *id;
+  }
+  write_byte(first.b.get());
+  write_byte(second.b.get());
+  const auto stale_before = loop.stats().stale_events;
+  const auto batch_iteration = loop.stats().iterations + 1;
+  loop.run_once(0ns);
+  ASSERT_GE(reused_fd, 0);
+  ASSERT_EQ(new_fd, reused_fd) << "the test needs the kernel to hand out the same fd number";
+  EXPECT_EQ(calls[0] + calls[1], 1);
+  EXPECT_EQ(c_calls, 0) << "the old event for fd " << reused_fd << " reached its new owner";
+  EXPECT_EQ(loop.stats().stale_events, stale_before + 1);
+  // The new registration works normally from the next iteration on.
+  ASSERT_TRUE(run_until(loop, [&] { return c_calls > 0; }));
+  EXPECT_GT(c_iteration, batch_iteration);
+}
+
+TEST(EventLoop, HandlerRemovingItselfKeepsItsCapturesUntilItReturns) {
+  EventLoop loop;
+  FdPair p = make_pipe();
+  FdPair other = make_pipe();
+  ASSERT_TRUE(p.a && other.a);
+  struct Context {
+    EventLoop* loop;
+    IoId self;
+    int other_fd;
+    std::string seen;
+    int calls = 0;
+  } ctx{&loop, {}, other.a.get(), {}};
+  // Heap-owning captures, stored inline in the handler: read after a move or destruction they
+  // are null (and ASan reports any use after free).
+  auto text = std::make_shared<std::string>("still here");
+  EventLoop::IoHandler handler = [ctx = &ctx, text,
+                                  owned = std::make_unique<int>(42)](std::uint32_t) {
+    ++ctx->calls;
+    ctx->loop->remove(ctx->self);
+    // A registration added in the same callback must not take over the running handler's slot.
+    auto added = ctx->loop->add(ctx->other_fd, io::readable, [](std::uint32_t) {});
+    ASSERT_TRUE(added);
+    ASSERT_TRUE(text);
+    ASSERT_TRUE(owned);
+    ctx->seen = *text + " " + std::to_string(*owned);
+  };
+  ASSERT_TRUE(handler.is_inline()) << "the test needs the captures inside the handler's slot";
+  auto id = loop.add(p.a.get(), io::readable, std::move(handler));
+  ASSERT_TRUE(id);
+  ctx.self = *id;
+  write_byte(p.b.get());
+  ASSERT_TRUE(run_until(loop, [&] { return ctx.calls > 0; }));
+  EXPECT_EQ(ctx.seen, "still here 42");
+  EXPECT_EQ(ctx.calls, 1);
+  // Destroyed at the end of that iteration: the loop no longer holds a copy of `text`.
+  EXPECT_EQ(text.use_count(), 1);
+}
+
+// ---- waiting: the epoll_wait fallback ----
+
+TEST(EventLoop, EpollWaitFallbackIsReportedInStats) {
+  EventLoop::Options options;
+  options.use_epoll_pwait2 = false;
+  EventLoop loop(options);
+  loop.run_once(0ns);
+  EXPECT_FALSE(loop.stats().epoll_pwait2);
+}
+
+TEST(EventLoop, EpollWaitFallbackStillDeliversIo) {
+  EventLoop::Options options;
+  options.use_epoll_pwait2 = false;
+  EventLoop loop(options);
+  FdPair p = make_pipe();
+  ASSERT_TRUE(p.a);
+  int calls = 0;
+  auto id = loop.add(p.a.get(), io::readable, [&](std::uint32_t) { ++calls; });
+  ASSERT_TRUE(id);
+  write_byte(p.b.get());
+  ASSERT_TRUE(run_until(loop, [&] { return calls > 0; }));
+  loop.remove(*id);
+}
+
+TEST(EventLoop, EpollWaitFallbackNeverFiresASubMillisecondTimerEarly) {
+  EventLoop::Options options;
+  options.use_epoll_pwait2 = false;
+  EventLoop loop(options);
+  constexpr auto kDelay = 300us;
+  bool fired = false;
+  std::chrono::steady_clock::time_point fired_at;
+  const auto before = std::chrono::steady_clock::now();
+  loop.after(kDelay, [&] {
+    fired = true;
+    fired_at = std::chrono::steady_clock::now();
+  });
+  // No timeout: the loop's wait is bounded by the timer, rounded up to a whole millisecond.
+  const auto give_up = before + kDeadline;
+  while (!fired && std::chrono::steady_clock::now() < give_up)
+    loop.run_once();
+  ASSERT_TRUE(fired);
+  EXPECT_GE(fired_at - before, kDelay);
+  EXPECT_FALSE(loop.stats().epoll_pwait2);
+}
+
+TEST(EventLoop, EpollPwait2NeverFiresASubMillisecondTimerEarly) {
+  EventLoop loop;
+  constexpr auto kDelay = 300us;
+  bool fired = false;
+  std::chrono::steady_clock::time_point fired_at;
+  const auto before = std::chrono::steady_clock::now();
+  loop.after(kDelay, [&] {
+    fired = true;
+    fired_at = std::chrono::steady_clock::now();
+  });
+  const auto give_up = before + kDeadline;
+  while (!fired && std::chrono::steady_clock::now() < give_up)
+    loop.run_once();
+  ASSERT_TRUE(fired);
+  EXPECT_GE(fired_at - before, kDelay);
+}
+
+// ---- defer ----
+
+TEST(EventLoop, DeferredTasksRunInOrderAfterTheWholeBatch) {
+  EventLoop loop;
+  FdPair first = make_pipe();
+  FdPair second = make_pipe();
+  ASSERT_TRUE(first.a && second.a);
+  std::vector<std::string> log;
+  IoId ids[2];
+  for (int i = 0; i < 2; ++i) {
+    auto id = loop.add((i == 0 ? first : second).a.get(), io::readable, [&, i](std::uint32_t) {
+      log.push_back("handler");
+      loop.defer([&, i] { log.push_back("deferred " + std::to_string(i) + "a"); });
+      loop.defer([&, i] { log.push_back("deferred " + std::to_string(i) + "b"); });
+    });
+    ASSERT_TRUE(id);
+    ids[i] = *id;
+  }
+  write_byte(first.b.get());
+  write_byte(second.b.get());
+  EXPECT_EQ(loop.run_once(0ns), 2u);
+  ASSERT_EQ(log.size(), 6u);
+  EXPECT_EQ(log[0], "handler");
+  EXPECT_EQ(log[1], "handler");
+  // Handlers ran in batch order; their deferred tasks follow in the order they were deferred.
+  const std::string a = log[2].substr(0, 10);
+  EXPECT_EQ(log[2], a + "a");
+  EXPECT_EQ(log[3], a + "b");
+  const std::string b = log[4].substr(0, 10);
+  EXPECT_NE(a, b);
+  EXPECT_EQ(log[4], b + "a");
+  EXPECT_EQ(log[5], b + "b");
+  loop.remove(ids[0]);
+  loop.remove(ids[1]);
+}
+
+TEST(EventLoop, TaskDeferredByADeferredTaskRunsNextIterationWithoutBlocking) {
+  EventLoop loop;
+  std::vector<int> log;
+  loop.defer([&] {
+    log.push_back(1);
+    loop.defer([&] { log.push_back(2); });
+  });
+  loop.run_once(0ns);
+  EXPECT_EQ(log, std::vector<int>{1});
+  // nullopt timeout: would block forever if the pending deferred task did not shorten the wait.
+  loop.run_once();
+  EXPECT_EQ(log, (std::vector<int>{1, 2}));
+}
+
+// ---- timers on a ManualClock ----
+
+TEST(EventLoopTimers, AfterFiresOnlyOnceTheClockPassedTheDelay) {
+  ManualClock clock;
+  EventLoop loop(manual(clock));
+  int fired = 0;
+  loop.after(10ms, [&] { ++fired; });
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 0);
+  clock.advance(9ms);
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 0);
+  clock.advance(999us);
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 0);
+  clock.advance(1us);
+  EXPECT_EQ(fired, 0) << "timers fire only inside run_once()";
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 1);
+  clock.advance(1h);
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 1);
+}
+
+TEST(EventLoopTimers, EqualDeadlinesFireInSchedulingOrder) {
+  ManualClock clock;
+  EventLoop loop(manual(clock));
+  std::vector<int> log;
+  for (int i = 0; i < 50; ++i)
+    loop.after(5ms, [&log, i] { log.push_back(i); });
+  clock.advance(5ms);
+  loop.run_once(0ns);
+  ASSERT_EQ(log.size(), 50u);
+  for (int i = 0; i < 50; ++i)
+    EXPECT_EQ(log[static_cast<std::size_t>(i)], i);
+}
+
+TEST(EventLoopTimers, CancelBeforeFiringPreventsIt) {
+  ManualClock clock;
+  EventLoop loop(manual(clock));
+  int fired = 0;
+  TimerId id = loop.after(5ms, [&] { ++fired; });
+  EXPECT_TRUE(loop.cancel(id));
+  clock.advance(10ms);
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 0);
+  EXPECT_FALSE(loop.cancel(id));
+}
+
+TEST(EventLoopTimers, CancelOfATimerDueInTheSameRoundFromAnEarlierCallbackPreventsIt) {
+  ManualClock clock;
+  EventLoop loop(manual(clock));
+  std::vector<int> log;
+  TimerId second;
+  bool cancelled = false;
+  loop.after(5ms, [&] {
+    log.push_back(1);
+    cancelled = loop.cancel(second);
+  });
+  second = loop.after(5ms, [&] { log.push_back(2); });
+  clock.advance(5ms);
+  loop.run_once(0ns);
+  EXPECT_TRUE(cancelled);
+  EXPECT_EQ(log, std::vector<int>{1});
+}
+
+TEST(EventLoopTimers, OneShotCancellingItselfWhileFiringIsANoOp) {
+  ManualClock clock;
+  EventLoop loop(manual(clock));
+  TimerId id;
+  int fired = 0;
+  bool cancelled = true;
+  id = loop.after(5ms, [&] {
+    ++fired;
+    cancelled = loop.cancel(id);
+  });
+  clock.advance(5ms);
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 1);
+  EXPECT_FALSE(cancelled) << "a one-shot timer has fired once its callback runs";
+}
+
+TEST(EventLoopTimers, CancelAfterFiringIsANoOpEvenWhenTheSlotIsReused) {
+  ManualClock clock;
+  EventLoop loop(manual(clock));
+  int first = 0;
+  int second = 0;
+  TimerId old_id = loop.after(1ms, [&] { ++first; });
+  clock.advance(1ms);
+  loop.run_once(0ns);
+  ASSERT_EQ(first, 1);
+  TimerId new_id = loop.after(1ms, [&] { ++second; });  // likely the freed slot
+  EXPECT_FALSE(loop.cancel(old_id));
+  EXPECT_NE(old_id, new_id);
+  clock.advance(1ms);
+  loop.run_once(0ns);
+  EXPECT_EQ(first, 1);
+  EXPECT_EQ(second, 1);
+}
+
+TEST(EventLoopTimers, EveryCancellingItselfStops) {
+  ManualClock clock;
+  EventLoop loop(manual(clock));
+  TimerId id;
+  int fired = 0;
+  bool cancelled = false;
+  id = loop.every(10ms, [&] {
+    if (++fired == 3) cancelled = loop.cancel(id);
+  });
+  for (int i = 0; i < 10; ++i) {
+    clock.advance(10ms);
+    loop.run_once(0ns);
+  }
+  EXPECT_EQ(fired, 3);
+  EXPECT_TRUE(cancelled);
+  EXPECT_FALSE(loop.cancel(id));
+}
+
+TEST(EventLoopTimers, EveryStaysOnItsPeriodGrid) {
+  ManualClock clock;
+  EventLoop loop(manual(clock));
+  std::vector<TimePoint> fired_at;
+  const TimePoint start = clock.now();
+  loop.every(10ms, [&] { fired_at.push_back(loop.now()); });
+  // Late by 3 ms each time: the next deadline stays start + k * 10 ms, not "late + 10 ms".
+  for (int k = 1; k <= 3; ++k) {
+    clock.set(start + k * 10ms + 3ms);
+    loop.run_once(0ns);
+  }
+  ASSERT_EQ(fired_at.size(), 3u);
+  clock.set(start + 40ms - 1ns);
+  loop.run_once(0ns);
+  EXPECT_EQ(fired_at.size(), 3u);
+  clock.set(start + 40ms);
+  loop.run_once(0ns);
+  EXPECT_EQ(fired_at.size(), 4u);
+}
+
+TEST(EventLoopTimers, EverySkipsPeriodsMissedDuringAStall) {
+  ManualClock clock;
+  EventLoop loop(manual(clock));
+  const TimePoint start = clock.now();
+  int fired = 0;
+  loop.every(10ms, [&] { ++fired; });
+  clock.set(start + 35ms);  // three periods due
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 1) << "a stall fires once, not a burst";
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 1);
+  clock.set(start + 40ms - 1ns);
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 1);
+  clock.set(start + 40ms);
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 2);
+}
+
+TEST(EventLoopTimers, TimerScheduledInsideACallbackFiresOnALaterIteration) {
+  ManualClock clock;
+  EventLoop loop(manual(clock));
+  std::vector<int> log;
+  loop.after(1ms, [&] {
+    log.push_back(1);
+    loop.after(0ns, [&] { log.push_back(2); });
+    loop.after(5ms, [&] { log.push_back(3); });
+  });
+  clock.advance(1ms);
+  loop.run_once(0ns);
+  EXPECT_EQ(log, std::vector<int>{1});
+  loop.run_once(0ns);
+  EXPECT_EQ(log, (std::vector<int>{1, 2}));
+  clock.advance(5ms - 1ns);
+  loop.run_once(0ns);
+  EXPECT_EQ(log, (std::vector<int>{1, 2}));
+  clock.advance(1ns);
+  loop.run_once(0ns);
+  EXPECT_EQ(log, (std::vector<int>{1, 2, 3}));
+}
+
+TEST(EventLoopTimers, TimerReschedulingItselfFiresOncePerReschedule) {
+  ManualClock clock;
+  EventLoop loop(manual(clock));
+  int fired = 0;
+  struct Rearm {
+    EventLoop* loop;
+    int* fired;
+    void operator()() {
+      if (++*fired < 3) loop->after(2ms, Rearm{loop, fired});
+    }
+  };
+  loop.after(2ms, Rearm{&loop, &fired});
+  for (int i = 0; i < 10; ++i) {
+    clock.advance(2ms);
+    loop.run_once(0ns);
+  }
+  EXPECT_EQ(fired, 3);
+}
+
+TEST(EventLoopTimers, ManualClockDoesNotShortenTheWait) {
+  ManualClock clock;
+  EventLoop loop(manual(clock));
+  int fired = 0;
+  loop.after(0ns, [&] { ++fired; });
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 1);
+  EXPECT_EQ(loop.now(), clock.now());
+}
+
+// ---- signals ----
+
+TEST(EventLoopSignals, SignalSentToTheProcessReachesTheLoop) {
+  EventLoop loop;
+  int received = 0;
+  ASSERT_FALSE(loop.on_signal(SIGUSR1, [&](int signo) {
+    EXPECT_EQ(signo, SIGUSR1);
+    ++received;
+  }));
+  ASSERT_EQ(::kill(::getpid(), SIGUSR1), 0);
+  ASSERT_TRUE(run_until(loop, [&] { return received > 0; }));
+  EXPECT_EQ(received, 1);
+}
+
+TEST(EventLoopSignals, SigintReachesTheLoop) {
+  EventLoop loop;
+  int received = 0;
+  ASSERT_FALSE(loop.on_signal(SIGINT, [&](int) { ++received; }));
+  ASSERT_FALSE(loop.on_signal(SIGUSR2, [&](int) { received += 100; }));
+  ASSERT_EQ(::raise(SIGINT), 0);
+  ASSERT_TRUE(run_until(loop, [&] { return received > 0; }));
+  EXPECT_EQ(received, 1);
+}
+
+TEST(EventLoopSignals, UnblockedSignalIsRejectedWithEinval) {
+  EventLoop loop;
+  EXPECT_EQ(loop.on_signal(SIGWINCH, [](int) {}), std::errc::invalid_argument);
+}
+
+TEST(EventLoopSignals, SecondHandlerForTheSameSignalIsRejectedWithEexist) {
+  EventLoop loop;
+  ASSERT_FALSE(loop.on_signal(SIGUSR2, [](int) {}));
+  EXPECT_EQ(loop.on_signal(SIGUSR2, [](int) {}), std::errc::file_exists);
+}
+
+// ---- stop ----
+
+TEST(EventLoop, StopFromACallbackEndsRun) {
+  EventLoop loop;
+  int runs = 0;
+  // A timer 10 s out makes a broken stop() fail the test instead of hanging it.
+  bool timed_out = false;
+  auto guard = loop.after(kDeadline, [&] {
+    timed_out = true;
+    loop.stop();
+  });
+  loop.after(0ns, [&] {
+    ++runs;
+    loop.stop();
+  });
+  loop.run();
+  EXPECT_EQ(runs, 1);
+  EXPECT_FALSE(timed_out);
+  loop.cancel(guard);
+}
+
+TEST(EventLoop, StopBeforeRunMakesRunReturnAfterOneIteration) {
+  EventLoop loop;
+  const auto before = loop.stats().iterations;
+  loop.stop();
+  loop.run();
+  EXPECT_EQ(loop.stats().iterations, before + 1);
+}
+
+TEST(EventLoop, RunCanBeRestartedAfterStop) {
+  EventLoop loop;
+  loop.stop();
+  loop.run();
+  int fired = 0;
+  loop.after(0ns, [&] {
+    ++fired;
+    loop.stop();
+  });
+  loop.run();
+  EXPECT_EQ(fired, 1);
+}
+
+// ---- post ----
+
+TEST(EventLoop, PostFromTheLoopThreadRunsLaterNotInline) {
+  EventLoop loop;
+  std::vector<int> log;
+  loop.post([&] { log.push_back(2); });
+  log.push_back(1);
+  EXPECT_EQ(log, std::vector<int>{1});
+  ASSERT_TRUE(run_until(loop, [&] { return log.size() == 2; }));
+  EXPECT_EQ(log, (std::vector<int>{1, 2}));
+}
+
+TEST(EventLoop, PostedTasksRunInOrder) {
+  EventLoop loop;
+  std::vector<int> log;
+  for (int i = 0; i < 100; ++i)
+    loop.post([&log, i] { log.push_back(i); });
+  ASSERT_TRUE(run_until(loop, [&] { return log.size() == 100; }));
+  for (int i = 0; i < 100; ++i)
+    EXPECT_EQ(log[static_cast<std::size_t>(i)], i);
+}
+
+TEST(EventLoop, DestroyingTheLoopDestroysQueuedTasksWithoutRunningThem) {
+  int live = 0;
+  int ran = 0;
+  {
+    EventLoop loop;
+    for (int i = 0; i < 3; ++i)
+      loop.post([&ran, c = Counted(&live)] { ++ran; });
+    loop.defer([&ran, c = Counted(&live)] { ++ran; });
+    loop.after(1h, [&ran, c = Counted(&live)] { ++ran; });
+    EXPECT_EQ(live, 5);
+  }
+  EXPECT_EQ(ran, 0);
+  EXPECT_EQ(live, 0);
+}
+
+}  // namespace
+}  // namespace reactor

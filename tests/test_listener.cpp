@@ -1,0 +1,647 @@
+// ListenSocket (bind, SO_REUSEPORT, Unix socket files) and Listener (accepting on a loop,
+// the per-readiness bound, fd exhaustion in a child process under a low RLIMIT_NOFILE).
+#include "reactor/listener.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "reactor/connection.hpp"
+#include "reactor/event_loop.hpp"
+#include "reactor/tcp_server.hpp"
+
+namespace reactor {
+namespace {
+
+using namespace std::chrono_literals;
+using Deadline = std::chrono::steady_clock::time_point;
+
+Deadline deadline_in(std::chrono::milliseconds d) {
+  return std::chrono::steady_clock::now() + d;
+}
+
+int ms_left(Deadline deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - std::chrono::steady_clock::now());
+  return left.count() > 0 ? static_cast<int>(left.count()) : 0;
+}
+
+// A temporary directory for Unix socket paths, removed with whatever is left in it.
+class TempDir {
+ public:
+  TempDir() {
+    char pattern[] = "/tmp/reactor-listener-XXXXXX";
+    const char* made = ::mkdtemp(pattern);
+    EXPECT_NE(made, nullptr) << std::strerror(errno);
+    if (made) path_ = made;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
+  }
+  std::string file(const char* name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+Address unix_address(const std::string& path) {
+  auto a = Address::parse("unix:" + path);
+  EXPECT_TRUE(a.ok()) << path;
+  return a.ok() ? *a : Address{};
+}
+
+bool path_exists(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+// A blocking client connect; returns the connected fd or -1 with errno set.
+int connect_to(const Address& to) {
+  int fd = ::socket(to.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  if (::connect(fd, to.sockaddr_ptr(), to.length()) < 0) {
+    const int err = errno;
+    ::close(fd);
+    errno = err;
+    return -1;
+  }
+  return fd;
+}
+
+// The errno of a blocking connect to `to` (0 when it connected).
+int connect_errno(const Address& to) {
+  int fd = connect_to(to);
+  if (fd < 0) return errno;
+  ::close(fd);
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// ListenSocket
+
+TEST(ListenSocket, PortZeroReportsTheBoundPort) {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok()) << socket.error().message();
+  const Address& bound = socket->address();
+  EXPECT_EQ(bound.family(), AF_INET);
+  ASSERT_NE(bound.port(), 0);
+
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  ASSERT_EQ(::getsockname(socket->fd(), reinterpret_cast<sockaddr*>(&ss), &len), 0);
+  auto actual = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+  ASSERT_TRUE(actual.ok());
+  EXPECT_EQ(*actual, bound);
+  EXPECT_EQ(connect_errno(bound), 0);
+}
+
+TEST(ListenSocket, Ipv6PortZeroReportsTheBoundPort) {
+  auto socket = ListenSocket::open(Address::ipv6_loopback(0));
+  if (!socket.ok() && socket.error() == std::errc::address_not_available) {
+    GTEST_SKIP() << "no IPv6 loopback here";
+  }
+  ASSERT_TRUE(socket.ok()) << socket.error().message();
+  EXPECT_EQ(socket->address().family(), AF_INET6);
+  EXPECT_NE(socket->address().port(), 0);
+  EXPECT_EQ(connect_errno(socket->address()), 0);
+}
+
+TEST(ListenSocket, SecondBindOfTheSamePortIsAddressInUse) {
+  auto first = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(first.ok()) << first.error().message();
+  auto second = ListenSocket::open(first->address());
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.error(), std::errc::address_in_use) << second.error().message();
+}
+
+TEST(ListenSocket, ReusePortLetsTwoSocketsBindTheSamePort) {
+  ListenOptions options;
+  options.reuse_port = true;
+  auto first = ListenSocket::open(Address::ipv4_loopback(0), options);
+  ASSERT_TRUE(first.ok()) << first.error().message();
+  auto second = ListenSocket::open(first->address(), options);
+  ASSERT_TRUE(second.ok()) << second.error().message();
+  EXPECT_EQ(second->address(), first->address());
+}
+
+TEST(ListenSocket, ReusePortOnOneSocketOnlyIsStillAddressInUse) {
+  auto first = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(first.ok()) << first.error().message();
+  ListenOptions options;
+  options.reuse_port = true;
+  auto second = ListenSocket::open(first->address(), options);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.error(), std::errc::address_in_use);
+}
+
+TEST(ListenSocket, UnixBindCreatesTheSocketFileAndAcceptsConnections) {
+  TempDir dir;
+  const std::string path = dir.file("live.sock");
+  auto socket = ListenSocket::open(unix_address(path));
+  ASSERT_TRUE(socket.ok()) << socket.error().message();
+  struct stat st {};
+  ASSERT_EQ(::lstat(path.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(socket->address(), unix_address(path));
+  EXPECT_EQ(connect_errno(unix_address(path)), 0);
+}
+
+TEST(ListenSocket, StaleUnixSocketFileIsReplaced) {
+  TempDir dir;
+  const std::string path = dir.file("stale.sock");
+  const Address address = unix_address(path);
+  {
+    // What a crashed server leaves behind: the file of a socket nobody accepts on.
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::bind(fd, address.sockaddr_ptr(), address.length()), 0);
+    ::close(fd);
+  }
+  ASSERT_TRUE(path_exists(path));
+  ASSERT_EQ(connect_errno(address), ECONNREFUSED);
+
+  auto socket = ListenSocket::open(address);
+  ASSERT_TRUE(socket.ok()) << socket.error().message();
+  EXPECT_EQ(connect_errno(address), 0);
+}
+
+TEST(ListenSocket, LiveUnixSocketIsAddressInUseAndKeepsServing) {
+  TempDir dir;
+  const std::string path = dir.file("live.sock");
+  const Address address = unix_address(path);
+  auto live = ListenSocket::open(address);
+  ASSERT_TRUE(live.ok()) << live.error().message();
+
+  auto second = ListenSocket::open(address);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.error(), std::errc::address_in_use) << second.error().message();
+  // The failed attempt neither unlinked nor replaced the live socket's file.
+  ASSERT_TRUE(path_exists(path));
+  EXPECT_EQ(connect_errno(address), 0);
+}
+
+TEST(ListenSocket, UnixSocketFileIsRemovedOnDestruction) {
+  TempDir dir;
+  const std::string path = dir.file("gone.sock");
+  {
+    auto socket = ListenSocket::open(unix_address(path));
+    ASSERT_TRUE(socket.ok()) << socket.error().message();
+    ASSERT_TRUE(path_exists(path));
+  }
+  EXPECT_FALSE(path_exists(path));
+}
+
+TEST(ListenSocket, MovedFromUnixSocketDoesNotRemoveTheFile) {
+  TempDir dir;
+  const std::string path = dir.file("moved.sock");
+  std::optional<ListenSocket> owner;
+  {
+    auto opened = ListenSocket::open(unix_address(path));
+    ASSERT_TRUE(opened.ok()) << opened.error().message();
+    owner.emplace(std::move(*opened));
+  }  // the moved-from ListenSocket is destroyed here
+  ASSERT_TRUE(path_exists(path));
+  EXPECT_EQ(connect_errno(unix_address(path)), 0);
+  owner.reset();
+  EXPECT_FALSE(path_exists(path));
+}
+
+TEST(ListenSocket, RegularFileAtTheUnixPathIsNotRemoved) {
+  TempDir dir;
+  const std::string path = dir.file("data.txt");
+  {
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::write(fd, "keep", 4), 4);
+    ::close(fd);
+  }
+  auto socket = ListenSocket::open(unix_address(path));
+  ASSERT_FALSE(socket.ok());
+  EXPECT_EQ(socket.error(), std::errc::address_in_use) << socket.error().message();
+  struct stat st {};
+  ASSERT_EQ(::lstat(path.c_str(), &st), 0) << "the regular file was removed";
+  EXPECT_TRUE(S_ISREG(st.st_mode));
+  EXPECT_EQ(st.st_size, 4);
+}
+
+TEST(ListenSocket, AbstractUnixNameBindsAndRefusesASecondBind) {
+  const std::string name = "unix:@reactor-test-listener-" + std::to_string(::getpid());
+  auto address = Address::parse(name);
+  ASSERT_TRUE(address.ok());
+  auto first = ListenSocket::open(*address);
+  ASSERT_TRUE(first.ok()) << first.error().message();
+  EXPECT_EQ(connect_errno(*address), 0);
+  auto second = ListenSocket::open(*address);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.error(), std::errc::address_in_use);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listener on one loop
+
+struct Accepted {
+  std::vector<Fd> sockets;
+  std::vector<Address> peers;
+};
+
+Listener::AcceptHandler collect_into(Accepted& out) {
+  return [&out](Fd socket, const Address& peer) {
+    out.sockets.push_back(std::move(socket));
+    out.peers.push_back(peer);
+  };
+}
+
+template <class Pred>
+bool run_until(EventLoop& loop, Pred done, std::chrono::milliseconds limit = 10s) {
+  const Deadline deadline = deadline_in(limit);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    loop.run_once(10ms);
+  }
+  return true;
+}
+
+TEST(Listener, AcceptsAndReportsThePeerAddress) {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok()) << socket.error().message();
+  EventLoop loop;
+  Accepted accepted;
+  Listener listener(loop, *socket, collect_into(accepted));
+  ASSERT_FALSE(listener.start());
+
+  int client = connect_to(socket->address());
+  ASSERT_GE(client, 0) << std::strerror(errno);
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  ASSERT_EQ(::getsockname(client, reinterpret_cast<sockaddr*>(&ss), &len), 0);
+  auto local = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+  ASSERT_TRUE(local.ok());
+
+  ASSERT_TRUE(run_until(loop, [&] { return accepted.sockets.size() == 1; }));
+  EXPECT_EQ(accepted.peers[0], *local);
+  EXPECT_EQ(listener.accepted(), 1u);
+  const int flags = ::fcntl(accepted.sockets[0].get(), F_GETFL);
+  EXPECT_TRUE(flags & O_NONBLOCK);
+  EXPECT_TRUE(::fcntl(accepted.sockets[0].get(), F_GETFD) & FD_CLOEXEC);
+  ::close(client);
+}
+
+TEST(Listener, AcceptsPerEventBoundsAcceptsPerReadiness) {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok()) << socket.error().message();
+  std::vector<int> clients;
+  for (int i = 0; i < 10; ++i) {
+    int fd = connect_to(socket->address());
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    clients.push_back(fd);
+  }
+  EventLoop loop;
+  Accepted accepted;
+  Listener::Options options;
+  options.accepts_per_event = 3;
+  Listener listener(loop, *socket, collect_into(accepted), options);
+  ASSERT_FALSE(listener.start());
+
+  // The ten connections are complete in the kernel's queue: the first readiness is immediate.
+  EXPECT_EQ(loop.run_once(10s), 1u);
+  EXPECT_EQ(accepted.sockets.size(), 3u);
+  EXPECT_EQ(listener.accepted(), 3u);
+  // Level-triggered: what is left stays ready, three at a time.
+  loop.run_once(10s);
+  EXPECT_EQ(accepted.sockets.size(), 6u);
+  ASSERT_TRUE(run_until(loop, [&] { return accepted.sockets.size() == 10; }));
+  loop.run_once(0ms);
+  EXPECT_EQ(accepted.sockets.size(), 10u);
+  for (int fd : clients)
+    ::close(fd);
+}
+
+TEST(Listener, StopDeregistersAndStartResumes) {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok()) << socket.error().message();
+  EventLoop loop;
+  Accepted accepted;
+  const std::size_t before = loop.registrations();
+  Listener listener(loop, *socket, collect_into(accepted));
+  ASSERT_FALSE(listener.start());
+  listener.stop();
+  EXPECT_EQ(loop.registrations(), before);
+
+  int client = connect_to(socket->address());
+  ASSERT_GE(client, 0);
+  loop.run_once(0ms);
+  EXPECT_TRUE(accepted.sockets.empty());
+
+  ASSERT_FALSE(listener.start());
+  ASSERT_TRUE(run_until(loop, [&] { return accepted.sockets.size() == 1; }));
+  ::close(client);
+}
+
+TEST(Listener, DestroyingTheListenerDeregistersIt) {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok()) << socket.error().message();
+  EventLoop loop;
+  const std::size_t before = loop.registrations();
+  Accepted accepted;
+  {
+    Listener listener(loop, *socket, collect_into(accepted));
+    ASSERT_FALSE(listener.start());
+    EXPECT_EQ(loop.registrations(), before + 1);
+  }
+  EXPECT_EQ(loop.registrations(), before);
+  int client = connect_to(socket->address());
+  ASSERT_GE(client, 0);
+  loop.run_once(0ms);
+  EXPECT_TRUE(accepted.sockets.empty());
+  ::close(client);
+}
+
+// ---------------------------------------------------------------------------------------------
+// EMFILE: an echo server in a child process under RLIMIT_NOFILE = 32. The test process keeps its
+// own (raised) limit for the clients. The child answers "counters?" over a pipe.
+
+struct ChildCounters {
+  std::uint64_t accepted = 0;
+  std::uint64_t active = 0;
+  std::uint64_t fd_exhaustion = 0;
+  std::uint64_t error_callbacks = 0;
+  std::uint64_t iterations = 0;
+  std::uint16_t port = 0;
+};
+
+constexpr int kChildFdLimit = 32;
+constexpr int kCommandFd = 3;
+constexpr int kReportFd = 4;
+
+bool write_all(int fd, const void* data, std::size_t n) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return true;
+}
+
+// The child: never returns; no gtest in here.
+[[noreturn]] void run_emfile_child(int command_fd, int report_fd) {
+  // Fixed, low fd numbers for the pipes and nothing else inherited, so the limit means the same
+  // thing in every build (plain, sanitizers).
+  int cmd = ::fcntl(command_fd, F_DUPFD_CLOEXEC, 100);
+  int rep = ::fcntl(report_fd, F_DUPFD_CLOEXEC, 100);
+  if (cmd < 0 || rep < 0 || ::dup2(cmd, kCommandFd) < 0 || ::dup2(rep, kReportFd) < 0) _exit(10);
+  ::close_range(kReportFd + 1, ~0U, 0);
+  rlimit limit{};
+  ::getrlimit(RLIMIT_NOFILE, &limit);
+  limit.rlim_cur = kChildFdLimit;
+  if (::setrlimit(RLIMIT_NOFILE, &limit) < 0) _exit(11);
+
+  ChildCounters counters;
+  {
+    EventLoop loop;
+    ConnectionHandlers handlers;
+    handlers.on_data = [](Connection& c, Buffer& input) {
+      c.send(input.view());
+      input.consume(input.size());
+    };
+    TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+    server.set_error_handler([&counters](std::error_code) { ++counters.error_callbacks; });
+    if (server.start()) _exit(12);
+    counters.port = server.address().port();
+    auto fill = [&] {
+      ServerStats s = server.stats();
+      counters.accepted = s.accepted;
+      counters.active = s.active;
+      counters.fd_exhaustion = s.fd_exhaustion;
+      counters.iterations = loop.stats().iterations;
+    };
+    fill();
+    if (!write_all(kReportFd, &counters, sizeof counters)) _exit(13);
+    auto command = loop.add(kCommandFd, io::readable, [&](std::uint32_t) {
+      char c = 0;
+      ssize_t n = ::read(kCommandFd, &c, 1);
+      if (n <= 0) _exit(14);  // the parent went away
+      fill();
+      if (!write_all(kReportFd, &counters, sizeof counters)) _exit(15);
+      if (c == 'q') loop.stop();
+    });
+    if (!command) _exit(16);
+    // A backstop should the parent hang: the test's own deadlines are far shorter.
+    loop.after(std::chrono::seconds(60), [] { _exit(17); });
+    loop.run();
+  }
+  _exit(0);
+}
+
+class EmfileChild {
+ public:
+  EmfileChild() {
+    int command[2];
+    int report[2];
+    if (::pipe2(command, O_CLOEXEC) < 0 || ::pipe2(report, O_CLOEXEC) < 0) return;
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::close(command[1]);
+      ::close(report[0]);
+      run_emfile_child(command[0], report[1]);
+    }
+    ::close(command[0]);
+    ::close(report[1]);
+    command_fd_ = command[1];
+    report_fd_ = report[0];
+  }
+
+  ~EmfileChild() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    if (command_fd_ >= 0) ::close(command_fd_);
+    if (report_fd_ >= 0) ::close(report_fd_);
+  }
+
+  bool started() const { return pid_ > 0 && command_fd_ >= 0; }
+
+  // The counters the child reported first or last: read with a deadline.
+  bool read_report(ChildCounters& out, Deadline deadline) {
+    char* p = reinterpret_cast<char*>(&out);
+    std::size_t got = 0;
+    while (got < sizeof out) {
+      pollfd pfd{report_fd_, POLLIN, 0};
+      if (::poll(&pfd, 1, ms_left(deadline)) <= 0) return false;
+      ssize_t n = ::read(report_fd_, p + got, sizeof out - got);
+      if (n <= 0) return false;
+      got += static_cast<std::size_t>(n);
+    }
+    return true;
+  }
+
+  bool ask(ChildCounters& out, char command = 's') {
+    if (!write_all(command_fd_, &command, 1)) return false;
+    return read_report(out, deadline_in(10s));
+  }
+
+  // Asks the child to quit and reaps it; its exit status, or -1 if it had to be killed.
+  int quit() {
+    ChildCounters last;
+    if (!ask(last, 'q')) return -1;
+    // The report pipe reaches EOF when the child's process is gone.
+    char c;
+    pollfd pfd{report_fd_, POLLIN, 0};
+    if (::poll(&pfd, 1, ms_left(deadline_in(10s))) <= 0 || ::read(report_fd_, &c, 1) != 0) {
+      return -1;
+    }
+    int status = 0;
+    if (::waitpid(pid_, &status, 0) != pid_) return -1;
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int command_fd_ = -1;
+  int report_fd_ = -1;
+};
+
+enum class Reply { echoed, closed, timed_out };
+
+// Sends `message` and waits for the echo, or for EOF/reset.
+Reply echo_or_close(int fd, const std::string& message, Deadline deadline) {
+  if (::send(fd, message.data(), message.size(), MSG_NOSIGNAL) !=
+      static_cast<ssize_t>(message.size())) {
+    return Reply::closed;
+  }
+  std::string got;
+  while (got.size() < message.size()) {
+    pollfd pfd{fd, POLLIN, 0};
+    if (::poll(&pfd, 1, ms_left(deadline)) <= 0) return Reply::timed_out;
+    char buf[256];
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) return Reply::closed;  // EOF, or ECONNRESET when our bytes met the close
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+  return got == message ? Reply::echoed : Reply::closed;
+}
+
+TEST(Listener, FdExhaustionInAChildKeepsServingAndRecovers) {
+  EmfileChild child;
+  ASSERT_TRUE(child.started()) << std::strerror(errno);
+  ChildCounters start;
+  ASSERT_TRUE(child.read_report(start, deadline_in(10s)));
+  ASSERT_NE(start.port, 0);
+  const Address address = Address::ipv4_loopback(start.port);
+
+  // A few connections that the child serves before the storm.
+  constexpr int kExisting = 4;
+  std::vector<int> existing;
+  for (int i = 0; i < kExisting; ++i) {
+    int fd = connect_to(address);
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    existing.push_back(fd);
+    ASSERT_EQ(echo_or_close(fd, "hello " + std::to_string(i), deadline_in(10s)), Reply::echoed);
+  }
+  ChildCounters before;
+  ASSERT_TRUE(child.ask(before));
+  EXPECT_EQ(before.active, static_cast<std::uint64_t>(kExisting));
+  EXPECT_EQ(before.fd_exhaustion, 0u);
+
+  // More clients than the child has fds: each is served or accepted and closed at once, none
+  // is left hanging in the backlog.
+  constexpr int kStorm = 3 * kChildFdLimit;
+  std::vector<int> storm;
+  for (int i = 0; i < kStorm; ++i) {
+    int fd = connect_to(address);
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    storm.push_back(fd);
+  }
+  int served = 0;
+  int shed = 0;
+  std::vector<int> served_fds;
+  for (int fd : storm) {
+    Reply r = echo_or_close(fd, "storm", deadline_in(10s));
+    ASSERT_NE(r, Reply::timed_out) << "a connection was left in the backlog";
+    if (r == Reply::echoed) {
+      ++served;
+      served_fds.push_back(fd);
+    } else {
+      ++shed;
+      ::close(fd);
+    }
+  }
+  EXPECT_GT(shed, 0) << "the fd limit was never reached";
+  EXPECT_LT(served + kExisting, kChildFdLimit);
+
+  // The connections from before the storm still echo.
+  for (int i = 0; i < kExisting; ++i) {
+    EXPECT_EQ(echo_or_close(existing[static_cast<std::size_t>(i)], "still here", deadline_in(10s)),
+              Reply::echoed);
+  }
+
+  ChildCounters during;
+  ASSERT_TRUE(child.ask(during));
+  EXPECT_GE(during.fd_exhaustion, static_cast<std::uint64_t>(shed));
+  // Once per failed accept, not once per retry of an empty backlog: at most one more than the
+  // connections shed for each readiness the loop handled.
+  EXPECT_LE(during.fd_exhaustion, shed + (during.iterations - before.iterations))
+      << "fd_exhaustion " << during.fd_exhaustion << " for " << shed << " shed";
+  EXPECT_EQ(during.error_callbacks, during.fd_exhaustion);
+  EXPECT_EQ(during.accepted, static_cast<std::uint64_t>(kExisting + served));
+  // No spinning: a readiness the loop cannot clear would show up as iterations by the million.
+  // Each connection attempt, echo and counter request takes a handful of iterations at most.
+  const std::uint64_t work = kStorm + kExisting + 2;
+  EXPECT_LE(during.iterations - before.iterations, 8 * work)
+      << "iterations " << during.iterations - before.iterations << " for " << work << " attempts";
+
+  // Free the fds: the child accepts and serves new connections again.
+  for (int fd : served_fds)
+    ::close(fd);
+  const Deadline deadline = deadline_in(10s);
+  ChildCounters after;
+  do {
+    ASSERT_TRUE(child.ask(after));
+  } while (after.active != static_cast<std::uint64_t>(kExisting) && ms_left(deadline) > 0);
+  ASSERT_EQ(after.active, static_cast<std::uint64_t>(kExisting));
+
+  std::vector<int> fresh;
+  for (int i = 0; i < 8; ++i) {
+    int fd = connect_to(address);
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    fresh.push_back(fd);
+    EXPECT_EQ(echo_or_close(fd, "again " + std::to_string(i), deadline_in(10s)), Reply::echoed);
+  }
+  ChildCounters recovered;
+  ASSERT_TRUE(child.ask(recovered));
+  EXPECT_EQ(recovered.fd_exhaustion, during.fd_exhaustion);
+  EXPECT_EQ(recovered.active, static_cast<std::uint64_t>(kExisting + 8));
+
+  for (int fd : fresh)
+    ::close(fd);
+  for (int fd : existing)
+    ::close(fd);
+  EXPECT_EQ(child.quit(), 0);
+}
+
+}  // namespace
+}  // namespace reactor

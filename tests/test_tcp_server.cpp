@@ -1,0 +1,750 @@
+// TcpServer: ids that go stale, the connection cap, several loops sharing one address
+// (EPOLLEXCLUSIVE or SO_REUSEPORT), graceful shutdown, counters, on_open, Unix sockets.
+#include "reactor/tcp_server.hpp"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <future>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "reactor/listener.hpp"
+#include "reactor/loop_thread.hpp"
+#include "reactor/timer_queue.hpp"
+
+namespace reactor {
+namespace {
+
+using namespace std::chrono_literals;
+using SteadyClock = std::chrono::steady_clock;
+
+template <class Pred>
+bool run_until(EventLoop& loop, Pred done, std::chrono::milliseconds limit = 10s) {
+  const auto deadline = SteadyClock::now() + limit;
+  while (!done()) {
+    if (SteadyClock::now() >= deadline) return false;
+    loop.run_once(10ms);
+  }
+  return true;
+}
+
+// A blocking client connect (the kernel completes it without the server's loop); -1 and errno
+// on failure.
+int connect_to(const Address& to) {
+  int fd = ::socket(to.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  if (::connect(fd, to.sockaddr_ptr(), to.length()) < 0) {
+    const int err = errno;
+    ::close(fd);
+    errno = err;
+    return -1;
+  }
+  return fd;
+}
+
+int connect_errno(const Address& to) {
+  int fd = connect_to(to);
+  if (fd < 0) return errno;
+  ::close(fd);
+  return 0;
+}
+
+bool send_all(int fd, const std::string& data) {
+  return ::send(fd, data.data(), data.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(data.size());
+}
+
+// Reads from the client socket while running `loop`, until `n` bytes are in `out`.
+bool receive(EventLoop& loop, int fd, std::size_t n, std::string& out) {
+  return run_until(loop, [&] {
+    char buf[65536];
+    ssize_t r;
+    while (out.size() < n && (r = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0) {
+      out.append(buf, static_cast<std::size_t>(r));
+    }
+    return out.size() >= n;
+  });
+}
+
+enum class PeerEnd { eof, reset, open };
+
+// Reads (appending to `out`) while running `loop` until the server's side closes the socket.
+PeerEnd read_until_closed(EventLoop& loop, int fd, std::string* out = nullptr) {
+  PeerEnd end = PeerEnd::open;
+  run_until(loop, [&] {
+    char buf[65536];
+    for (;;) {
+      ssize_t r = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+      if (r > 0) {
+        if (out) out->append(buf, static_cast<std::size_t>(r));
+        continue;
+      }
+      if (r == 0) end = PeerEnd::eof;
+      if (r < 0 && errno == ECONNRESET) end = PeerEnd::reset;
+      return end != PeerEnd::open;
+    }
+  });
+  return end;
+}
+
+ConnectionHandlers echo_handlers() {
+  ConnectionHandlers h;
+  h.on_data = [](Connection& c, Buffer& input) {
+    c.send(input.view());
+    input.consume(input.size());
+  };
+  return h;
+}
+
+// A temporary directory for Unix socket paths, removed with whatever is left in it.
+class TempDir {
+ public:
+  TempDir() {
+    char pattern[] = "/tmp/reactor-server-XXXXXX";
+    const char* made = ::mkdtemp(pattern);
+    EXPECT_NE(made, nullptr) << std::strerror(errno);
+    if (made) path_ = made;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
+  }
+  std::string file(const char* name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// One loop
+
+TEST(TcpServer, EchoesOverIpv4) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  ASSERT_FALSE(server.start());
+  ASSERT_NE(server.address().port(), 0);
+  EXPECT_EQ(server.loop_count(), 1u);
+  int client = connect_to(server.address());
+  ASSERT_GE(client, 0) << std::strerror(errno);
+  ASSERT_TRUE(send_all(client, "round trip"));
+  std::string got;
+  ASSERT_TRUE(receive(loop, client, 10, got));
+  EXPECT_EQ(got, "round trip");
+  ::close(client);
+}
+
+TEST(TcpServer, StartOnABusyPortIsAddressInUse) {
+  auto busy = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(busy.ok());
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  const std::size_t registrations = loop.registrations();
+  TcpServer server(loop, busy->address(), handlers);
+  auto ec = server.start();
+  EXPECT_EQ(ec, std::errc::address_in_use) << ec.message();
+  EXPECT_EQ(loop.registrations(), registrations) << "nothing listens after a failed start";
+}
+
+TEST(TcpServer, StaleIdFindsNothingAfterCloseAndAfterItsSlotIsReused) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  int closes = 0;
+  handlers.on_close = [&](Connection&, CloseReason, std::error_code) { ++closes; };
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  std::vector<ConnectionId> ids;
+  server.set_open_handler([&](Connection& c) { ids.push_back(c.id()); });
+  ASSERT_FALSE(server.start());
+
+  int first_client = connect_to(server.address());
+  ASSERT_GE(first_client, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return ids.size() == 1; }));
+  const ConnectionId first = ids[0];
+  EXPECT_TRUE(first);
+  ASSERT_NE(server.find(first), nullptr);
+  EXPECT_EQ(server.find(first)->id(), first);
+
+  ::close(first_client);
+  ASSERT_TRUE(run_until(loop, [&] { return closes == 1; }));
+  EXPECT_EQ(server.find(first), nullptr);
+
+  int second_client = connect_to(server.address());
+  ASSERT_GE(second_client, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return ids.size() == 2; }));
+  const ConnectionId second = ids[1];
+  EXPECT_EQ(second.slot, first.slot) << "the freed slot is reused";
+  EXPECT_NE(second.generation, first.generation);
+  EXPECT_EQ(server.find(first), nullptr);
+  EXPECT_NE(server.find(second), nullptr);
+  ::close(second_client);
+}
+
+TEST(TcpServer, FindRejectsIdsItNeverHandedOut) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  ConnectionId seen;
+  server.set_open_handler([&](Connection& c) { seen = c.id(); });
+  ASSERT_FALSE(server.start());
+  int client = connect_to(server.address());
+  ASSERT_GE(client, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return static_cast<bool>(seen); }));
+
+  EXPECT_EQ(server.find(ConnectionId{}), nullptr);
+  EXPECT_EQ(server.find(ConnectionId{seen.slot + 1000, seen.generation, 0}), nullptr);
+  EXPECT_EQ(server.find(ConnectionId{seen.slot, seen.generation + 1, 0}), nullptr);
+  EXPECT_EQ(server.find(ConnectionId{seen.slot, seen.generation, 7}), nullptr);
+  EXPECT_NE(server.find(seen), nullptr);
+  ::close(client);
+}
+
+TEST(TcpServer, ConnectionOverTheCapIsAcceptedAndClosedAtOnce) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  ServerOptions options;
+  options.max_connections = 2;
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers, options);
+  int opened = 0;
+  server.set_open_handler([&](Connection&) { ++opened; });
+  ASSERT_FALSE(server.start());
+
+  int a = connect_to(server.address());
+  int b = connect_to(server.address());
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return opened == 2; }));
+  int over = connect_to(server.address());
+  ASSERT_GE(over, 0) << "the kernel completes the handshake; the server then closes it";
+  EXPECT_NE(read_until_closed(loop, over), PeerEnd::open);
+  EXPECT_EQ(opened, 2);
+  ServerStats stats = server.stats();
+  EXPECT_EQ(stats.refused, 1u);
+  EXPECT_EQ(stats.accepted, 2u);
+  EXPECT_EQ(stats.active, 2u);
+
+  // The two under the cap are served as usual.
+  std::string got;
+  ASSERT_TRUE(send_all(b, "b"));
+  ASSERT_TRUE(receive(loop, b, 1, got));
+  EXPECT_EQ(got, "b");
+  ::close(over);
+  ::close(a);
+  ::close(b);
+}
+
+TEST(TcpServer, ClosingAConnectionMakesRoomUnderTheCap) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  ServerOptions options;
+  options.max_connections = 1;
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers, options);
+  ASSERT_FALSE(server.start());
+
+  int a = connect_to(server.address());
+  ASSERT_GE(a, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return server.stats().active == 1; }));
+  ::close(a);
+  ASSERT_TRUE(run_until(loop, [&] { return server.stats().active == 0; }));
+
+  int b = connect_to(server.address());
+  ASSERT_GE(b, 0);
+  std::string got;
+  ASSERT_TRUE(send_all(b, "room"));
+  ASSERT_TRUE(receive(loop, b, 4, got));
+  EXPECT_EQ(got, "room");
+  EXPECT_EQ(server.stats().refused, 0u);
+  ::close(b);
+}
+
+TEST(TcpServer, StatsCountConnectionsAndBytes) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  ASSERT_FALSE(server.start());
+
+  std::vector<int> clients;
+  std::size_t total = 0;
+  for (std::size_t size : {1000u, 2000u, 3000u}) {
+    int fd = connect_to(server.address());
+    ASSERT_GE(fd, 0);
+    clients.push_back(fd);
+    const std::string payload(size, static_cast<char>('a' + clients.size()));
+    ASSERT_TRUE(send_all(fd, payload));
+    std::string got;
+    ASSERT_TRUE(receive(loop, fd, size, got));
+    EXPECT_EQ(got, payload);
+    total += size;
+  }
+  ServerStats stats = server.stats();
+  EXPECT_EQ(stats.accepted, 3u);
+  EXPECT_EQ(stats.active, 3u);
+  EXPECT_EQ(stats.bytes_in, total);
+  EXPECT_EQ(stats.bytes_out, total);
+  EXPECT_EQ(stats.refused, 0u);
+  EXPECT_EQ(stats.fd_exhaustion, 0u);
+
+  for (int fd : clients)
+    ::close(fd);
+  ASSERT_TRUE(run_until(loop, [&] { return server.stats().active == 0; }));
+  stats = server.stats();
+  EXPECT_EQ(stats.accepted, 3u);
+  EXPECT_EQ(stats.bytes_in, total);
+  EXPECT_EQ(stats.bytes_out, total);
+}
+
+TEST(TcpServer, OnOpenRunsBeforeOnDataAndItsContextReachesOnData) {
+  EventLoop loop;
+  ConnectionHandlers handlers;
+  std::vector<std::string> events;
+  int context_value = 42;
+  void* context_in_data = nullptr;
+  handlers.on_data = [&](Connection& c, Buffer& input) {
+    events.push_back("data");
+    context_in_data = c.context();
+    input.consume(input.size());
+  };
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  server.set_open_handler([&](Connection& c) {
+    events.push_back("open");
+    c.set_context(&context_value);
+  });
+  ASSERT_FALSE(server.start());
+
+  // The bytes are there before the server accepts: on_open must still come first.
+  int client = connect_to(server.address());
+  ASSERT_GE(client, 0);
+  ASSERT_TRUE(send_all(client, "early bird"));
+  ASSERT_TRUE(run_until(loop, [&] { return events.size() >= 2; }));
+  EXPECT_EQ(events[0], "open");
+  EXPECT_EQ(events[1], "data");
+  EXPECT_EQ(context_in_data, &context_value);
+  ::close(client);
+}
+
+TEST(TcpServer, UnixSocketServerEchoesAndRemovesItsFileOnStop) {
+  TempDir dir;
+  const std::string path = dir.file("server.sock");
+  auto address = Address::parse("unix:" + path);
+  ASSERT_TRUE(address.ok());
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, *address, handlers);
+  ASSERT_FALSE(server.start());
+  EXPECT_EQ(server.address(), *address);
+
+  int client = connect_to(*address);
+  ASSERT_GE(client, 0) << std::strerror(errno);
+  ASSERT_TRUE(send_all(client, "unix echo"));
+  std::string got;
+  ASSERT_TRUE(receive(loop, client, 9, got));
+  EXPECT_EQ(got, "unix echo");
+  ::close(client);
+
+  int done = 0;
+  server.stop(5s, [&] { ++done; });
+  ASSERT_TRUE(run_until(loop, [&] { return done == 1; }));
+  struct stat st {};
+  EXPECT_NE(::lstat(path.c_str(), &st), 0) << "the socket file outlived the server";
+  EXPECT_EQ(connect_errno(*address), ENOENT);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graceful shutdown
+
+TEST(TcpServer, GracefulStopDeliversQueuedOutputThenEofAndClosesThePort) {
+  EventLoop loop;
+  ConnectionHandlers handlers;
+  std::vector<CloseReason> reasons;
+  handlers.on_close = [&](Connection&, CloseReason r, std::error_code) { reasons.push_back(r); };
+  ServerOptions options;
+  options.connection.high_water_mark = 64u << 20;
+  options.connection.linger = 60s;
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers, options);
+  // More than loopback's socket buffers hold: most of it is queued in the server.
+  std::string payload(16u << 20, '\0');
+  for (std::size_t i = 0; i < payload.size(); ++i)
+    payload[i] = static_cast<char>(i * 7 + i / 4096);
+  std::vector<ConnectionId> ids;
+  server.set_open_handler([&](Connection& c) {
+    ids.push_back(c.id());
+    c.send(payload);
+  });
+  ASSERT_FALSE(server.start());
+  const Address address = server.address();
+
+  int a = connect_to(address);
+  int b = connect_to(address);
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return ids.size() == 2; }));
+  for (ConnectionId id : ids) {
+    Connection* c = server.find(id);
+    ASSERT_NE(c, nullptr);
+    ASSERT_GT(c->queued_bytes(), 0u) << "nothing queued: the test would not test draining";
+  }
+
+  int done = 0;
+  server.stop(30s, [&] { ++done; });
+  std::string got_a;
+  std::string got_b;
+  EXPECT_EQ(read_until_closed(loop, a, &got_a), PeerEnd::eof);
+  EXPECT_EQ(read_until_closed(loop, b, &got_b), PeerEnd::eof);
+  EXPECT_TRUE(got_a == payload) << "a received " << got_a.size() << " of " << payload.size();
+  EXPECT_TRUE(got_b == payload) << "b received " << got_b.size() << " of " << payload.size();
+  EXPECT_EQ(done, 0) << "done ran before the connections finished";
+
+  ::close(a);
+  ::close(b);
+  ASSERT_TRUE(run_until(loop, [&] { return done > 0; }));
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(done, 1);
+  EXPECT_EQ(reasons,
+            (std::vector<CloseReason>{CloseReason::local_close, CloseReason::local_close}));
+  EXPECT_EQ(server.stats().active, 0u);
+  EXPECT_EQ(connect_errno(address), ECONNREFUSED);
+}
+
+TEST(TcpServer, ConnectionThatNeverClosesIsAbortedAfterGrace) {
+  ManualClock clock;
+  EventLoop::Options loop_options;
+  loop_options.clock = &clock;
+  EventLoop loop(loop_options);
+  ConnectionHandlers handlers = echo_handlers();
+  std::vector<CloseReason> reasons;
+  handlers.on_close = [&](Connection&, CloseReason r, std::error_code) { reasons.push_back(r); };
+  ServerOptions options;
+  options.connection.linger = std::chrono::hours(1);  // the grace, not the linger, must end it
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers, options);
+  ASSERT_FALSE(server.start());
+  int client = connect_to(server.address());
+  ASSERT_GE(client, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return server.stats().active == 1; }));
+
+  int done = 0;
+  server.stop(5s, [&] { ++done; });
+  // The server's FIN arrives; the client keeps its side open.
+  ASSERT_EQ(read_until_closed(loop, client), PeerEnd::eof);
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(1ms);
+  EXPECT_EQ(done, 0);
+  EXPECT_TRUE(reasons.empty());
+
+  clock.advance(5s);
+  ASSERT_TRUE(run_until(loop, [&] { return done > 0; }));
+  EXPECT_EQ(done, 1);
+  EXPECT_EQ(reasons, std::vector<CloseReason>{CloseReason::aborted});
+  // The abort is a reset: the client's next write meets it.
+  ASSERT_TRUE(run_until(loop, [&] {
+    pollfd pfd{client, POLLIN, 0};
+    return ::poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLERR | POLLHUP));
+  }));
+  ::close(client);
+}
+
+TEST(TcpServer, StopFromInsideAConnectionCallback) {
+  EventLoop loop;
+  ConnectionHandlers handlers;
+  int done = 0;
+  TcpServer* server_ptr = nullptr;
+  handlers.on_data = [&](Connection& c, Buffer& input) {
+    if (input.view() == "stop") {
+      c.send("bye");
+      server_ptr->stop(5s, [&] { ++done; });
+    }
+    input.consume(input.size());
+  };
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  server_ptr = &server;
+  ASSERT_FALSE(server.start());
+  const Address address = server.address();
+  int stopper = connect_to(address);
+  int bystander = connect_to(address);
+  ASSERT_GE(stopper, 0);
+  ASSERT_GE(bystander, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return server.stats().active == 2; }));
+
+  ASSERT_TRUE(send_all(stopper, "stop"));
+  std::string reply;
+  EXPECT_EQ(read_until_closed(loop, stopper, &reply), PeerEnd::eof);
+  EXPECT_EQ(reply, "bye");
+  EXPECT_EQ(read_until_closed(loop, bystander), PeerEnd::eof);
+  ::close(stopper);
+  ::close(bystander);
+  ASSERT_TRUE(run_until(loop, [&] { return done > 0; }));
+  for (int i = 0; i < 3; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(done, 1);
+  EXPECT_EQ(connect_errno(address), ECONNREFUSED);
+}
+
+TEST(TcpServer, SecondStopIsIgnored) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  ASSERT_FALSE(server.start());
+  int first = 0;
+  int second = 0;
+  server.stop(1s, [&] { ++first; });
+  server.stop(1s, [&] { ++second; });
+  ASSERT_TRUE(run_until(loop, [&] { return first > 0; }));
+  for (int i = 0; i < 3; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(first, 1);
+  EXPECT_EQ(second, 0);
+}
+
+TEST(TcpServer, StopWithoutConnectionsCompletesAndClosesThePort) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  ASSERT_FALSE(server.start());
+  const Address address = server.address();
+  int done = 0;
+  server.stop(1s, [&] { ++done; });
+  ASSERT_TRUE(run_until(loop, [&] { return done > 0; }));
+  EXPECT_EQ(connect_errno(address), ECONNREFUSED);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two loops: the test's loop (shard 0) and a LoopThread (shard 1)
+
+// Per-shard bookkeeping; on_open and on_close run on both threads.
+struct ShardLog {
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<ConnectionId> opened;
+  std::atomic<int> closed{0};
+
+  ConnectionHandlers handlers;
+
+  ShardLog() {
+    handlers = echo_handlers();
+    handlers.on_close = [this](Connection&, CloseReason, std::error_code) { ++closed; };
+  }
+  TcpServer::OpenHandler open_handler() {
+    return [this](Connection& c) {
+      std::lock_guard lock(mutex);
+      opened.push_back(c.id());
+      changed.notify_all();
+    };
+  }
+  int count(std::uint32_t shard) {
+    std::lock_guard lock(mutex);
+    int n = 0;
+    for (ConnectionId id : opened)
+      n += id.shard == shard;
+    return n;
+  }
+  // Waits without running the test's loop (for connections the other loop accepts).
+  bool wait_for(std::uint32_t shard, int n) {
+    std::unique_lock lock(mutex);
+    return changed.wait_for(lock, 10s, [&] {
+      int seen = 0;
+      for (ConnectionId id : opened)
+        seen += id.shard == shard;
+      return seen >= n;
+    });
+  }
+};
+
+// Holds a loop's thread inside a posted task, so it is not waiting in epoll and cannot accept.
+class LoopBlocker {
+ public:
+  explicit LoopBlocker(EventLoop& loop) {
+    auto release = release_.get_future().share();
+    loop.post([this, release] {
+      entered_.set_value();
+      release.wait();
+    });
+    entered_.get_future().wait();
+  }
+  ~LoopBlocker() { unblock(); }
+  void unblock() {
+    if (!released_) release_.set_value();
+    released_ = true;
+  }
+
+ private:
+  std::promise<void> entered_;
+  std::promise<void> release_;
+  bool released_ = false;
+};
+
+// Every client sends its own message and gets it back.
+void expect_all_echo(EventLoop& loop, const std::vector<int>& clients) {
+  for (std::size_t i = 0; i < clients.size(); ++i) {
+    ASSERT_TRUE(send_all(clients[i], "client " + std::to_string(i)));
+  }
+  for (std::size_t i = 0; i < clients.size(); ++i) {
+    const std::string want = "client " + std::to_string(i);
+    std::string got;
+    ASSERT_TRUE(receive(loop, clients[i], want.size(), got)) << "client " << i;
+    EXPECT_EQ(got, want);
+  }
+}
+
+// Closes the clients, stops the server and waits for it on the test's loop.
+void stop_server(EventLoop& loop, TcpServer& server, std::vector<int>& clients) {
+  for (int fd : clients)
+    ::close(fd);
+  clients.clear();
+  std::atomic<int> done{0};
+  server.stop(10s, [&] { ++done; });
+  ASSERT_TRUE(run_until(loop, [&] { return done.load() > 0; }));
+  EXPECT_EQ(done.load(), 1);
+  EXPECT_EQ(server.stats().active, 0u);
+}
+
+TEST(TcpServerTwoLoops, BothLoopsAcceptFromTheSharedListenerAndEcho) {
+  EventLoop loop;
+  LoopThread other;
+  ShardLog log;
+  TcpServer server(std::vector<EventLoop*>{&loop, &other.loop()}, Address::ipv4_loopback(0),
+                   log.handlers);
+  server.set_open_handler(log.open_handler());
+  ASSERT_FALSE(server.start());
+  EXPECT_EQ(server.loop_count(), 2u);
+
+  constexpr int kPerPhase = 50;
+  std::vector<int> clients;
+  {
+    // The other loop is busy: the test's loop takes every connection.
+    LoopBlocker blocked(other.loop());
+    for (int i = 0; i < kPerPhase; ++i) {
+      int fd = connect_to(server.address());
+      ASSERT_GE(fd, 0) << std::strerror(errno);
+      clients.push_back(fd);
+    }
+    ASSERT_TRUE(run_until(loop, [&] { return log.count(0) == kPerPhase; }));
+  }
+  // The test's loop is not running: the other loop takes every connection.
+  for (int i = 0; i < kPerPhase; ++i) {
+    int fd = connect_to(server.address());
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    clients.push_back(fd);
+  }
+  ASSERT_TRUE(log.wait_for(1, kPerPhase));
+  EXPECT_EQ(log.count(0), kPerPhase);
+  EXPECT_EQ(log.count(1), kPerPhase);
+  EXPECT_EQ(server.stats().accepted, 2u * kPerPhase);
+
+  expect_all_echo(loop, clients);
+  stop_server(loop, server, clients);
+  EXPECT_EQ(log.closed.load(), 2 * kPerPhase);
+}
+
+TEST(TcpServerTwoLoops, ReusePortGivesEachLoopItsOwnSocketAndBothAccept) {
+  EventLoop loop;
+  LoopThread other;
+  ShardLog log;
+  ServerOptions options;
+  options.listen.reuse_port = true;
+  TcpServer server(std::vector<EventLoop*>{&loop, &other.loop()}, Address::ipv4_loopback(0),
+                   log.handlers, options);
+  server.set_open_handler(log.open_handler());
+  ASSERT_FALSE(server.start());
+
+  // The kernel spreads connections over the two sockets by a hash of the client's address:
+  // with 100 clients, both get some (all on one side has probability 2^-99).
+  constexpr int kClients = 100;
+  std::vector<int> clients;
+  for (int i = 0; i < kClients; ++i) {
+    int fd = connect_to(server.address());
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    clients.push_back(fd);
+  }
+  expect_all_echo(loop, clients);
+  ASSERT_TRUE(run_until(loop, [&] { return log.count(0) + log.count(1) == kClients; }));
+  EXPECT_GT(log.count(0), 0);
+  EXPECT_GT(log.count(1), 0);
+  stop_server(loop, server, clients);
+}
+
+TEST(TcpServerTwoLoops, PostingToTheShardFindsTheConnectionById) {
+  EventLoop loop;
+  LoopThread other;
+  ShardLog log;
+  TcpServer server(std::vector<EventLoop*>{&loop, &other.loop()}, Address::ipv4_loopback(0),
+                   log.handlers);
+  server.set_open_handler(log.open_handler());
+  ASSERT_FALSE(server.start());
+
+  // Accepted by the other loop: the test's loop is not running.
+  std::vector<int> clients;
+  int fd = connect_to(server.address());
+  ASSERT_GE(fd, 0);
+  clients.push_back(fd);
+  ASSERT_TRUE(log.wait_for(1, 1));
+  ConnectionId id;
+  {
+    std::lock_guard lock(log.mutex);
+    id = log.opened[0];
+  }
+  ASSERT_EQ(id.shard, 1u);
+
+  std::atomic<bool> found{false};
+  other.loop().post([&server, &found, id] {
+    if (Connection* c = server.find(id)) {
+      found = c->send("pushed from another thread");
+    }
+  });
+  std::string got;
+  ASSERT_TRUE(receive(loop, fd, 26, got));
+  EXPECT_EQ(got, "pushed from another thread");
+  EXPECT_TRUE(found.load());
+  stop_server(loop, server, clients);
+}
+
+TEST(TcpServerTwoLoops, GracefulStopDrainsBothLoops) {
+  EventLoop loop;
+  LoopThread other;
+  ShardLog log;
+  TcpServer server(std::vector<EventLoop*>{&loop, &other.loop()}, Address::ipv4_loopback(0),
+                   log.handlers);
+  server.set_open_handler(log.open_handler());
+  ASSERT_FALSE(server.start());
+  const Address address = server.address();
+
+  std::vector<int> clients;
+  {
+    LoopBlocker blocked(other.loop());
+    int fd = connect_to(address);
+    ASSERT_GE(fd, 0);
+    clients.push_back(fd);
+    ASSERT_TRUE(run_until(loop, [&] { return log.count(0) == 1; }));
+  }
+  int fd = connect_to(address);
+  ASSERT_GE(fd, 0);
+  clients.push_back(fd);
+  ASSERT_TRUE(log.wait_for(1, 1));
+
+  std::atomic<int> done{0};
+  server.stop(10s, [&] { ++done; });
+  // Both loops close their connection: each client sees the server's EOF.
+  EXPECT_EQ(read_until_closed(loop, clients[0]), PeerEnd::eof);
+  EXPECT_EQ(read_until_closed(loop, clients[1]), PeerEnd::eof);
+  EXPECT_EQ(done.load(), 0);
+  for (int c : clients)
+    ::close(c);
+  ASSERT_TRUE(run_until(loop, [&] { return done.load() > 0; }));
+  EXPECT_EQ(done.load(), 1);
+  EXPECT_EQ(log.closed.load(), 2);
+  EXPECT_EQ(connect_errno(address), ECONNREFUSED);
+}
+
+}  // namespace
+}  // namespace reactor
