@@ -17,7 +17,7 @@ log = os.path.join(build, 'meson-logs', 'testlog.json')
 with open(log) as f:
     runs = [json.loads(line) for line in f if line.strip()]
 for run in runs:
-    name = run['name']
+    name = run['name'].split(' / ')[-1]  # meson 1.0 logs 'project:suite / name'
     report = os.path.join(build, 'tests', 'results', name + '.xml')
     if os.path.exists(report):
         try:

@@ -1,0 +1,323 @@
+#include "server_runner.hpp"
+
+#include <cctype>
+#include <csignal>
+#include <cstdio>
+#include <future>
+#include <optional>
+#include <utility>
+
+#include <reactor/address.hpp>
+#include <reactor/loop_thread.hpp>
+#include <reactor/socket.hpp>
+#include <reactor/tcp_server.hpp>
+
+#include "cli.hpp"
+
+namespace demo {
+
+namespace {
+
+using namespace std::chrono_literals;
+
+// How long a stopping server waits for its connections to close gracefully before aborting them.
+constexpr reactor::Duration kStopGrace = 2s;
+
+struct Settings {
+  std::vector<std::string> listen;
+  int threads = 1;
+  bool reuse_port = false;
+  std::int64_t busy_poll_us = 0;
+  std::int64_t max_connections = 0;
+  double idle_timeout_s = 0;
+  double stats_s = 0;
+};
+
+reactor::Duration from_seconds(double seconds) {
+  return std::chrono::duration_cast<reactor::Duration>(std::chrono::duration<double>(seconds));
+}
+
+// "address already in use: 127.0.0.1:7777": the error as a user-fixable sentence, then the address.
+std::string describe(std::error_code ec, const reactor::Address& address) {
+  std::string what = ec.message();
+  if (!what.empty()) what[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(what[0])));
+  return what + ": " + address.to_string();
+}
+
+class Runner {
+ public:
+  Runner(const ServerSpec& spec, const Settings& settings, std::vector<reactor::Address> addresses)
+      : spec_(spec), settings_(settings), addresses_(std::move(addresses)) {}
+
+  int run();
+
+ private:
+  // Runs `fn` on loop `index`'s thread and waits for it.
+  template <class Fn>
+  void on_loop(std::size_t index, Fn&& fn);
+  LoopHandlers& protocol(const reactor::Connection& c) { return *protocols_[c.id().shard]; }
+  void make_dispatch();
+  void shutdown();
+  void print_stats();
+
+  struct Totals {
+    reactor::ServerStats server;
+    std::uint64_t messages = 0;
+  };
+  Totals totals() const;
+
+  const ServerSpec& spec_;
+  Settings settings_;
+  std::vector<reactor::Address> addresses_;
+
+  std::optional<reactor::EventLoop> home_;
+  std::vector<std::unique_ptr<reactor::LoopThread>> threads_;
+  std::vector<reactor::EventLoop*> loops_;
+  std::unique_ptr<MessageCounter[]> messages_;
+  std::vector<std::unique_ptr<LoopHandlers>> protocols_;
+  // One set of callbacks for every server: each forwards to the protocol of the connection's loop.
+  reactor::ConnectionHandlers dispatch_;
+  std::vector<std::unique_ptr<reactor::TcpServer>> servers_;
+
+  bool stopping_ = false;
+  bool failed_ = false;  // a server did not start: no final counters
+  std::size_t servers_stopping_ = 0;
+  reactor::TimerId stats_timer_;
+  Totals last_totals_;
+  reactor::TimePoint last_stats_time_{};
+};
+
+template <class Fn>
+void Runner::on_loop(std::size_t index, Fn&& fn) {
+  if (index == 0) {
+    fn();
+    return;
+  }
+  std::promise<void> done;
+  loops_[index]->post([&fn, &done] {
+    fn();
+    done.set_value();
+  });
+  done.get_future().wait();
+}
+
+void Runner::make_dispatch() {
+  using reactor::Buffer;
+  using reactor::Connection;
+  dispatch_.on_data = [this](Connection& c, Buffer& input) {
+    auto& h = protocol(c).connection;
+    if (h.on_data) h.on_data(c, input);
+  };
+  dispatch_.on_drained = [this](Connection& c) {
+    auto& h = protocol(c).connection;
+    if (h.on_drained) h.on_drained(c);
+  };
+  dispatch_.on_high_water = [this](Connection& c, std::size_t queued) {
+    auto& h = protocol(c).connection;
+    if (h.on_high_water) h.on_high_water(c, queued);
+  };
+  dispatch_.on_peer_shutdown = [this](Connection& c) {
+    auto& h = protocol(c).connection;
+    if (h.on_peer_shutdown) {
+      h.on_peer_shutdown(c);
+    } else {
+      c.close();  // what an empty on_peer_shutdown does
+    }
+  };
+  dispatch_.on_close = [this](Connection& c, reactor::CloseReason reason, std::error_code ec) {
+    auto& h = protocol(c).connection;
+    if (h.on_close) h.on_close(c, reason, ec);
+  };
+}
+
+int Runner::run() {
+  reactor::EventLoop::Options loop_options;
+  loop_options.busy_poll = std::chrono::microseconds(settings_.busy_poll_us);
+  const auto count = static_cast<std::size_t>(settings_.threads);
+  home_.emplace(loop_options);
+  loops_.push_back(&*home_);
+  for (int signo : {SIGINT, SIGTERM}) {
+    if (auto ec = home_->on_signal(signo, [this](int) { shutdown(); })) {
+      std::fprintf(stderr, "cannot handle signal %d: %s\n", signo, ec.message().c_str());
+      return kExitRuntime;
+    }
+  }
+  for (std::size_t i = 1; i < count; ++i) {
+    threads_.push_back(std::make_unique<reactor::LoopThread>(loop_options));
+    loops_.push_back(&threads_.back()->loop());
+  }
+  messages_ = std::make_unique<MessageCounter[]>(count);
+  protocols_.resize(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    on_loop(i, [this, i] {
+      LoopContext context{*loops_[i], i, loops_, messages_[i]};
+      protocols_[i] = spec_.make_loop(context);
+    });
+  }
+  make_dispatch();
+
+  reactor::ServerOptions server_options;
+  server_options.listen.reuse_port = settings_.reuse_port;
+  server_options.max_connections = static_cast<std::size_t>(settings_.max_connections);
+  server_options.connection.idle_timeout = from_seconds(settings_.idle_timeout_s);
+  int rc = kExitOk;
+  for (const reactor::Address& address : addresses_) {
+    auto server = std::make_unique<reactor::TcpServer>(loops_, address, dispatch_, server_options);
+    server->set_open_handler([this](reactor::Connection& c) {
+      auto& p = protocol(c);
+      if (p.on_open) p.on_open(c);
+    });
+    if (auto ec = server->start()) {
+      std::fprintf(stderr, "%s\n", describe(ec, address).c_str());
+      rc = kExitRuntime;
+      failed_ = true;
+      break;
+    }
+    servers_.push_back(std::move(server));
+  }
+
+  if (rc == kExitOk) {
+    for (const auto& server : servers_) {
+      std::printf("listening on %s\n", server->address().to_string().c_str());
+    }
+    std::fflush(stdout);
+    if (settings_.stats_s > 0) {
+      last_stats_time_ = home_->clock_now();
+      stats_timer_ = home_->every(from_seconds(settings_.stats_s), [this] { print_stats(); });
+    }
+  } else {
+    shutdown();  // closes whatever did start
+  }
+  home_->run();
+
+  // Teardown, in dependency order: the servers (stopped; on the home loop), each loop's
+  // protocol on its own thread, then the loop threads.
+  servers_.clear();
+  for (std::size_t i = count; i-- > 0;)
+    on_loop(i, [this, i] { protocols_[i].reset(); });
+  threads_.clear();
+  return rc;
+}
+
+void Runner::shutdown() {
+  if (stopping_) return;
+  stopping_ = true;
+  if (stats_timer_) home_->cancel(stats_timer_);
+  servers_stopping_ = servers_.size();
+  auto finish = [this] {
+    if (failed_) {
+      home_->stop();
+      return;
+    }
+    const Totals t = totals();
+    std::printf("final: accepted=%llu refused=%llu messages=%llu bytes_in=%llu bytes_out=%llu\n",
+                static_cast<unsigned long long>(t.server.accepted),
+                static_cast<unsigned long long>(t.server.refused),
+                static_cast<unsigned long long>(t.messages),
+                static_cast<unsigned long long>(t.server.bytes_in),
+                static_cast<unsigned long long>(t.server.bytes_out));
+    std::fflush(stdout);
+    home_->stop();
+  };
+  if (servers_.empty()) {
+    home_->stop();
+    return;
+  }
+  for (auto& server : servers_) {
+    server->stop(kStopGrace, [this, finish] {
+      if (--servers_stopping_ == 0) finish();
+    });
+  }
+}
+
+Runner::Totals Runner::totals() const {
+  Totals t;
+  for (const auto& server : servers_) {
+    const reactor::ServerStats s = server->stats();
+    t.server.accepted += s.accepted;
+    t.server.active += s.active;
+    t.server.refused += s.refused;
+    t.server.fd_exhaustion += s.fd_exhaustion;
+    t.server.bytes_in += s.bytes_in;
+    t.server.bytes_out += s.bytes_out;
+  }
+  for (std::size_t i = 0; i < loops_.size(); ++i)
+    t.messages += messages_[i].load();
+  return t;
+}
+
+void Runner::print_stats() {
+  const reactor::TimePoint now = home_->clock_now();
+  const double elapsed = std::chrono::duration<double>(now - last_stats_time_).count();
+  const Totals t = totals();
+  auto rate = [elapsed](std::uint64_t now_value, std::uint64_t before) {
+    return elapsed > 0
+               ? static_cast<unsigned long long>(static_cast<double>(now_value - before) / elapsed)
+               : 0ULL;
+  };
+  std::printf("stats: active=%llu accepted=%llu msgs/s=%llu bytes_in/s=%llu bytes_out/s=%llu\n",
+              static_cast<unsigned long long>(t.server.active),
+              static_cast<unsigned long long>(t.server.accepted),
+              rate(t.messages, last_totals_.messages),
+              rate(t.server.bytes_in, last_totals_.server.bytes_in),
+              rate(t.server.bytes_out, last_totals_.server.bytes_out));
+  std::fflush(stdout);
+  last_totals_ = t;
+  last_stats_time_ = now;
+}
+
+}  // namespace
+
+int run_server(int argc, char** argv, const ServerSpec& spec) {
+  // Before any thread exists: a signal reaches the loop's signalfd only if every thread blocks it.
+  if (auto ec = reactor::block_signals({SIGINT, SIGTERM})) {
+    std::fprintf(stderr, "cannot block signals: %s\n", ec.message().c_str());
+    return kExitRuntime;
+  }
+  std::signal(SIGPIPE, SIG_IGN);  // stdout may be a pipe whose reader went away
+  if (auto ec = reactor::raise_fd_limit()) {
+    std::fprintf(stderr, "warning: cannot raise the fd limit: %s\n", ec.message().c_str());
+  }
+
+  CLI::App app{spec.description, spec.name};
+  Settings settings;
+  app.add_option("--listen", settings.listen,
+                 "Address to serve (repeatable): 127.0.0.1:PORT, [::1]:PORT, unix:/path, "
+                 "unix:@abstract; port 0 picks a free one. Default " +
+                     spec.default_listen)
+      ->type_name("ADDR")
+      ->allow_extra_args(false);
+  add_number(app, "--threads", settings.threads, 1, 1024,
+             "Loops, one per thread, each serving every address");
+  app.add_flag("--reuseport", settings.reuse_port,
+               "One SO_REUSEPORT listening socket per loop instead of one shared socket "
+               "(TCP only)");
+  add_number<std::int64_t>(app, "--busy-poll", settings.busy_poll_us, 0, 10'000'000,
+                           "Spin on epoll for up to USEC microseconds before sleeping (0: off)",
+                           "USEC");
+  add_number<std::int64_t>(app, "--max-conns", settings.max_connections, 0, 100'000'000,
+                           "Open connections allowed per address; more are accepted and closed "
+                           "(0: no cap)");
+  add_number(app, "--idle-timeout", settings.idle_timeout_s, 0.0, 1e7,
+             "Close a connection idle for SEC seconds (0: never)", "SEC");
+  add_number(app, "--stats", settings.stats_s, 0.0, 1e7,
+             "Print a line of counters on stdout every SEC seconds (0: never)", "SEC");
+  if (spec.add_options) spec.add_options(app);
+  if (auto rc = parse_command_line(app, argc, argv)) return *rc;
+
+  if (settings.listen.empty()) settings.listen.push_back(spec.default_listen);
+  std::vector<reactor::Address> addresses;
+  for (const std::string& text : settings.listen) {
+    auto address = reactor::Address::parse(text);
+    if (!address) {
+      return usage_error(app,
+                         "malformed address: " + text + " (" + address.error().message() + ")");
+    }
+    addresses.push_back(*address);
+  }
+
+  Runner runner(spec, settings, std::move(addresses));
+  return runner.run();
+}
+
+}  // namespace demo

@@ -1,0 +1,93 @@
+// The shared server runner: the command line, loops, threads, signals and counters of every
+// demo server, so that each server adds only its protocol.
+//
+//   SERVER [--listen ADDR]... [--threads N] [--reuseport] [--busy-poll USEC] [--max-conns N]
+//          [--idle-timeout SEC] [--stats SEC] [protocol options] [--help]
+//
+// What run_server() does, in order:
+// - blocks SIGINT and SIGTERM (so call it from main() before starting any thread), ignores
+//   SIGPIPE, raises the soft fd limit to the hard limit;
+// - parses the command line (exit 2 on a usage error, 0 after --help);
+// - makes N loops: the calling thread's is loops[0], the home loop; the others run on
+//   reactor::LoopThread. It calls spec.make_loop once per loop, on that loop's thread;
+// - starts one reactor::TcpServer per --listen address on all loops (one listening socket
+//   shared with EPOLLEXCLUSIVE, or one SO_REUSEPORT socket per loop with --reuseport) and prints
+//   `listening on ADDR` per address to stdout, flushed, ADDR being the bound address (the real
+//   port when 0 was asked). A failure prints `address already in use: ADDR` (or the like) as
+//   the first line on stderr and exits 1;
+// - serves until SIGINT or SIGTERM: then every server stops accepting and closes its
+//   connections gracefully (aborting what is still open after 2 s), the final counters are
+//   printed (`final: accepted=... messages=... bytes_in=... bytes_out=...`), exit 0.
+// - With --stats SEC, prints every SEC seconds:
+//   `stats: active=A accepted=N msgs/s=M bytes_in/s=I bytes_out/s=O`.
+//
+// The protocol's part is a LoopHandlers object per loop: the callbacks of the connections that
+// loop accepted (on every address), plus whatever per-loop state the protocol keeps (derive
+// from LoopHandlers). Per-connection state goes in the connection's context, set in on_open and
+// released in on_close. The protocol counts its messages (requests, commands, echoed reads) on
+// the loop's MessageCounter; the runner sums them for --stats and the final line.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <reactor/connection.hpp>
+#include <reactor/event_loop.hpp>
+#include <reactor/function.hpp>
+
+namespace CLI {
+class App;
+}
+
+namespace demo {
+
+// Messages handled by one loop: bumped by that loop's thread only, read by any thread.
+class MessageCounter {
+ public:
+  void add(std::uint64_t n = 1) noexcept {
+    // One writer: a plain load and store, no locked read-modify-write on the hot path.
+    count_.store(count_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+  std::uint64_t load() const noexcept { return count_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<std::uint64_t> count_{0};
+};
+
+// What the protocol's factory is given for one loop.
+struct LoopContext {
+  reactor::EventLoop& loop;
+  std::size_t index;  // this loop's place in `loops`; equals ConnectionId::shard of its connections
+  const std::vector<reactor::EventLoop*>& loops;  // every loop; loops[0] is the home loop
+  MessageCounter& messages;
+};
+
+// The protocol's part on one loop. Created and destroyed on that loop's thread; every callback
+// runs there. Empty callbacks behave as in reactor::ConnectionHandlers (on_peer_shutdown empty:
+// the connection closes gracefully at once).
+struct LoopHandlers {
+  virtual ~LoopHandlers() = default;
+  reactor::ConnectionHandlers connection;
+  // Optional: runs for each new connection before any other of its callbacks.
+  reactor::Function<void(reactor::Connection&)> on_open;
+};
+
+struct ServerSpec {
+  std::string name;            // the program's name in usage and error lines
+  std::string description;     // one line for --help
+  std::string default_listen;  // used when no --listen is given
+  // Optional: adds the protocol's own options (parsed with the shared ones; see demo/cli.hpp).
+  std::function<void(CLI::App&)> add_options;
+  // Called once per loop, on its thread, after the command line was parsed and before any
+  // address listens.
+  std::function<std::unique_ptr<LoopHandlers>(LoopContext&)> make_loop;
+};
+
+// Runs the server described by `spec` with main()'s arguments; returns main()'s exit code.
+int run_server(int argc, char** argv, const ServerSpec& spec);
+
+}  // namespace demo

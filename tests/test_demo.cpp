@@ -1,0 +1,538 @@
+// The demo binaries as a user runs them: echo_server and reactor-load as child processes.
+//
+// Their paths come from the environment (ECHO_SERVER, REACTOR_LOAD; see tests/meson.build).
+// Every wait is bounded: output is read with poll() against a deadline, exits are awaited on a
+// pidfd, and a child still running when a test ends is killed.
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+extern char** environ;
+
+namespace {
+
+using namespace std::chrono_literals;
+using Deadline = std::chrono::steady_clock::time_point;
+
+constexpr auto kGenerous = 20s;  // bound on any wait for a child; never reached when all is well
+
+Deadline deadline_in(std::chrono::milliseconds d) {
+  return std::chrono::steady_clock::now() + d;
+}
+
+int ms_until(Deadline deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - std::chrono::steady_clock::now());
+  return static_cast<int>(std::max<std::int64_t>(0, left.count()));
+}
+
+std::string binary(const char* variable) {
+  const char* path = std::getenv(variable);
+  return path ? path : "";
+}
+
+// A child process with its stdout and stderr on pipes.
+class Child {
+ public:
+  Child(const std::string& path, const std::vector<std::string>& args) {
+    int out[2], err[2];
+    if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) return;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+    posix_spawn_file_actions_adddup2(&actions, err[1], STDERR_FILENO);
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    // test_main blocked SIGINT, SIGTERM, ...: the child starts with nothing blocked and default
+    // dispositions, as from a shell.
+    sigset_t none, defaults;
+    sigemptyset(&none);
+    sigemptyset(&defaults);
+    for (int s : {SIGINT, SIGTERM, SIGPIPE, SIGUSR1, SIGUSR2})
+      sigaddset(&defaults, s);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &defaults);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    std::vector<char*> argv;
+    argv.push_back(const_cast<char*>(path.c_str()));
+    for (const auto& a : args)
+      argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    const int rc = ::posix_spawn(&pid_, path.c_str(), &actions, &attr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+    ::close(out[1]);
+    ::close(err[1]);
+    out_fd_ = out[0];
+    err_fd_ = err[0];
+    if (rc != 0) {
+      pid_ = -1;
+      return;
+    }
+    // Through syscall(): glibc 2.36's <sys/pidfd.h> lacks C linkage for C++.
+    pidfd_ = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
+  }
+
+  ~Child() {
+    if (running()) {
+      ::kill(pid_, SIGKILL);
+      (void)wait(deadline_in(kGenerous));
+    }
+    for (int fd : {out_fd_, err_fd_, pidfd_}) {
+      if (fd >= 0) ::close(fd);
+    }
+  }
+
+  bool started() const { return pid_ > 0 && pidfd_ >= 0; }
+  bool running() const { return started() && !status_; }
+  pid_t pid() const { return pid_; }
+  void signal(int signo) const {
+    if (running()) ::kill(pid_, signo);
+  }
+
+  // The next line of stdout (without its newline); nullopt at EOF or the deadline.
+  std::optional<std::string> read_line(Deadline deadline) {
+    for (;;) {
+      if (auto pos = out_.find('\n', out_scanned_); pos != std::string::npos) {
+        std::string line = out_.substr(out_scanned_, pos - out_scanned_);
+        out_scanned_ = pos + 1;
+        return line;
+      }
+      if (!pump(deadline, /*until_eof=*/false)) return std::nullopt;
+    }
+  }
+
+  // Reads both pipes until EOF, then reaps the child. Returns its exit code, or nullopt if it
+  // did not exit normally before the deadline (then it is killed).
+  std::optional<int> finish(Deadline deadline) {
+    while (out_fd_ >= 0 || err_fd_ >= 0) {
+      if (!pump(deadline, /*until_eof=*/true)) break;
+    }
+    return wait(deadline);
+  }
+
+  // Waits for the exit (not for EOF on the pipes).
+  std::optional<int> wait(Deadline deadline) {
+    if (!started()) return std::nullopt;
+    if (!status_) {
+      pollfd p{pidfd_, POLLIN, 0};
+      int n;
+      do {
+        n = ::poll(&p, 1, ms_until(deadline));
+      } while (n < 0 && errno == EINTR);
+      if (n <= 0) return std::nullopt;
+      int status = 0;
+      if (::waitpid(pid_, &status, 0) != pid_) return std::nullopt;
+      status_ = status;
+    }
+    if (!WIFEXITED(*status_)) return std::nullopt;
+    return WEXITSTATUS(*status_);
+  }
+
+  bool killed_by_signal() const { return status_ && WIFSIGNALED(*status_); }
+  const std::string& out() const { return out_; }
+  const std::string& err() const { return err_; }
+  std::string first_err_line() const { return err_.substr(0, err_.find('\n')); }
+
+ private:
+  // One poll over the open pipes, appending what arrives. false at the deadline, or when
+  // only EOF was seen and the caller wanted a line.
+  bool pump(Deadline deadline, bool until_eof) {
+    std::array<pollfd, 2> fds{};
+    int count = 0;
+    for (int fd : {out_fd_, err_fd_}) {
+      if (fd >= 0) fds[count++] = pollfd{fd, POLLIN, 0};
+    }
+    if (count == 0) return false;
+    if (!until_eof && out_fd_ < 0) return false;
+    int n;
+    do {
+      n = ::poll(fds.data(), count, ms_until(deadline));
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0) return false;
+    for (int i = 0; i < count; ++i) {
+      if (!fds[i].revents) continue;
+      const bool is_out = fds[i].fd == out_fd_;
+      char buf[4096];
+      const ssize_t got = ::read(fds[i].fd, buf, sizeof buf);
+      if (got > 0) {
+        (is_out ? out_ : err_).append(buf, static_cast<std::size_t>(got));
+      } else if (got == 0 || errno != EINTR) {
+        ::close(fds[i].fd);
+        (is_out ? out_fd_ : err_fd_) = -1;
+      }
+    }
+    return true;
+  }
+
+  pid_t pid_ = -1;
+  int pidfd_ = -1;
+  int out_fd_ = -1;
+  int err_fd_ = -1;
+  std::string out_;
+  std::size_t out_scanned_ = 0;
+  std::string err_;
+  std::optional<int> status_;
+};
+
+// An echo_server child that printed its `listening on` lines.
+class Server {
+ public:
+  explicit Server(std::vector<std::string> args, std::size_t addresses = 1)
+      : child_(binary("ECHO_SERVER"), std::move(args)) {
+    const Deadline deadline = deadline_in(kGenerous);
+    while (addresses_.size() < addresses) {
+      auto line = child_.read_line(deadline);
+      if (!line) return;
+      const std::string prefix = "listening on ";
+      if (line->rfind(prefix, 0) == 0) addresses_.push_back(line->substr(prefix.size()));
+    }
+  }
+  bool ready(std::size_t addresses = 1) const { return addresses_.size() == addresses; }
+  const std::string& address(std::size_t i = 0) const { return addresses_.at(i); }
+  Child& child() { return child_; }
+
+ private:
+  Child child_;
+  std::vector<std::string> addresses_;
+};
+
+std::string port_of(const std::string& address) {
+  return address.substr(address.rfind(':') + 1);
+}
+
+struct LoadResult {
+  std::optional<int> exit_code;
+  nlohmann::json json;
+  std::string out, err;
+};
+
+LoadResult run_load(const std::vector<std::string>& args) {
+  Child load(binary("REACTOR_LOAD"), args);
+  LoadResult r;
+  r.exit_code = load.finish(deadline_in(60s));
+  r.out = load.out();
+  r.err = load.err();
+  r.json = nlohmann::json::parse(r.out, nullptr, /*allow_exceptions=*/false);
+  return r;
+}
+
+// One run of an echo_server binary that is expected to exit by itself (errors, --help).
+struct Exit {
+  std::optional<int> code;
+  std::string out, err, first_err_line;
+};
+
+Exit run_server_to_exit(const std::vector<std::string>& args) {
+  Child child(binary("ECHO_SERVER"), args);
+  Exit e;
+  e.code = child.finish(deadline_in(kGenerous));
+  e.out = child.out();
+  e.err = child.err();
+  e.first_err_line = child.first_err_line();
+  return e;
+}
+
+class DemoTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (binary("ECHO_SERVER").empty() || binary("REACTOR_LOAD").empty()) {
+      GTEST_SKIP() << "ECHO_SERVER and REACTOR_LOAD must name the demo binaries";
+    }
+  }
+};
+
+// Checks an echo-mode JSON result: counts present, no error, bytes match the messages.
+void expect_clean_echo(const LoadResult& r, int connections, int size, int depth) {
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  ASSERT_TRUE(r.json.is_object()) << r.out;
+  for (const char* key : {"mode", "target", "connections", "duration_s", "messages", "bytes",
+                          "errors", "msgs_per_s", "mib_per_s", "conns_per_s", "latency_us"}) {
+    EXPECT_TRUE(r.json.contains(key)) << key;
+  }
+  EXPECT_EQ(r.json["mode"], "echo");
+  EXPECT_EQ(r.json["connections"], connections);
+  EXPECT_EQ(r.json["errors"], 0);
+  const auto messages = r.json["messages"].get<std::uint64_t>();
+  const auto bytes = r.json["bytes"].get<std::uint64_t>();
+  EXPECT_GT(messages, 0u);
+  // Every completed message's bytes came back, plus at most the messages in flight at the end.
+  EXPECT_GE(bytes, messages * static_cast<std::uint64_t>(size));
+  EXPECT_LE(bytes, (messages + static_cast<std::uint64_t>(connections * depth)) *
+                       static_cast<std::uint64_t>(size));
+  const auto& latency = r.json["latency_us"];
+  for (const char* key : {"p50", "p90", "p99", "p999", "max"}) {
+    EXPECT_TRUE(latency.contains(key)) << key;
+  }
+  EXPECT_GT(latency["p50"].get<double>(), 0.0);
+  EXPECT_LE(latency["p50"].get<double>(), latency["p99"].get<double>());
+  EXPECT_LE(latency["p99"].get<double>(), latency["max"].get<double>());
+}
+
+TEST_F(DemoTest, EchoLoadVerifiesEveryByteAndReportsJson) {
+  Server server({"--listen", "127.0.0.1:0"});
+  ASSERT_TRUE(server.ready()) << server.child().err();
+  auto r = run_load({"echo", "--target", server.address(), "--connections", "4", "--size", "1000",
+                     "--depth", "3", "--duration", "1", "--json"});
+  expect_clean_echo(r, 4, 1000, 3);
+  EXPECT_EQ(r.json["target"], server.address());
+}
+
+TEST_F(DemoTest, AcceptLoadCountsConnectionsPerSecond) {
+  Server server({"--listen", "127.0.0.1:0"});
+  ASSERT_TRUE(server.ready()) << server.child().err();
+  auto r = run_load(
+      {"accept", "--target", server.address(), "--connections", "4", "--duration", "1", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  ASSERT_TRUE(r.json.is_object()) << r.out;
+  EXPECT_EQ(r.json["mode"], "accept");
+  EXPECT_EQ(r.json["errors"], 0);
+  EXPECT_GT(r.json["messages"].get<std::uint64_t>(), 0u);
+  EXPECT_EQ(r.json["bytes"], r.json["messages"]);  // one byte echoed per connection
+  EXPECT_GT(r.json["conns_per_s"].get<double>(), 0.0);
+}
+
+TEST_F(DemoTest, PortInUseExitsOneNamingTheAddress) {
+  Server first({"--listen", "127.0.0.1:0"});
+  ASSERT_TRUE(first.ready()) << first.child().err();
+  auto e = run_server_to_exit({"--listen", first.address()});
+  EXPECT_EQ(e.code, 1);
+  EXPECT_EQ(e.first_err_line, "address already in use: " + first.address());
+  EXPECT_EQ(e.out, "");  // nothing claimed to listen
+}
+
+TEST_F(DemoTest, MalformedAddressExitsTwoNamingIt) {
+  auto e = run_server_to_exit({"--listen", "127.0.0.1:99999"});
+  EXPECT_EQ(e.code, 2);
+  EXPECT_EQ(e.first_err_line.rfind("malformed address: 127.0.0.1:99999 (", 0), 0u) << e.err;
+}
+
+TEST_F(DemoTest, UnknownFlagExitsTwoNamingIt) {
+  auto e = run_server_to_exit({"--listen", "127.0.0.1:0", "--bogus"});
+  EXPECT_EQ(e.code, 2);
+  EXPECT_EQ(e.first_err_line, "unknown option: --bogus");
+}
+
+TEST_F(DemoTest, MissingValueExitsTwoNamingTheFlag) {
+  auto e = run_server_to_exit({"--threads"});
+  EXPECT_EQ(e.code, 2);
+  EXPECT_EQ(e.first_err_line, "missing value: --threads");
+}
+
+TEST_F(DemoTest, MalformedValueExitsTwoNamingTheFlagAndValue) {
+  auto e = run_server_to_exit({"--threads", "abc"});
+  EXPECT_EQ(e.code, 2);
+  EXPECT_EQ(e.first_err_line.rfind("invalid value for --threads: abc", 0), 0u) << e.err;
+}
+
+TEST_F(DemoTest, HelpPrintsUsageOnStdoutAndExitsZero) {
+  auto e = run_server_to_exit({"--help"});
+  EXPECT_EQ(e.code, 0);
+  EXPECT_NE(e.out.find("Usage: echo_server"), std::string::npos) << e.out;
+  for (const char* flag : {"--listen", "--threads", "--reuseport", "--busy-poll", "--max-conns",
+                           "--idle-timeout", "--stats"}) {
+    EXPECT_NE(e.out.find(flag), std::string::npos) << flag;
+  }
+  EXPECT_EQ(e.err, "");
+}
+
+TEST_F(DemoTest, UnixSocketListenerEchoes) {
+  char dir_template[] = "/tmp/reactor-demo-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir_template), nullptr);
+  const std::string path = std::string(dir_template) + "/echo.sock";
+  {
+    Server server({"--listen", "unix:" + path});
+    ASSERT_TRUE(server.ready()) << server.child().err();
+    EXPECT_EQ(server.address(), "unix:" + path);
+    auto r = run_load(
+        {"echo", "--target", server.address(), "--connections", "2", "--duration", "1", "--json"});
+    expect_clean_echo(r, 2, 64, 1);
+  }
+  std::filesystem::remove_all(dir_template);
+}
+
+TEST_F(DemoTest, Ipv6ListenerEchoes) {
+  {
+    const int probe = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in6 a{};
+    a.sin6_family = AF_INET6;
+    a.sin6_addr = in6addr_loopback;
+    const bool ipv6 = probe >= 0 && ::bind(probe, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    if (probe >= 0) ::close(probe);
+    if (!ipv6) GTEST_SKIP() << "no IPv6 loopback here: " << std::strerror(errno);
+  }
+  Server server({"--listen", "[::1]:0"});
+  ASSERT_TRUE(server.ready()) << server.child().err();
+  EXPECT_EQ(server.address().rfind("[::1]:", 0), 0u) << server.address();
+  auto r = run_load(
+      {"echo", "--target", server.address(), "--connections", "2", "--duration", "1", "--json"});
+  expect_clean_echo(r, 2, 64, 1);
+}
+
+TEST_F(DemoTest, TwoThreadsServeEveryConnection) {
+  Server server({"--listen", "127.0.0.1:0", "--threads", "2"});
+  ASSERT_TRUE(server.ready()) << server.child().err();
+  auto r = run_load({"echo", "--target", server.address(), "--connections", "8", "--threads", "2",
+                     "--duration", "1", "--json"});
+  expect_clean_echo(r, 8, 64, 1);
+  server.child().signal(SIGTERM);
+  ASSERT_EQ(server.child().finish(deadline_in(kGenerous)), 0) << server.child().err();
+  EXPECT_NE(server.child().out().find("final: accepted=8 "), std::string::npos)
+      << server.child().out();
+}
+
+TEST_F(DemoTest, ReusePortWithTwoThreadsServesEveryConnection) {
+  Server server({"--listen", "127.0.0.1:0", "--threads", "2", "--reuseport"});
+  ASSERT_TRUE(server.ready()) << server.child().err();
+  auto r = run_load(
+      {"echo", "--target", server.address(), "--connections", "8", "--duration", "1", "--json"});
+  expect_clean_echo(r, 8, 64, 1);
+}
+
+TEST_F(DemoTest, SeveralAddressesEachPrintOneListeningLine) {
+  Server server({"--listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"}, 2);
+  ASSERT_TRUE(server.ready(2)) << server.child().err();
+  EXPECT_NE(server.address(0), server.address(1));
+  for (std::size_t i = 0; i < 2; ++i) {
+    auto r = run_load({"accept", "--target", server.address(i), "--connections", "1", "--duration",
+                       "0.2", "--json"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+  }
+}
+
+TEST_F(DemoTest, SigtermClosesGracefullyPrintsFinalCountersAndExitsZero) {
+  Server server({"--listen", "127.0.0.1:0"});
+  ASSERT_TRUE(server.ready()) << server.child().err();
+  // One client, one echo of 5 bytes, left open.
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<std::uint16_t>(std::stoi(port_of(server.address()))));
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::send(fd, "hello", 5, MSG_NOSIGNAL), 5);
+  std::string echoed;
+  const Deadline deadline = deadline_in(kGenerous);
+  while (echoed.size() < 5) {
+    pollfd p{fd, POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, ms_until(deadline)), 1);
+    char buf[16];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    ASSERT_GT(n, 0);
+    echoed.append(buf, static_cast<std::size_t>(n));
+  }
+  EXPECT_EQ(echoed, "hello");
+
+  server.child().signal(SIGTERM);
+  // Graceful: the server shuts its side (EOF here) rather than resetting.
+  pollfd p{fd, POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, ms_until(deadline)), 1);
+  char buf[16];
+  EXPECT_EQ(::recv(fd, buf, sizeof buf, 0), 0);
+  ::close(fd);
+
+  ASSERT_EQ(server.child().finish(deadline), 0) << server.child().err();
+  const std::string& out = server.child().out();
+  const auto final_line = out.find("final: ");
+  ASSERT_NE(final_line, std::string::npos) << out;
+  EXPECT_NE(out.find("accepted=1 ", final_line), std::string::npos) << out;
+  EXPECT_NE(out.find("bytes_in=5 bytes_out=5", final_line), std::string::npos) << out;
+}
+
+TEST_F(DemoTest, StatsPrintsCounterLines) {
+  Server server({"--listen", "127.0.0.1:0", "--stats", "0.05"});
+  ASSERT_TRUE(server.ready()) << server.child().err();
+  auto line = server.child().read_line(deadline_in(kGenerous));
+  ASSERT_TRUE(line);
+  EXPECT_EQ(line->rfind("stats: active=0 accepted=0 msgs/s=", 0), 0u) << *line;
+}
+
+TEST_F(DemoTest, LoadAgainstPortNobodyListensOnExitsOne) {
+  // A bound, non-listening socket holds the port: connecting to it is refused, and nobody
+  // else can take it meanwhile.
+  const int holder = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(holder, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(holder, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::getsockname(holder, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  const std::string target = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  for (const char* mode : {"echo", "accept"}) {
+    auto r = run_load({mode, "--target", target, "--duration", "30", "--json"});
+    EXPECT_EQ(r.exit_code, 1) << mode;
+    EXPECT_NE(r.err.find("connection refused by " + target), std::string::npos) << r.err;
+    ASSERT_TRUE(r.json.is_object()) << r.out;
+    EXPECT_GT(r.json["errors"].get<std::uint64_t>(), 0u);
+    EXPECT_LT(r.json["duration_s"].get<double>(), 30.0);  // ended at once, not at --duration
+  }
+  ::close(holder);
+}
+
+TEST_F(DemoTest, LoadEndsWithAMessageWhenTheServerGoesAway) {
+  Server server({"--listen", "127.0.0.1:0", "--stats", "0.05"});
+  ASSERT_TRUE(server.ready()) << server.child().err();
+  Child load(binary("REACTOR_LOAD"), {"echo", "--target", server.address(), "--connections", "4",
+                                      "--duration", "60", "--json"});
+  // Wait until the server counts the load's four connections, then kill the server.
+  const Deadline deadline = deadline_in(kGenerous);
+  bool connected = false;
+  while (!connected) {
+    auto line = server.child().read_line(deadline);
+    ASSERT_TRUE(line) << "the load never connected";
+    connected = line->find("active=4 ") != std::string::npos;
+  }
+  server.child().signal(SIGKILL);
+  ASSERT_TRUE(server.child().wait(deadline).has_value() || server.child().killed_by_signal());
+  const auto code = load.finish(deadline_in(40s));  // well before --duration 60
+  EXPECT_EQ(code, 1) << load.err();
+  EXPECT_NE(load.err().find("was lost"), std::string::npos) << load.err();
+  auto json = nlohmann::json::parse(load.out(), nullptr, false);
+  ASSERT_TRUE(json.is_object()) << load.out();
+  EXPECT_GT(json["errors"].get<std::uint64_t>(), 0u);
+  EXPECT_LT(json["duration_s"].get<double>(), 60.0);
+}
+
+TEST_F(DemoTest, LoadUsageErrorsExitTwo) {
+  for (const auto& args :
+       std::vector<std::vector<std::string>>{{},
+                                             {"bogus"},
+                                             {"echo"},
+                                             {"echo", "--target", "nonsense"},
+                                             {"echo", "--target", "127.0.0.1:1", "--size", "0"},
+                                             {"accept", "--target", "127.0.0.1:1", "--bogus"}}) {
+    Child load(binary("REACTOR_LOAD"), args);
+    EXPECT_EQ(load.finish(deadline_in(kGenerous)), 2) << load.err();
+    EXPECT_FALSE(load.first_err_line().empty());
+  }
+}
+
+TEST_F(DemoTest, LoadAcceptHelpSaysItClosesWithReset) {
+  Child load(binary("REACTOR_LOAD"), {"accept", "--help"});
+  EXPECT_EQ(load.finish(deadline_in(kGenerous)), 0);
+  EXPECT_NE(load.out().find("RST"), std::string::npos) << load.out();
+  EXPECT_NE(load.out().find("TIME_WAIT"), std::string::npos) << load.out();
+}
+
+}  // namespace
