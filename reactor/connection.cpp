@@ -147,28 +147,31 @@ void Connection::handle_eof() {
 }
 
 void Connection::handle_write() {
-  while (!output_.empty()) {
-    ssize_t n = ::send(fd_.get(), output_.data(), output_.size(), MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (would_block(errno)) {
-        // Resume at the low-water mark, not at zero: the peer keeps a window of work in
-        // flight. Re-arm the high-water mark with it, or output could grow without bound.
-        if (water_paused_ && output_.size() < options_.low_water_mark) {
-          water_paused_ = false;
-          high_water_fired_ = false;
-          update_interest();
-        }
-        return;
-      }
-      write_error_ = errno_code();
+  if (!output_.empty()) {
+    ssize_t n;
+    do {
+      n = ::send(fd_.get(), output_.data(), output_.size(), MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && !would_block(errno)) {
+      write_error_ = errno_code();  // the hangup that follows reports it
       output_.clear();
-      break;  // the hangup that follows reports it
+    } else if (n > 0) {
+      output_.consume(static_cast<std::size_t>(n));
+      count_out(static_cast<std::size_t>(n));
+      last_activity_ = loop_.now();
     }
-    output_.consume(static_cast<std::size_t>(n));
-    count_out(static_cast<std::size_t>(n));
+    if (!output_.empty()) {
+      // A short write means the send buffer is full: wait for the next EPOLLOUT rather than
+      // hear EAGAIN from another send now. Resume reading at the low-water mark, not at zero,
+      // so the peer keeps a window of work in flight; re-arm the high-water mark with it.
+      if (water_paused_ && output_.size() < options_.low_water_mark) {
+        water_paused_ = false;
+        high_water_fired_ = false;
+        update_interest();
+      }
+      return;
+    }
   }
-  last_activity_ = loop_.now();
   high_water_fired_ = false;
   water_paused_ = false;
   if (write_error_) {
