@@ -56,7 +56,6 @@ class Runner {
   template <class Fn>
   void on_loop(std::size_t index, Fn&& fn);
   LoopHandlers& protocol(const reactor::Connection& c) { return *protocols_[c.id().shard]; }
-  void make_dispatch();
   void shutdown();
   void print_stats();
 
@@ -75,8 +74,6 @@ class Runner {
   std::vector<reactor::EventLoop*> loops_;
   std::unique_ptr<MessageCounter[]> messages_;
   std::vector<std::unique_ptr<LoopHandlers>> protocols_;
-  // One set of callbacks for every server: each forwards to the protocol of the connection's loop.
-  reactor::ConnectionHandlers dispatch_;
   std::vector<std::unique_ptr<reactor::TcpServer>> servers_;
 
   bool stopping_ = false;
@@ -99,35 +96,6 @@ void Runner::on_loop(std::size_t index, Fn&& fn) {
     done.set_value();
   });
   done.get_future().wait();
-}
-
-void Runner::make_dispatch() {
-  using reactor::Buffer;
-  using reactor::Connection;
-  dispatch_.on_data = [this](Connection& c, Buffer& input) {
-    auto& h = protocol(c).connection;
-    if (h.on_data) h.on_data(c, input);
-  };
-  dispatch_.on_drained = [this](Connection& c) {
-    auto& h = protocol(c).connection;
-    if (h.on_drained) h.on_drained(c);
-  };
-  dispatch_.on_high_water = [this](Connection& c, std::size_t queued) {
-    auto& h = protocol(c).connection;
-    if (h.on_high_water) h.on_high_water(c, queued);
-  };
-  dispatch_.on_peer_shutdown = [this](Connection& c) {
-    auto& h = protocol(c).connection;
-    if (h.on_peer_shutdown) {
-      h.on_peer_shutdown(c);
-    } else {
-      c.close();  // what an empty on_peer_shutdown does
-    }
-  };
-  dispatch_.on_close = [this](Connection& c, reactor::CloseReason reason, std::error_code ec) {
-    auto& h = protocol(c).connection;
-    if (h.on_close) h.on_close(c, reason, ec);
-  };
 }
 
 int Runner::run() {
@@ -154,7 +122,11 @@ int Runner::run() {
       protocols_[i] = spec_.make_loop(context);
     });
   }
-  make_dispatch();
+  // Each loop's connections get that loop's protocol handlers: no forwarding, no locks.
+  std::vector<reactor::TcpServer::LoopAndHandlers> served;
+  for (std::size_t i = 0; i < loops_.size(); ++i) {
+    served.push_back({loops_[i], &protocols_[i]->connection});
+  }
 
   reactor::ServerOptions server_options;
   server_options.listen.reuse_port = settings_.reuse_port;
@@ -162,7 +134,7 @@ int Runner::run() {
   server_options.connection.idle_timeout = from_seconds(settings_.idle_timeout_s);
   int rc = kExitOk;
   for (const reactor::Address& address : addresses_) {
-    auto server = std::make_unique<reactor::TcpServer>(loops_, address, dispatch_, server_options);
+    auto server = std::make_unique<reactor::TcpServer>(served, address, server_options);
     server->set_open_handler([this](reactor::Connection& c) {
       auto& p = protocol(c);
       if (p.on_open) p.on_open(c);

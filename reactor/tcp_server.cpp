@@ -13,6 +13,7 @@ struct TcpServer::Shard {
   };
 
   EventLoop* loop = nullptr;
+  ConnectionHandlers* handlers = nullptr;
   std::uint32_t index = 0;
   std::unique_ptr<Listener> listener;
   std::vector<Entry> slots;
@@ -32,17 +33,32 @@ struct TcpServer::Shard {
   }
 };
 
+namespace {
+std::vector<TcpServer::LoopAndHandlers> sharing(const std::vector<EventLoop*>& loops,
+                                                ConnectionHandlers& handlers) {
+  std::vector<TcpServer::LoopAndHandlers> result;
+  for (EventLoop* loop : loops)
+    result.push_back({loop, &handlers});
+  return result;
+}
+}  // namespace
+
 TcpServer::TcpServer(EventLoop& loop, const Address& address, ConnectionHandlers& handlers,
                      const ServerOptions& options)
-    : TcpServer(std::vector<EventLoop*>{&loop}, address, handlers, options) {}
+    : TcpServer(std::vector<LoopAndHandlers>{{&loop, &handlers}}, address, options) {}
 
 TcpServer::TcpServer(std::vector<EventLoop*> loops, const Address& address,
                      ConnectionHandlers& handlers, const ServerOptions& options)
-    : address_(address), bound_(address), handlers_(handlers), options_(options) {
+    : TcpServer(sharing(loops, handlers), address, options) {}
+
+TcpServer::TcpServer(std::vector<LoopAndHandlers> loops, const Address& address,
+                     const ServerOptions& options)
+    : address_(address), bound_(address), options_(options) {
   assert(!loops.empty() && "a TcpServer needs at least one loop");
   for (std::size_t i = 0; i < loops.size(); ++i) {
     auto shard = std::make_unique<Shard>();
-    shard->loop = loops[i];
+    shard->loop = loops[i].loop;
+    shard->handlers = loops[i].handlers;
     shard->index = static_cast<std::uint32_t>(i);
     shards_.push_back(std::move(shard));
   }
@@ -121,8 +137,8 @@ void TcpServer::on_accept(Shard& shard, Fd socket, const Address& peer) {
     Shard::bump(shard.refused, 1);
     return;
   }
-  auto connection = std::make_unique<Connection>(*shard.loop, std::move(socket), peer, handlers_,
-                                                 options_.connection, &shard.traffic);
+  auto connection = std::make_unique<Connection>(
+      *shard.loop, std::move(socket), peer, *shard.handlers, options_.connection, &shard.traffic);
   std::uint32_t slot;
   if (!shard.free_slots.empty()) {
     slot = shard.free_slots.back();

@@ -59,9 +59,18 @@ class TcpServer {
   // connection's context there.
   using OpenHandler = Function<void(Connection&)>;
 
+  // One loop for the whole server.
   TcpServer(EventLoop& loop, const Address& address, ConnectionHandlers& handlers,
             const ServerOptions& options = {});
+  // Several loops sharing one set of handlers (they run on every loop's thread).
   TcpServer(std::vector<EventLoop*> loops, const Address& address, ConnectionHandlers& handlers,
+            const ServerOptions& options = {});
+  // Several loops, each with its own handlers (per-loop protocol state without locks).
+  struct LoopAndHandlers {
+    EventLoop* loop;
+    ConnectionHandlers* handlers;
+  };
+  TcpServer(std::vector<LoopAndHandlers> loops, const Address& address,
             const ServerOptions& options = {});
   ~TcpServer();
   TcpServer(const TcpServer&) = delete;
@@ -97,7 +106,6 @@ class TcpServer {
   std::vector<std::unique_ptr<Shard>> shards_;
   Address address_;
   Address bound_;
-  ConnectionHandlers& handlers_;
   ServerOptions options_;
   OpenHandler on_open_;
   Listener::ErrorHandler on_error_;

@@ -647,6 +647,55 @@ TEST(TcpServerTwoLoops, BothLoopsAcceptFromTheSharedListenerAndEcho) {
   EXPECT_EQ(log.closed.load(), 2 * kPerPhase);
 }
 
+TEST(TcpServerTwoLoops, EachLoopsConnectionsUseThatLoopsOwnHandlers) {
+  EventLoop loop;
+  LoopThread other;
+  // Each handler set records the thread it ran on and the shard of each connection it saw.
+  struct Seen {
+    ConnectionHandlers handlers;
+    std::atomic<int> data_calls{0};
+    std::atomic<int> wrong_shard{0};
+    std::atomic<int> wrong_thread{0};
+  };
+  Seen seen[2];
+  for (std::uint32_t shard = 0; shard < 2; ++shard) {
+    Seen& s = seen[shard];
+    s.handlers = echo_handlers();
+    auto echo = std::move(s.handlers.on_data);
+    s.handlers.on_data = [&s, shard, echo = std::move(echo)](Connection& c, Buffer& input) mutable {
+      ++s.data_calls;
+      if (c.id().shard != shard) ++s.wrong_shard;
+      if (!c.loop().in_loop_thread()) ++s.wrong_thread;
+      echo(c, input);
+    };
+  }
+  TcpServer server(std::vector<TcpServer::LoopAndHandlers>{{&loop, &seen[0].handlers},
+                                                           {&other.loop(), &seen[1].handlers}},
+                   Address::ipv4_loopback(0));
+  ShardLog log;
+  server.set_open_handler(log.open_handler());
+  ASSERT_FALSE(server.start());
+
+  constexpr int kPerPhase = 10;
+  std::vector<int> clients;
+  {
+    LoopBlocker blocked(other.loop());  // shard 0 accepts these
+    for (int i = 0; i < kPerPhase; ++i)
+      clients.push_back(connect_to(server.address()));
+    ASSERT_TRUE(run_until(loop, [&] { return log.count(0) == kPerPhase; }));
+  }
+  for (int i = 0; i < kPerPhase; ++i)
+    clients.push_back(connect_to(server.address()));
+  ASSERT_TRUE(log.wait_for(1, kPerPhase));
+
+  expect_all_echo(loop, clients);
+  EXPECT_GT(seen[0].data_calls.load(), 0);
+  EXPECT_GT(seen[1].data_calls.load(), 0);
+  EXPECT_EQ(seen[0].wrong_shard.load() + seen[1].wrong_shard.load(), 0);
+  EXPECT_EQ(seen[0].wrong_thread.load() + seen[1].wrong_thread.load(), 0);
+  stop_server(loop, server, clients);
+}
+
 TEST(TcpServerTwoLoops, ReusePortGivesEachLoopItsOwnSocketAndBothAccept) {
   EventLoop loop;
   LoopThread other;
