@@ -27,6 +27,7 @@
 
 #include <gtest/gtest.h>
 
+#include "loopback.hpp"
 #include "reactor/connector.hpp"
 #include "reactor/tcp_server.hpp"
 
@@ -189,11 +190,7 @@ class ConnectionTest : public ::testing::Test {
   }
 
   // Before start_server(): the loop's timers then move only with clock_.
-  void use_manual_clock() {
-    EventLoop::Options options;
-    options.clock = &clock_;
-    loop_ = std::make_unique<EventLoop>(options);
-  }
+  void use_manual_clock() { loop_ = std::make_unique<EventLoop>(test::with_clock(clock_)); }
 
   // Starts the server with the hooks set so far; returns the bound address.
   Address start_server(const Address& at, const ServerOptions& options = {}) {
@@ -247,13 +244,8 @@ class ConnectionTest : public ::testing::Test {
   // Runs loop iterations (each waiting at most `poll` for I/O) until `done` holds or the
   // deadline passes; returns whether it held.
   template <class Predicate>
-  bool run_until(Predicate done, Duration poll = 10ms) {
-    const auto deadline = std::chrono::steady_clock::now() + kDeadline;
-    while (!done()) {
-      if (std::chrono::steady_clock::now() > deadline) return false;
-      loop_->run_once(poll);
-    }
-    return true;
+  bool run_until(Predicate&& done, Duration poll = 10ms) {
+    return test::run_until(*loop_, done, kDeadline, poll);
   }
 
   bool run_until_open(std::size_t count = 1) {
@@ -460,6 +452,34 @@ struct OutputBound {
       worst = std::max(worst, queued);
     }
   }
+
+  // The echo server's on_data, sampled: the message goes back, then the output is measured.
+  void echo(Connection& c, Buffer& input) {
+    last_message = input.size();
+    c.send(input.view());
+    input.consume(input.size());
+    sample(c.queued_bytes());
+  }
+};
+
+// Checks an echo against the payload as it arrives, without keeping it: take() compares what
+// the client received so far with the payload's next bytes, then drops it.
+struct EchoCheck {
+  explicit EchoCheck(const std::string& sent) : payload(sent) {}
+
+  void take(std::string& got) {
+    if (got.empty()) return;
+    if (verified + got.size() > payload.size() ||
+        std::memcmp(got.data(), payload.data() + verified, got.size()) != 0) {
+      mismatch = true;
+    }
+    verified += got.size();
+    got.clear();
+  }
+
+  const std::string& payload;
+  std::size_t verified = 0;
+  bool mismatch = false;
 };
 
 TEST_F(ConnectionTest, SixtyFourMiBBothWaysThroughSlowReaderIsExactAndBounded) {
@@ -471,12 +491,7 @@ TEST_F(ConnectionTest, SixtyFourMiBBothWaysThroughSlowReaderIsExactAndBounded) {
     EXPECT_FALSE(set_send_buffer(c.fd(), 256 * 1024));
     EXPECT_FALSE(set_recv_buffer(c.fd(), 256 * 1024));
   };
-  on_data_ = [&](Connection& c, Buffer& input, Record&) {
-    bound_check.last_message = input.size();
-    c.send(input.view());
-    input.consume(input.size());
-    bound_check.sample(c.queued_bytes());
-  };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) { bound_check.echo(c, input); };
   on_high_water_ = [&](Connection& c, std::size_t queued, Record&) {
     bound_check.sample(queued);
     bound_check.sample(c.queued_bytes());
@@ -490,28 +505,20 @@ TEST_F(ConnectionTest, SixtyFourMiBBothWaysThroughSlowReaderIsExactAndBounded) {
   // The client writes as fast as the kernel lets it and reads at most 32 KiB per iteration,
   // nothing at all until the server first reached its high-water mark.
   std::size_t sent = 0;
-  std::size_t verified = 0;
-  bool mismatch = false;
+  EchoCheck echoed(payload);
   ASSERT_TRUE(run_until(
       [&] {
         sent += client.send_some(std::string_view(payload).substr(sent, 256 * 1024));
         if (rec.high_water_calls > 0) {
           client.receive_some(32 * 1024);
-          std::string& got = client.received();
-          if (!got.empty()) {
-            if (std::memcmp(got.data(), payload.data() + verified, got.size()) != 0) {
-              mismatch = true;
-            }
-            verified += got.size();
-            got.clear();
-          }
+          echoed.take(client.received());
         }
-        return verified >= kTotal || mismatch || client.failed() || client.eof();
+        return echoed.verified >= kTotal || echoed.mismatch || client.failed() || client.eof();
       },
       0ns))
-      << "sent " << sent << ", echoed back " << verified;
-  EXPECT_FALSE(mismatch) << "echo differs near offset " << verified;
-  EXPECT_EQ(verified, kTotal);
+      << "sent " << sent << ", echoed back " << echoed.verified;
+  EXPECT_FALSE(echoed.mismatch) << "echo differs near offset " << echoed.verified;
+  EXPECT_EQ(echoed.verified, kTotal);
   EXPECT_EQ(client.error(), 0) << std::strerror(client.error());
   EXPECT_GE(rec.high_water_calls, 1);
   EXPECT_EQ(bound_check.violations, 0) << "queued output reached " << bound_check.worst
@@ -534,12 +541,7 @@ TEST_F(ConnectionTest, PeerThatNeverReadsPausesReadingAndOutputStaysBounded) {
     EXPECT_FALSE(set_send_buffer(c.fd(), 256 * 1024));
     EXPECT_FALSE(set_recv_buffer(c.fd(), 256 * 1024));
   };
-  on_data_ = [&](Connection& c, Buffer& input, Record&) {
-    bound_check.last_message = input.size();
-    c.send(input.view());
-    input.consume(input.size());
-    bound_check.sample(c.queued_bytes());
-  };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) { bound_check.echo(c, input); };
   on_high_water_ = [&](Connection&, std::size_t queued, Record&) { bound_check.sample(queued); };
   const Address bound = start_server(Address::ipv4_loopback(0), backpressure_options());
   RawClient client(bound, 64 * 1024, 64 * 1024);
@@ -570,24 +572,18 @@ TEST_F(ConnectionTest, PeerThatNeverReadsPausesReadingAndOutputStaysBounded) {
   data_calls_at_stall = rec.data_calls;
 
   // Phase 2: the client reads; reading resumes and everything comes back exact.
-  std::size_t verified = 0;
-  bool mismatch = false;
+  EchoCheck echoed(payload);
   ASSERT_TRUE(run_until(
       [&] {
         sent += client.send_some(std::string_view(payload).substr(sent));
         client.receive_some();
-        std::string& got = client.received();
-        if (!got.empty()) {
-          if (std::memcmp(got.data(), payload.data() + verified, got.size()) != 0) mismatch = true;
-          verified += got.size();
-          got.clear();
-        }
-        return verified >= kTotal || mismatch || client.failed() || client.eof();
+        echoed.take(client.received());
+        return echoed.verified >= kTotal || echoed.mismatch || client.failed() || client.eof();
       },
       0ns))
-      << "echoed back " << verified << " of " << kTotal;
-  EXPECT_FALSE(mismatch) << "echo differs near offset " << verified;
-  EXPECT_EQ(verified, kTotal);
+      << "echoed back " << echoed.verified << " of " << kTotal;
+  EXPECT_FALSE(echoed.mismatch) << "echo differs near offset " << echoed.verified;
+  EXPECT_EQ(echoed.verified, kTotal);
   EXPECT_GT(rec.data_calls, data_calls_at_stall) << "reading never resumed";
   EXPECT_EQ(bound_check.violations, 0)
       << "queued output reached " << bound_check.worst << " > high water + one message";
@@ -623,23 +619,18 @@ TEST_F(ConnectionTest, ReadingResumesOnceOutputDrainsBelowLowWaterMark) {
   ASSERT_TRUE(run_until_open());
 
   std::size_t sent = 0;
-  std::size_t verified = 0;
-  bool mismatch = false;
+  EchoCheck echoed(payload);
   ASSERT_TRUE(run_until(
       [&] {
         sent += client.send_some(std::string_view(payload).substr(sent));
         if (paused_once) client.receive_some(16 * 1024);  // slowly, once the server paused
-        std::string& got = client.received();
-        if (!got.empty()) {
-          if (std::memcmp(got.data(), payload.data() + verified, got.size()) != 0) mismatch = true;
-          verified += got.size();
-          got.clear();
-        }
-        return verified >= payload.size() || mismatch || client.failed() || client.eof();
+        echoed.take(client.received());
+        return echoed.verified >= payload.size() || echoed.mismatch || client.failed() ||
+               client.eof();
       },
       0ns));
-  EXPECT_FALSE(mismatch);
-  EXPECT_EQ(verified, payload.size());
+  EXPECT_FALSE(echoed.mismatch);
+  EXPECT_EQ(echoed.verified, payload.size());
   ASSERT_FALSE(queued_at_resume.empty()) << "reading never paused and resumed";
   const std::size_t most = *std::max_element(queued_at_resume.begin(), queued_at_resume.end());
   EXPECT_GT(most, 0u)

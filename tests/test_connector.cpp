@@ -2,7 +2,6 @@
 // owner of the Connection it yields; dropping it closes the socket).
 #include "reactor/connector.hpp"
 
-#include <dirent.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -11,9 +10,7 @@
 
 #include <cerrno>
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <optional>
 #include <string>
 #include <utility>
@@ -21,6 +18,7 @@
 
 #include <gtest/gtest.h>
 
+#include "loopback.hpp"
 #include "reactor/listener.hpp"
 #include "reactor/tcp_server.hpp"
 #include "reactor/timer_queue.hpp"
@@ -31,50 +29,12 @@ namespace {
 using namespace std::chrono_literals;
 using SteadyClock = std::chrono::steady_clock;
 
-template <class Pred>
-bool run_until(EventLoop& loop, Pred done, std::chrono::milliseconds limit = 10s) {
-  const auto deadline = SteadyClock::now() + limit;
-  while (!done()) {
-    if (SteadyClock::now() >= deadline) return false;
-    loop.run_once(10ms);
-  }
-  return true;
-}
-
-// Open descriptors of this process (the directory stream's own fd included, both times).
-int open_fd_count() {
-  DIR* dir = ::opendir("/proc/self/fd");
-  if (!dir) return -1;
-  int n = 0;
-  while (dirent* e = ::readdir(dir)) {
-    if (e->d_name[0] != '.') ++n;
-  }
-  ::closedir(dir);
-  return n;
-}
-
-// A temporary directory for Unix socket paths, removed with whatever is left in it.
-class TempDir {
- public:
-  TempDir() {
-    char pattern[] = "/tmp/reactor-connector-XXXXXX";
-    const char* made = ::mkdtemp(pattern);
-    EXPECT_NE(made, nullptr) << std::strerror(errno);
-    if (made) path_ = made;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  Address unix_address(const char* name) const {
-    auto a = Address::parse("unix:" + path_ + "/" + name);
-    EXPECT_TRUE(a.ok());
-    return a.ok() ? *a : Address{};
-  }
-
- private:
-  std::string path_;
-};
+using test::echo_handlers;
+using test::open_fd_count;
+using test::run_until;
+using test::TempDir;
+using test::unix_address;
+using test::with_clock;
 
 // What the connect handler saw.
 struct Outcome {
@@ -116,18 +76,9 @@ struct EchoServer {
   TcpServer server;
 
   EchoServer(EventLoop& loop, const Address& address)
-      : handlers(make_handlers()), server(loop, address, handlers) {
+      : handlers(echo_handlers()), server(loop, address, handlers) {
     auto ec = server.start();
     EXPECT_FALSE(ec) << ec.message();
-  }
-
-  static ConnectionHandlers make_handlers() {
-    ConnectionHandlers h;
-    h.on_data = [](Connection& c, Buffer& input) {
-      c.send(input.view());
-      input.consume(input.size());
-    };
-    return h;
   }
 };
 
@@ -231,13 +182,13 @@ TEST(Connector, ConnectsOverIpv6) {
 
 TEST(Connector, ConnectsOverAUnixSocket) {
   TempDir dir;
+  const Address address = unix_address(dir.file("echo.sock"));
   EventLoop loop;
-  EchoServer echo(loop, dir.unix_address("echo.sock"));
+  EchoServer echo(loop, address);
   Connector connector(loop);
   Client client;
   Outcome outcome;
-  ASSERT_FALSE(
-      connector.connect(dir.unix_address("echo.sock"), 10s, client.handlers, record_into(outcome)));
+  ASSERT_FALSE(connector.connect(address, 10s, client.handlers, record_into(outcome)));
   ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
   ASSERT_FALSE(outcome.error) << outcome.error.message();
   ASSERT_TRUE(outcome.handle);
@@ -250,13 +201,13 @@ TEST(Connector, ConnectsOverAUnixSocket) {
 TEST(Connector, HandlerRunsOnTheLoopNeverInsideConnect) {
   // A Unix connect completes inside connect(2); the handler still waits for the loop.
   TempDir dir;
+  const Address address = unix_address(dir.file("now.sock"));
   EventLoop loop;
-  EchoServer echo(loop, dir.unix_address("now.sock"));
+  EchoServer echo(loop, address);
   Connector connector(loop);
   Client client;
   Outcome outcome;
-  ASSERT_FALSE(
-      connector.connect(dir.unix_address("now.sock"), 10s, client.handlers, record_into(outcome)));
+  ASSERT_FALSE(connector.connect(address, 10s, client.handlers, record_into(outcome)));
   EXPECT_EQ(outcome.calls, 0);
   ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
   EXPECT_EQ(outcome.calls, 1);
@@ -282,7 +233,7 @@ TEST(Connector, RefusedPortIsReportedOnceThroughTheHandler) {
 
 TEST(Connector, UnixSocketNobodyAcceptsOnIsRefused) {
   TempDir dir;
-  const Address address = dir.unix_address("stale.sock");
+  const Address address = unix_address(dir.file("stale.sock"));
   {
     int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     ASSERT_GE(fd, 0);
@@ -306,7 +257,7 @@ TEST(Connector, MissingUnixPathIsReportedThroughTheHandler) {
   Connector connector(loop);
   Client client;
   Outcome outcome;
-  ASSERT_FALSE(connector.connect(dir.unix_address("nobody-here.sock"), 10s, client.handlers,
+  ASSERT_FALSE(connector.connect(unix_address(dir.file("nobody-here.sock")), 10s, client.handlers,
                                  record_into(outcome)));
   ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
   EXPECT_EQ(outcome.calls, 1);
@@ -315,7 +266,7 @@ TEST(Connector, MissingUnixPathIsReportedThroughTheHandler) {
 
 TEST(Connector, UnixListenerWithAFullBacklogIsTryAgain) {
   TempDir dir;
-  const Address address = dir.unix_address("full.sock");
+  const Address address = unix_address(dir.file("full.sock"));
   ListenOptions listen_options;
   listen_options.backlog = 0;
   auto socket = ListenSocket::open(address, listen_options);
@@ -345,9 +296,7 @@ TEST(Connector, UnixListenerWithAFullBacklogIsTryAgain) {
 TEST(Connector, FullBacklogTimesOutOnTheLoopClock) {
   FullBacklog backlog;
   ManualClock clock;
-  EventLoop::Options options;
-  options.clock = &clock;
-  EventLoop loop(options);
+  EventLoop loop(with_clock(clock));
   Connector connector(loop);
   Client client;
   Outcome outcome;
@@ -371,9 +320,7 @@ TEST(Connector, FullBacklogTimesOutOnTheLoopClock) {
 TEST(Connector, CancelBeforeCompletionNeverCallsTheHandlerAndClosesTheSocket) {
   FullBacklog backlog;
   ManualClock clock;
-  EventLoop::Options options;
-  options.clock = &clock;
-  EventLoop loop(options);
+  EventLoop loop(with_clock(clock));
   Connector connector(loop);
   Client client;
   Outcome outcome;
@@ -396,9 +343,7 @@ TEST(Connector, CancelBeforeCompletionNeverCallsTheHandlerAndClosesTheSocket) {
 TEST(Connector, DestroyingAPendingConnectorNeverCallsTheHandlerAndClosesTheSocket) {
   FullBacklog backlog;
   ManualClock clock;
-  EventLoop::Options options;
-  options.clock = &clock;
-  EventLoop loop(options);
+  EventLoop loop(with_clock(clock));
   Client client;
   Outcome outcome;
   const int fds_before = open_fd_count();
@@ -422,7 +367,7 @@ TEST(Connector, CancelAfterAnImmediateFailureNeverCallsTheHandler) {
   Client client;
   Outcome outcome;
   const int fds_before = open_fd_count();
-  ASSERT_FALSE(connector.connect(dir.unix_address("absent.sock"), 10s, client.handlers,
+  ASSERT_FALSE(connector.connect(unix_address(dir.file("absent.sock")), 10s, client.handlers,
                                  record_into(outcome)));
   connector.cancel();
   EXPECT_EQ(open_fd_count(), fds_before);

@@ -10,10 +10,12 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "loopback.hpp"
 #include "reactor/socket.hpp"
 
 namespace reactor {
@@ -21,8 +23,9 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// Generous: a condition a correct loop meets in microseconds, given time on a loaded CI box.
-constexpr auto kDeadline = 10s;
+using test::kDeadline;
+using test::run_until;
+using test::with_clock;
 
 struct FdPair {
   Fd a;  // the end registered with the loop (pipe: read end)
@@ -46,15 +49,6 @@ void write_byte(int fd) {
   ASSERT_EQ(::write(fd, &c, 1), 1);
 }
 
-// Runs iterations until `done()` or kDeadline; returns done().
-template <class Pred>
-bool run_until(EventLoop& loop, Pred done) {
-  const auto give_up = std::chrono::steady_clock::now() + kDeadline;
-  while (!done() && std::chrono::steady_clock::now() < give_up)
-    loop.run_once(10ms);
-  return done();
-}
-
 // Counts live instances, to see which captures were destroyed.
 struct Counted {
   explicit Counted(int* live) : live_(live) { ++*live_; }
@@ -65,12 +59,6 @@ struct Counted {
   ~Counted() { --*live_; }
   int* live_;
 };
-
-EventLoop::Options manual(const ManualClock& clock) {
-  EventLoop::Options options;
-  options.clock = &clock;
-  return options;
-}
 
 // ---- readiness ----
 
@@ -375,42 +363,37 @@ TEST(EventLoop, EpollWaitFallbackStillDeliversIo) {
   loop.remove(*id);
 }
 
+// Schedules a timer `delay` out and runs `loop` until it fires, with no timeout: the loop's wait
+// is bounded by the timer (the epoll_wait fallback rounds it up to a whole millisecond). Returns
+// how long after scheduling the timer fired, or nullopt if it did not by kDeadline.
+std::optional<std::chrono::steady_clock::duration> time_to_fire(EventLoop& loop, Duration delay) {
+  std::optional<std::chrono::steady_clock::time_point> fired_at;
+  const auto before = std::chrono::steady_clock::now();
+  loop.after(delay, [&] { fired_at = std::chrono::steady_clock::now(); });
+  const auto give_up = before + kDeadline;
+  while (!fired_at && std::chrono::steady_clock::now() < give_up)
+    loop.run_once();
+  if (!fired_at) return std::nullopt;
+  return *fired_at - before;
+}
+
 TEST(EventLoop, EpollWaitFallbackNeverFiresASubMillisecondTimerEarly) {
   EventLoop::Options options;
   options.use_epoll_pwait2 = false;
   EventLoop loop(options);
   constexpr auto kDelay = 300us;
-  bool fired = false;
-  std::chrono::steady_clock::time_point fired_at;
-  const auto before = std::chrono::steady_clock::now();
-  loop.after(kDelay, [&] {
-    fired = true;
-    fired_at = std::chrono::steady_clock::now();
-  });
-  // No timeout: the loop's wait is bounded by the timer, rounded up to a whole millisecond.
-  const auto give_up = before + kDeadline;
-  while (!fired && std::chrono::steady_clock::now() < give_up)
-    loop.run_once();
-  ASSERT_TRUE(fired);
-  EXPECT_GE(fired_at - before, kDelay);
+  const auto waited = time_to_fire(loop, kDelay);
+  ASSERT_TRUE(waited);
+  EXPECT_GE(*waited, kDelay);
   EXPECT_FALSE(loop.stats().epoll_pwait2);
 }
 
 TEST(EventLoop, EpollPwait2NeverFiresASubMillisecondTimerEarly) {
   EventLoop loop;
   constexpr auto kDelay = 300us;
-  bool fired = false;
-  std::chrono::steady_clock::time_point fired_at;
-  const auto before = std::chrono::steady_clock::now();
-  loop.after(kDelay, [&] {
-    fired = true;
-    fired_at = std::chrono::steady_clock::now();
-  });
-  const auto give_up = before + kDeadline;
-  while (!fired && std::chrono::steady_clock::now() < give_up)
-    loop.run_once();
-  ASSERT_TRUE(fired);
-  EXPECT_GE(fired_at - before, kDelay);
+  const auto waited = time_to_fire(loop, kDelay);
+  ASSERT_TRUE(waited);
+  EXPECT_GE(*waited, kDelay);
 }
 
 // ---- defer ----
@@ -467,7 +450,7 @@ TEST(EventLoop, TaskDeferredByADeferredTaskRunsNextIterationWithoutBlocking) {
 
 TEST(EventLoopTimers, AfterFiresOnlyOnceTheClockPassedTheDelay) {
   ManualClock clock;
-  EventLoop loop(manual(clock));
+  EventLoop loop(with_clock(clock));
   int fired = 0;
   loop.after(10ms, [&] { ++fired; });
   loop.run_once(0ns);
@@ -489,7 +472,7 @@ TEST(EventLoopTimers, AfterFiresOnlyOnceTheClockPassedTheDelay) {
 
 TEST(EventLoopTimers, EqualDeadlinesFireInSchedulingOrder) {
   ManualClock clock;
-  EventLoop loop(manual(clock));
+  EventLoop loop(with_clock(clock));
   std::vector<int> log;
   for (int i = 0; i < 50; ++i)
     loop.after(5ms, [&log, i] { log.push_back(i); });
@@ -502,7 +485,7 @@ TEST(EventLoopTimers, EqualDeadlinesFireInSchedulingOrder) {
 
 TEST(EventLoopTimers, CancelBeforeFiringPreventsIt) {
   ManualClock clock;
-  EventLoop loop(manual(clock));
+  EventLoop loop(with_clock(clock));
   int fired = 0;
   TimerId id = loop.after(5ms, [&] { ++fired; });
   EXPECT_TRUE(loop.cancel(id));
@@ -514,7 +497,7 @@ TEST(EventLoopTimers, CancelBeforeFiringPreventsIt) {
 
 TEST(EventLoopTimers, CancelOfATimerDueInTheSameRoundFromAnEarlierCallbackPreventsIt) {
   ManualClock clock;
-  EventLoop loop(manual(clock));
+  EventLoop loop(with_clock(clock));
   std::vector<int> log;
   TimerId second;
   bool cancelled = false;
@@ -531,7 +514,7 @@ TEST(EventLoopTimers, CancelOfATimerDueInTheSameRoundFromAnEarlierCallbackPreven
 
 TEST(EventLoopTimers, OneShotCancellingItselfWhileFiringIsANoOp) {
   ManualClock clock;
-  EventLoop loop(manual(clock));
+  EventLoop loop(with_clock(clock));
   TimerId id;
   int fired = 0;
   bool cancelled = true;
@@ -547,7 +530,7 @@ TEST(EventLoopTimers, OneShotCancellingItselfWhileFiringIsANoOp) {
 
 TEST(EventLoopTimers, CancelAfterFiringIsANoOpEvenWhenTheSlotIsReused) {
   ManualClock clock;
-  EventLoop loop(manual(clock));
+  EventLoop loop(with_clock(clock));
   int first = 0;
   int second = 0;
   TimerId old_id = loop.after(1ms, [&] { ++first; });
@@ -565,7 +548,7 @@ TEST(EventLoopTimers, CancelAfterFiringIsANoOpEvenWhenTheSlotIsReused) {
 
 TEST(EventLoopTimers, EveryCancellingItselfStops) {
   ManualClock clock;
-  EventLoop loop(manual(clock));
+  EventLoop loop(with_clock(clock));
   TimerId id;
   int fired = 0;
   bool cancelled = false;
@@ -583,7 +566,7 @@ TEST(EventLoopTimers, EveryCancellingItselfStops) {
 
 TEST(EventLoopTimers, EveryStaysOnItsPeriodGrid) {
   ManualClock clock;
-  EventLoop loop(manual(clock));
+  EventLoop loop(with_clock(clock));
   std::vector<TimePoint> fired_at;
   const TimePoint start = clock.now();
   loop.every(10ms, [&] { fired_at.push_back(loop.now()); });
@@ -603,7 +586,7 @@ TEST(EventLoopTimers, EveryStaysOnItsPeriodGrid) {
 
 TEST(EventLoopTimers, EverySkipsPeriodsMissedDuringAStall) {
   ManualClock clock;
-  EventLoop loop(manual(clock));
+  EventLoop loop(with_clock(clock));
   const TimePoint start = clock.now();
   int fired = 0;
   loop.every(10ms, [&] { ++fired; });
@@ -622,7 +605,7 @@ TEST(EventLoopTimers, EverySkipsPeriodsMissedDuringAStall) {
 
 TEST(EventLoopTimers, TimerScheduledInsideACallbackFiresOnALaterIteration) {
   ManualClock clock;
-  EventLoop loop(manual(clock));
+  EventLoop loop(with_clock(clock));
   std::vector<int> log;
   loop.after(1ms, [&] {
     log.push_back(1);
@@ -644,7 +627,7 @@ TEST(EventLoopTimers, TimerScheduledInsideACallbackFiresOnALaterIteration) {
 
 TEST(EventLoopTimers, TimerReschedulingItselfFiresOncePerReschedule) {
   ManualClock clock;
-  EventLoop loop(manual(clock));
+  EventLoop loop(with_clock(clock));
   int fired = 0;
   struct Rearm {
     EventLoop* loop;
@@ -663,7 +646,7 @@ TEST(EventLoopTimers, TimerReschedulingItselfFiresOncePerReschedule) {
 
 TEST(EventLoopTimers, ManualClockDoesNotShortenTheWait) {
   ManualClock clock;
-  EventLoop loop(manual(clock));
+  EventLoop loop(with_clock(clock));
   int fired = 0;
   loop.after(0ns, [&] { ++fired; });
   loop.run_once(0ns);

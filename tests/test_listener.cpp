@@ -15,9 +15,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <optional>
 #include <string>
 #include <utility>
@@ -25,6 +23,7 @@
 
 #include <gtest/gtest.h>
 
+#include "loopback.hpp"
 #include "reactor/connection.hpp"
 #include "reactor/event_loop.hpp"
 #include "reactor/tcp_server.hpp"
@@ -34,6 +33,13 @@ namespace {
 
 using namespace std::chrono_literals;
 using Deadline = std::chrono::steady_clock::time_point;
+
+using test::connect_errno;
+using test::connect_to;
+using test::echo_handlers;
+using test::run_until;
+using test::TempDir;
+using test::unix_address;
 
 Deadline deadline_in(std::chrono::milliseconds d) {
   return std::chrono::steady_clock::now() + d;
@@ -45,55 +51,9 @@ int ms_left(Deadline deadline) {
   return left.count() > 0 ? static_cast<int>(left.count()) : 0;
 }
 
-// A temporary directory for Unix socket paths, removed with whatever is left in it.
-class TempDir {
- public:
-  TempDir() {
-    char pattern[] = "/tmp/reactor-listener-XXXXXX";
-    const char* made = ::mkdtemp(pattern);
-    EXPECT_NE(made, nullptr) << std::strerror(errno);
-    if (made) path_ = made;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  std::string file(const char* name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
-
-Address unix_address(const std::string& path) {
-  auto a = Address::parse("unix:" + path);
-  EXPECT_TRUE(a.ok()) << path;
-  return a.ok() ? *a : Address{};
-}
-
 bool path_exists(const std::string& path) {
   struct stat st {};
   return ::lstat(path.c_str(), &st) == 0;
-}
-
-// A blocking client connect; returns the connected fd or -1 with errno set.
-int connect_to(const Address& to) {
-  int fd = ::socket(to.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  if (::connect(fd, to.sockaddr_ptr(), to.length()) < 0) {
-    const int err = errno;
-    ::close(fd);
-    errno = err;
-    return -1;
-  }
-  return fd;
-}
-
-// The errno of a blocking connect to `to` (0 when it connected).
-int connect_errno(const Address& to) {
-  int fd = connect_to(to);
-  if (fd < 0) return errno;
-  ::close(fd);
-  return 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -271,16 +231,6 @@ Listener::AcceptHandler collect_into(Accepted& out) {
   };
 }
 
-template <class Pred>
-bool run_until(EventLoop& loop, Pred done, std::chrono::milliseconds limit = 10s) {
-  const Deadline deadline = deadline_in(limit);
-  while (!done()) {
-    if (std::chrono::steady_clock::now() >= deadline) return false;
-    loop.run_once(10ms);
-  }
-  return true;
-}
-
 TEST(Listener, AcceptsAndReportsThePeerAddress) {
   auto socket = ListenSocket::open(Address::ipv4_loopback(0));
   ASSERT_TRUE(socket.ok()) << socket.error().message();
@@ -421,11 +371,7 @@ bool write_all(int fd, const void* data, std::size_t n) {
   ChildCounters counters;
   {
     EventLoop loop;
-    ConnectionHandlers handlers;
-    handlers.on_data = [](Connection& c, Buffer& input) {
-      c.send(input.view());
-      input.consume(input.size());
-    };
+    ConnectionHandlers handlers = echo_handlers();
     TcpServer server(loop, Address::ipv4_loopback(0), handlers);
     server.set_error_handler([&counters](std::error_code) { ++counters.error_callbacks; });
     if (server.start()) _exit(12);

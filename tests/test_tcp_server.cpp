@@ -11,9 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
-#include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <future>
 #include <mutex>
 #include <string>
@@ -22,6 +20,7 @@
 
 #include <gtest/gtest.h>
 
+#include "loopback.hpp"
 #include "reactor/listener.hpp"
 #include "reactor/loop_thread.hpp"
 #include "reactor/timer_queue.hpp"
@@ -30,103 +29,17 @@ namespace reactor {
 namespace {
 
 using namespace std::chrono_literals;
-using SteadyClock = std::chrono::steady_clock;
 
-template <class Pred>
-bool run_until(EventLoop& loop, Pred done, std::chrono::milliseconds limit = 10s) {
-  const auto deadline = SteadyClock::now() + limit;
-  while (!done()) {
-    if (SteadyClock::now() >= deadline) return false;
-    loop.run_once(10ms);
-  }
-  return true;
-}
-
-// A blocking client connect (the kernel completes it without the server's loop); -1 and errno
-// on failure.
-int connect_to(const Address& to) {
-  int fd = ::socket(to.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  if (::connect(fd, to.sockaddr_ptr(), to.length()) < 0) {
-    const int err = errno;
-    ::close(fd);
-    errno = err;
-    return -1;
-  }
-  return fd;
-}
-
-int connect_errno(const Address& to) {
-  int fd = connect_to(to);
-  if (fd < 0) return errno;
-  ::close(fd);
-  return 0;
-}
-
-bool send_all(int fd, const std::string& data) {
-  return ::send(fd, data.data(), data.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(data.size());
-}
-
-// Reads from the client socket while running `loop`, until `n` bytes are in `out`.
-bool receive(EventLoop& loop, int fd, std::size_t n, std::string& out) {
-  return run_until(loop, [&] {
-    char buf[65536];
-    ssize_t r;
-    while (out.size() < n && (r = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0) {
-      out.append(buf, static_cast<std::size_t>(r));
-    }
-    return out.size() >= n;
-  });
-}
-
-enum class PeerEnd { eof, reset, open };
-
-// Reads (appending to `out`) while running `loop` until the server's side closes the socket.
-PeerEnd read_until_closed(EventLoop& loop, int fd, std::string* out = nullptr) {
-  PeerEnd end = PeerEnd::open;
-  run_until(loop, [&] {
-    char buf[65536];
-    for (;;) {
-      ssize_t r = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
-      if (r > 0) {
-        if (out) out->append(buf, static_cast<std::size_t>(r));
-        continue;
-      }
-      if (r == 0) end = PeerEnd::eof;
-      if (r < 0 && errno == ECONNRESET) end = PeerEnd::reset;
-      return end != PeerEnd::open;
-    }
-  });
-  return end;
-}
-
-ConnectionHandlers echo_handlers() {
-  ConnectionHandlers h;
-  h.on_data = [](Connection& c, Buffer& input) {
-    c.send(input.view());
-    input.consume(input.size());
-  };
-  return h;
-}
-
-// A temporary directory for Unix socket paths, removed with whatever is left in it.
-class TempDir {
- public:
-  TempDir() {
-    char pattern[] = "/tmp/reactor-server-XXXXXX";
-    const char* made = ::mkdtemp(pattern);
-    EXPECT_NE(made, nullptr) << std::strerror(errno);
-    if (made) path_ = made;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  std::string file(const char* name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+using test::connect_errno;
+using test::connect_to;
+using test::echo_handlers;
+using test::PeerEnd;
+using test::read_until_closed;
+using test::receive;
+using test::run_until;
+using test::send_all;
+using test::TempDir;
+using test::with_clock;
 
 // ---------------------------------------------------------------------------------------------
 // One loop
@@ -420,9 +333,7 @@ TEST(TcpServer, GracefulStopDeliversQueuedOutputThenEofAndClosesThePort) {
 
 TEST(TcpServer, ConnectionThatNeverClosesIsAbortedAfterGrace) {
   ManualClock clock;
-  EventLoop::Options loop_options;
-  loop_options.clock = &clock;
-  EventLoop loop(loop_options);
+  EventLoop loop(with_clock(clock));
   ConnectionHandlers handlers = echo_handlers();
   std::vector<CloseReason> reasons;
   handlers.on_close = [&](Connection&, CloseReason r, std::error_code) { reasons.push_back(r); };
@@ -584,6 +495,17 @@ class LoopBlocker {
   bool released_ = false;
 };
 
+// Connects `n` blocking clients to `to`, appending their fds to `clients`; false, with errno set,
+// at the first that fails.
+bool connect_clients(const Address& to, int n, std::vector<int>& clients) {
+  for (int i = 0; i < n; ++i) {
+    const int fd = connect_to(to);
+    if (fd < 0) return false;
+    clients.push_back(fd);
+  }
+  return true;
+}
+
 // Every client sends its own message and gets it back.
 void expect_all_echo(EventLoop& loop, const std::vector<int>& clients) {
   for (std::size_t i = 0; i < clients.size(); ++i) {
@@ -624,19 +546,11 @@ TEST(TcpServerTwoLoops, BothLoopsAcceptFromTheSharedListenerAndEcho) {
   {
     // The other loop is busy: the test's loop takes every connection.
     LoopBlocker blocked(other.loop());
-    for (int i = 0; i < kPerPhase; ++i) {
-      int fd = connect_to(server.address());
-      ASSERT_GE(fd, 0) << std::strerror(errno);
-      clients.push_back(fd);
-    }
+    ASSERT_TRUE(connect_clients(server.address(), kPerPhase, clients)) << std::strerror(errno);
     ASSERT_TRUE(run_until(loop, [&] { return log.count(0) == kPerPhase; }));
   }
   // The test's loop is not running: the other loop takes every connection.
-  for (int i = 0; i < kPerPhase; ++i) {
-    int fd = connect_to(server.address());
-    ASSERT_GE(fd, 0) << std::strerror(errno);
-    clients.push_back(fd);
-  }
+  ASSERT_TRUE(connect_clients(server.address(), kPerPhase, clients)) << std::strerror(errno);
   ASSERT_TRUE(log.wait_for(1, kPerPhase));
   EXPECT_EQ(log.count(0), kPerPhase);
   EXPECT_EQ(log.count(1), kPerPhase);
@@ -680,12 +594,10 @@ TEST(TcpServerTwoLoops, EachLoopsConnectionsUseThatLoopsOwnHandlers) {
   std::vector<int> clients;
   {
     LoopBlocker blocked(other.loop());  // shard 0 accepts these
-    for (int i = 0; i < kPerPhase; ++i)
-      clients.push_back(connect_to(server.address()));
+    ASSERT_TRUE(connect_clients(server.address(), kPerPhase, clients)) << std::strerror(errno);
     ASSERT_TRUE(run_until(loop, [&] { return log.count(0) == kPerPhase; }));
   }
-  for (int i = 0; i < kPerPhase; ++i)
-    clients.push_back(connect_to(server.address()));
+  ASSERT_TRUE(connect_clients(server.address(), kPerPhase, clients)) << std::strerror(errno);
   ASSERT_TRUE(log.wait_for(1, kPerPhase));
 
   expect_all_echo(loop, clients);
@@ -711,11 +623,7 @@ TEST(TcpServerTwoLoops, ReusePortGivesEachLoopItsOwnSocketAndBothAccept) {
   // with 100 clients, both get some (all on one side has probability 2^-99).
   constexpr int kClients = 100;
   std::vector<int> clients;
-  for (int i = 0; i < kClients; ++i) {
-    int fd = connect_to(server.address());
-    ASSERT_GE(fd, 0) << std::strerror(errno);
-    clients.push_back(fd);
-  }
+  ASSERT_TRUE(connect_clients(server.address(), kClients, clients)) << std::strerror(errno);
   expect_all_echo(loop, clients);
   ASSERT_TRUE(run_until(loop, [&] { return log.count(0) + log.count(1) == kClients; }));
   EXPECT_GT(log.count(0), 0);
@@ -734,9 +642,7 @@ TEST(TcpServerTwoLoops, PostingToTheShardFindsTheConnectionById) {
 
   // Accepted by the other loop: the test's loop is not running.
   std::vector<int> clients;
-  int fd = connect_to(server.address());
-  ASSERT_GE(fd, 0);
-  clients.push_back(fd);
+  ASSERT_TRUE(connect_clients(server.address(), 1, clients)) << std::strerror(errno);
   ASSERT_TRUE(log.wait_for(1, 1));
   ConnectionId id;
   {
@@ -752,7 +658,7 @@ TEST(TcpServerTwoLoops, PostingToTheShardFindsTheConnectionById) {
     }
   });
   std::string got;
-  ASSERT_TRUE(receive(loop, fd, 26, got));
+  ASSERT_TRUE(receive(loop, clients[0], 26, got));
   EXPECT_EQ(got, "pushed from another thread");
   EXPECT_TRUE(found.load());
   stop_server(loop, server, clients);
@@ -771,14 +677,10 @@ TEST(TcpServerTwoLoops, GracefulStopDrainsBothLoops) {
   std::vector<int> clients;
   {
     LoopBlocker blocked(other.loop());
-    int fd = connect_to(address);
-    ASSERT_GE(fd, 0);
-    clients.push_back(fd);
+    ASSERT_TRUE(connect_clients(address, 1, clients)) << std::strerror(errno);
     ASSERT_TRUE(run_until(loop, [&] { return log.count(0) == 1; }));
   }
-  int fd = connect_to(address);
-  ASSERT_GE(fd, 0);
-  clients.push_back(fd);
+  ASSERT_TRUE(connect_clients(address, 1, clients)) << std::strerror(errno);
   ASSERT_TRUE(log.wait_for(1, 1));
 
   std::atomic<int> done{0};

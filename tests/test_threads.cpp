@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include "loopback.hpp"
 #include "reactor/event_loop.hpp"
 #include "reactor/loop_thread.hpp"
 
@@ -26,13 +27,7 @@ constexpr std::uint32_t kTasksPerThread = 100'000;
 // Generous bounds for conditions a correct loop meets in milliseconds, sanitizers included.
 constexpr auto kDeadline = 60s;
 
-template <class Pred>
-bool run_until(EventLoop& loop, Pred done) {
-  const auto give_up = std::chrono::steady_clock::now() + kDeadline;
-  while (!done() && std::chrono::steady_clock::now() < give_up)
-    loop.run_once(10ms);
-  return done();
-}
+using test::run_until;
 
 // Spins (yielding) until `flag` is set or the deadline passes; returns the flag.
 bool wait_for_flag(const std::atomic<bool>& flag) {
@@ -66,7 +61,8 @@ TEST(EventLoopThreads, PostsFromFourThreadsRunExactlyOnceInPerThreadOrder) {
     });
   }
   const std::uint64_t expected = std::uint64_t{kThreads} * kTasksPerThread;
-  const bool all_ran = run_until(loop, [&] { return seen.total >= expected; });
+  const bool all_ran = run_until(
+      loop, [&] { return seen.total >= expected; }, kDeadline);
   for (auto& p : posters)
     p.join();
   ASSERT_TRUE(all_ran) << seen.total << " of " << expected << " tasks ran";
@@ -165,7 +161,8 @@ TEST(EventLoopThreads, BurstOfPostsBeforeTheLoopRunsCostsOneWakeup) {
       loop.post([&ran] { ++ran; });
   });
   poster.join();
-  ASSERT_TRUE(run_until(loop, [&] { return ran == kPosts; }));
+  ASSERT_TRUE(run_until(
+      loop, [&] { return ran == kPosts; }, kDeadline));
   EXPECT_EQ(loop.stats().wakeups, 1u);
 }
 

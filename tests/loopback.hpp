@@ -1,0 +1,169 @@
+// What the loop and stream-layer tests share: running a loop until a condition holds, a plain
+// blocking client socket (TCP on loopback or a Unix path) driven between loop iterations, an
+// echo server's handlers, a temporary directory for Unix socket files, and this process's open
+// descriptor count. Header-only, for tests; include it as "loopback.hpp".
+//
+// Every wait is bounded: a helper that waits gives up at its deadline and says so (false,
+// PeerEnd::open), and the test ASSERTs on that. Helpers report set-up failures with EXPECT, so
+// the calling test fails with the message.
+#pragma once
+
+#include <dirent.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <system_error>
+
+#include <gtest/gtest.h>
+
+#include "reactor/address.hpp"
+#include "reactor/connection.hpp"
+#include "reactor/event_loop.hpp"
+#include "reactor/timer_queue.hpp"
+
+namespace reactor::test {
+
+// Generous: a condition a correct loop meets in microseconds, given time on a loaded CI box.
+inline constexpr std::chrono::seconds kDeadline{10};
+
+// Runs iterations of `loop`, each waiting at most `poll` for I/O, until `done()` holds or
+// `limit` passes; returns whether it held. `done` is called once before each iteration and
+// never again once it returned true, so it may do I/O (read a socket, send the next part).
+template <class Pred>
+bool run_until(EventLoop& loop, Pred&& done, Duration limit = kDeadline,
+               Duration poll = std::chrono::milliseconds(10)) {
+  const auto give_up = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() >= give_up) return false;
+    loop.run_once(poll);
+  }
+  return true;
+}
+
+// Options for a loop whose timers move only with `clock` (the clock must outlive the loop).
+inline EventLoop::Options with_clock(const ManualClock& clock) {
+  EventLoop::Options options;
+  options.clock = &clock;
+  return options;
+}
+
+// A blocking client connect: the kernel completes a loopback or Unix handshake without the
+// server's loop running. Returns the connected fd, or -1 with errno set.
+inline int connect_to(const Address& to) {
+  int fd = ::socket(to.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  if (::connect(fd, to.sockaddr_ptr(), to.length()) < 0) {
+    const int err = errno;
+    ::close(fd);
+    errno = err;
+    return -1;
+  }
+  return fd;
+}
+
+// The errno of a blocking connect to `to` (0 when it connected).
+inline int connect_errno(const Address& to) {
+  int fd = connect_to(to);
+  if (fd < 0) return errno;
+  ::close(fd);
+  return 0;
+}
+
+// One send of all of `data` (small messages: loopback takes them whole).
+inline bool send_all(int fd, const std::string& data) {
+  return ::send(fd, data.data(), data.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(data.size());
+}
+
+// Reads from the client socket while running `loop`, until `n` bytes are in `out`.
+inline bool receive(EventLoop& loop, int fd, std::size_t n, std::string& out) {
+  return run_until(loop, [&] {
+    char buf[65536];
+    ssize_t r;
+    while (out.size() < n && (r = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0) {
+      out.append(buf, static_cast<std::size_t>(r));
+    }
+    return out.size() >= n;
+  });
+}
+
+enum class PeerEnd { eof, reset, open };
+
+// Reads (appending to `out`) while running `loop` until the server's side closes the socket;
+// PeerEnd::open if it did not by the deadline.
+inline PeerEnd read_until_closed(EventLoop& loop, int fd, std::string* out = nullptr) {
+  PeerEnd end = PeerEnd::open;
+  run_until(loop, [&] {
+    char buf[65536];
+    for (;;) {
+      ssize_t r = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+      if (r > 0) {
+        if (out) out->append(buf, static_cast<std::size_t>(r));
+        continue;
+      }
+      if (r == 0) end = PeerEnd::eof;
+      if (r < 0 && errno == ECONNRESET) end = PeerEnd::reset;
+      return end != PeerEnd::open;
+    }
+  });
+  return end;
+}
+
+// A server that sends back whatever it reads.
+inline ConnectionHandlers echo_handlers() {
+  ConnectionHandlers h;
+  h.on_data = [](Connection& c, Buffer& input) {
+    c.send(input.view());
+    input.consume(input.size());
+  };
+  return h;
+}
+
+// A temporary directory for Unix socket paths, removed with whatever is left in it.
+class TempDir {
+ public:
+  TempDir() {
+    char pattern[] = "/tmp/reactor-test-XXXXXX";
+    const char* made = ::mkdtemp(pattern);
+    EXPECT_NE(made, nullptr) << std::strerror(errno);
+    if (made) path_ = made;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  std::string file(const char* name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// The Unix socket address of a path (an empty Address, and a failed EXPECT, if it is invalid).
+inline Address unix_address(const std::string& path) {
+  auto a = Address::parse("unix:" + path);
+  EXPECT_TRUE(a.ok()) << path;
+  return a.ok() ? *a : Address{};
+}
+
+// Open descriptors of this process (the directory stream's own fd included, every time), or
+// -1 if /proc/self/fd cannot be read.
+inline int open_fd_count() {
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (!dir) return -1;
+  int n = 0;
+  while (dirent* e = ::readdir(dir)) {
+    if (e->d_name[0] != '.') ++n;
+  }
+  ::closedir(dir);
+  return n;
+}
+
+}  // namespace reactor::test
