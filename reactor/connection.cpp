@@ -75,6 +75,7 @@ void Connection::set_owner(ConnectionId id, Function<void(Connection&)> on_finis
 void Connection::detach() noexcept {
   if (closed_) return;
   closed_ = true;
+  can_send_ = false;
   loop_.remove(io_id_);
   if (idle_timer_) loop_.cancel(idle_timer_);
   if (linger_timer_) loop_.cancel(linger_timer_);
@@ -153,8 +154,7 @@ void Connection::handle_write() {
       n = ::send(fd_.get(), output_.data(), output_.size(), MSG_NOSIGNAL);
     } while (n < 0 && errno == EINTR);
     if (n < 0 && !would_block(errno)) {
-      write_error_ = errno_code();  // the hangup that follows reports it
-      output_.clear();
+      fail_write(errno_code());
     } else if (n > 0) {
       output_.consume(static_cast<std::size_t>(n));
       count_out(static_cast<std::size_t>(n));
@@ -193,14 +193,47 @@ void Connection::handle_write() {
   }
 }
 
+void Connection::fail_write(std::error_code ec) noexcept {
+  // Reported once, through on_close, when the hangup that follows arrives: never from inside
+  // the caller's send().
+  write_error_ = ec;
+  can_send_ = false;
+  output_.clear();
+}
+
 void Connection::count_out(std::size_t n) noexcept {
   bytes_out_ += n;
   if (counters_) counters_->add_out(n);
 }
 
 bool Connection::send(std::string_view data) {
-  iovec iov{const_cast<char*>(data.data()), data.size()};
-  return send(&iov, 1);
+  if (!can_send_) return false;
+  if (data.empty()) return true;
+  if (!output_.empty()) {
+    // EPOLLOUT is armed: the socket was full a moment ago. Queue; handle_write sends in order.
+    output_.append(data);
+    after_output_queued();
+    return true;
+  }
+  // The common case, kept short: one send of the whole message from the caller's bytes.
+  ssize_t n;
+  do {
+    n = ::send(fd_.get(), data.data(), data.size(), MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (!would_block(errno)) {
+      fail_write(errno_code());
+      return false;
+    }
+    n = 0;
+  }
+  const auto written = static_cast<std::size_t>(n);
+  count_out(written);
+  last_activity_ = loop_.now();
+  if (written == data.size()) return true;
+  output_.append(data.substr(written));
+  after_output_queued();
+  return true;
 }
 
 bool Connection::send(std::string_view first, std::string_view second) {
@@ -210,7 +243,7 @@ bool Connection::send(std::string_view first, std::string_view second) {
 }
 
 bool Connection::send(const iovec* iov, int count) {
-  if (closed_ || closing_ || write_shut_ || shut_after_flush_ || write_error_) return false;
+  if (!can_send_) return false;
   std::size_t total = 0;
   for (int i = 0; i < count; ++i)
     total += iov[i].iov_len;
@@ -238,9 +271,7 @@ bool Connection::write_direct(const iovec* iov, int count, std::size_t total) {
   } while (n < 0 && errno == EINTR);
   if (n < 0) {
     if (!would_block(errno)) {
-      // Reported once, through on_close, when the hangup that follows arrives: not from
-      // inside the caller's send().
-      write_error_ = errno_code();
+      fail_write(errno_code());
       return false;
     }
     n = 0;
@@ -308,6 +339,7 @@ void Connection::close() {
 void Connection::begin_close(CloseReason reason) {
   if (closed_ || closing_) return;
   closing_ = true;
+  can_send_ = false;
   close_reason_ = reason;
   if (options_.linger > Duration::zero()) {
     linger_timer_ = loop_.after(options_.linger, [this] {
@@ -331,12 +363,14 @@ void Connection::shutdown_write() {
     shut_write_now();
   } else {
     shut_after_flush_ = true;
+    can_send_ = false;
   }
 }
 
 void Connection::shut_write_now() {
   ::shutdown(fd_.get(), SHUT_WR);
   write_shut_ = true;
+  can_send_ = false;
   shut_after_flush_ = false;
   if (peer_eof_) {
     finish(closing_ ? close_reason_ : CloseReason::peer_closed, {});

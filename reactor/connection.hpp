@@ -176,6 +176,7 @@ class Connection {
   void finish(CloseReason reason, std::error_code ec);
   void on_idle_timer();
   void count_out(std::size_t n) noexcept;
+  void fail_write(std::error_code ec) noexcept;
 
   EventLoop& loop_;
   Fd fd_;
@@ -199,6 +200,9 @@ class Connection {
   std::error_code write_error_;  // a failed send; reported when the socket's hangup arrives
 
   int callback_depth_ = 0;
+  // False once any of closed_, closing_, write_shut_, shut_after_flush_ or write_error_ is set:
+  // send() tests one flag.
+  bool can_send_ = true;
   bool closing_ = false;           // close() called
   bool write_shut_ = false;        // our FIN sent
   bool shut_after_flush_ = false;  // shutdown_write() waiting for output to drain

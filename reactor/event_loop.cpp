@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <stdexcept>
 
 namespace reactor {
@@ -45,6 +46,7 @@ EventLoop::EventLoop(const Options& options)
     throw std::system_error(ec, "eventfd");
   }
   options_.max_events = std::max(1, options_.max_events);
+  stats_.epoll_pwait2 = options_.use_epoll_pwait2;
   events_.resize(static_cast<std::size_t>(options_.max_events));
   now_ = clock_now();
   auto id = add(wake_fd_, io::readable, [this](std::uint32_t) { on_wakeup(); });
@@ -62,12 +64,12 @@ EventLoop::~EventLoop() {
   ::close(epoll_fd_);
 }
 
-void EventLoop::assert_in_loop() const noexcept {
-  assert(in_loop_thread() && "EventLoop method called from a thread that does not own the loop");
-}
-
 TimePoint EventLoop::clock_now() const noexcept {
-  return options_.clock ? options_.clock->now() : Clock::now();
+  if (options_.clock) return options_.clock->now();
+  // What steady_clock::now() does, without its extra call layer: this runs every iteration.
+  timespec ts;
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return TimePoint(std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec));
 }
 
 void EventLoop::run() {
@@ -97,35 +99,42 @@ std::size_t EventLoop::run_once(std::optional<Duration> timeout) {
   std::optional<Duration> wait_for = timeout;
   if (!deferred_.empty() || stop_requested_.load(std::memory_order_relaxed)) {
     wait_for = Duration::zero();
-  } else if (auto next = timers_.next_deadline(); next && !options_.clock) {
-    Duration until_timer = std::max(Duration::zero(), *next - clock_now());
+  } else if (!timers_.empty() && !options_.clock) {
+    Duration until_timer = std::max(Duration::zero(), *timers_.next_deadline() - clock_now());
     if (!wait_for || until_timer < *wait_for) wait_for = until_timer;
   }
 
   const int n = wait(wait_for);
   now_ = clock_now();
+  std::uint64_t stale = 0;
   for (int i = 0; i < n; ++i) {
     const epoll_event& event = events_[static_cast<std::size_t>(i)];
     const auto slot = static_cast<std::uint32_t>(event.data.u64);
     const auto generation = static_cast<std::uint32_t>(event.data.u64 >> 32);
     Slot& s = slots_[slot];
     if (s.generation != generation || !s.live) {
-      ++stats_.stale_events;  // removed (and maybe reused) earlier in this batch
+      ++stale;  // removed (and maybe reused) earlier in this batch
       continue;
     }
-    ++stats_.events;
     s.handler(event.events);
   }
+  stats_.events += static_cast<std::uint64_t>(n) - stale;
+  stats_.stale_events += stale;
 
-  timers_.run_due(now_);
-  run_tasks();
+  // The common iteration has no timer, task or removal: one compare each, no calls.
+  if (!timers_.empty()) timers_.run_due(now_);
+  if (!deferred_.empty() || !posted_run_.empty()) run_tasks();
+  if (!removed_slots_.empty()) recycle_removed_slots();
+  return static_cast<std::size_t>(n);
+}
+
+void EventLoop::recycle_removed_slots() noexcept {
   // By index: a handler's destructor may remove more registrations.
   for (std::size_t i = 0; i < removed_slots_.size(); ++i) {
     slots_[removed_slots_[i]].handler = nullptr;
     free_slots_.push_back(removed_slots_[i]);
   }
   removed_slots_.clear();
-  return static_cast<std::size_t>(n);
 }
 
 int EventLoop::wait(std::optional<Duration> timeout) {
@@ -143,7 +152,7 @@ int EventLoop::wait(std::optional<Duration> timeout) {
   }
 
   int n;
-  if (options_.use_epoll_pwait2 && stats_.epoll_pwait2) {
+  if (stats_.epoll_pwait2) {
     timespec ts{};
     timespec* tsp = nullptr;
     if (timeout) {
@@ -156,7 +165,6 @@ int EventLoop::wait(std::optional<Duration> timeout) {
     if (n >= 0 || errno != ENOSYS) return n < 0 ? 0 : n;  // EINTR: an empty iteration
     stats_.epoll_pwait2 = false;  // old kernel or valgrind: fall back for good
   }
-  stats_.epoll_pwait2 = false;  // also when Options::use_epoll_pwait2 forces the fallback
   n = epoll_wait(epoll_fd_, events, max, timeout ? to_epoll_ms(*timeout) : -1);
   return n < 0 ? 0 : n;
 }

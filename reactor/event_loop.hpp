@@ -34,6 +34,7 @@
 #include <sys/epoll.h>
 
 #include <atomic>
+#include <cassert>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -161,9 +162,12 @@ class EventLoop {
     IoHandler handler;
   };
 
-  void assert_in_loop() const noexcept;
+  void assert_in_loop() const noexcept {
+    assert(in_loop_thread() && "EventLoop method called from a thread that does not own the loop");
+  }
   int wait(std::optional<Duration> timeout);
   void run_tasks();
+  void recycle_removed_slots() noexcept;
   void on_wakeup();
   void on_signalfd();
   void wake() noexcept;

@@ -38,6 +38,7 @@ class Function<R(Args...)> {
       *reinterpret_cast<D**>(storage_) = new D(std::forward<F>(f));
       ops_ = &heap_ops<D>;
     }
+    call_ = ops_->call;
   }
 
   Function(Function&& other) noexcept { take(other); }
@@ -59,8 +60,8 @@ class Function<R(Args...)> {
   explicit operator bool() const noexcept { return ops_ != nullptr; }
 
   R operator()(Args... args) {
-    assert(ops_ && "calling an empty reactor::Function");
-    return ops_->call(storage_, std::forward<Args>(args)...);
+    assert(call_ && "calling an empty reactor::Function");
+    return call_(storage_, std::forward<Args>(args)...);
   }
 
   // True when the callable lives inside this object (no heap allocation was made).
@@ -117,19 +118,25 @@ class Function<R(Args...)> {
     if (other.ops_) {
       other.ops_->move(other.storage_, storage_);
       ops_ = other.ops_;
+      call_ = other.call_;
       other.ops_ = nullptr;
+      other.call_ = nullptr;
     }
   }
   void reset() noexcept {
     if (ops_) {
       const Ops* ops = ops_;
       ops_ = nullptr;
+      call_ = nullptr;
       ops->destroy(storage_);
     }
   }
 
   alignas(std::max_align_t) unsigned char storage_[kInlineSize];
   const Ops* ops_ = nullptr;
+  // A copy of ops_->call: a call is one indirect jump, not a load of the table and then one.
+  // Free in size: the object is padded to max_align_t anyway.
+  R (*call_)(void*, Args&&...) = nullptr;
 };
 
 }  // namespace reactor

@@ -93,6 +93,8 @@ class TimerQueue {
 
   // Live timers: pending ones, and a repeating one whose callback is running.
   std::size_t size() const noexcept { return slots_.size() - free_slots_.size(); }
+  // Nothing pending: inline, so a loop without timers pays one compare per iteration.
+  bool empty() const noexcept { return heap_.empty() && staged_.empty(); }
 
   // Fires every timer whose deadline <= now, in deadline order, equal deadlines in the order
   // they were scheduled. Returns how many callbacks were called. Not reentrant.
