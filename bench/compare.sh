@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# Side by side: each scenario against each echo server, every server a separate process pinned
+# to CPU 0 and the load generator pinned to CPU 1, servers interleaved round by round (the
+# order reversed every other round, so neither drift nor warm-up favours one), medians of N
+# rounds. Prints a Markdown table (scenario x server, plus reactor/floor and reactor/best
+# peer) and keeps every raw JSON result.
+#
+#   bench/compare.sh [--build DIR] [--rounds N] [--duration SEC] [--out DIR]
+#                    [--servers "floor reactor libuv libevent asio"] [--scenarios "..."]
+#
+# DIR: a release build with the demo and, for the peers, -Dpeers=enabled (default build-peers).
+# Writes OUT/compare.jsonl (one line per run: round, scenario, server, reactor-load's JSON) and
+# OUT/compare.md (the table); OUT defaults to DIR/bench-results.
+# Scenarios (reactor-load unless noted; 64 B messages unless noted):
+#   pingpong   1 connection, depth 1           (bound by cross-core wake-up latency)
+#   c64d16     64 connections, depth 16        (CPU-bound)
+#   c1000d1    1,000 connections, depth 1      (CPU-bound)
+#   c64x16k    64 connections, 16 KiB, depth 1
+#   accept     reactor-load accept, 8 clients looping connect-echo-RST
+#   busypoll   1 connection ping-pong, server and client spinning (bench/fixed_client
+#              --busy-poll; echo_server --busy-poll 10000000 vs floor_server --busy-poll;
+#              the peers have no busy-poll and are skipped)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/servers.sh
+
+build="build-peers"
+rounds=5
+duration=2
+out=
+servers="floor reactor libuv libevent asio"
+scenarios="pingpong c64d16 c1000d1 c64x16k accept busypoll"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build) build=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --servers) servers=$2; shift 2 ;;
+    --scenarios) scenarios=$2; shift 2 ;;
+    *) echo "usage: $0 [--build DIR] [--rounds N] [--duration SEC] [--out DIR] [--servers LIST] [--scenarios LIST]" >&2; exit 2 ;;
+  esac
+done
+out=${out:-$build/bench-results}
+mkdir -p "$out"
+load=$build/demo/reactor-load
+client=$build/bench/fixed_client
+for tool in "$load" "$client"; do
+  [ -x "$tool" ] || { echo "missing $tool: build $build first" >&2; exit 1; }
+done
+# shellcheck disable=SC2086 # the list is split into names on purpose
+read -r -a names <<<"$(available_servers "$build" $servers)"
+jsonl=$out/compare.jsonl
+: >"$jsonl"
+busy_messages=$(python3 -c "print(int(float('$duration') * 50000))")
+
+# run_one ROUND SCENARIO SERVER: one server process, one load run, one JSON line.
+run_one() {
+  local round=$1 scenario=$2 name=$3 binary extra=() result
+  binary=$(server_binary "$build" "$name")
+  if [ "$scenario" = busypoll ]; then
+    case "$name" in
+      floor) extra=(--busy-poll) ;;
+      reactor) extra=(--busy-poll 10000000) ;;
+      *) return 0 ;;
+    esac
+  fi
+  start_server taskset -c 0 "$binary" --listen 127.0.0.1:0 "${extra[@]}"
+  local echo=(taskset -c 1 "$load" echo --target "$SERVER_ADDR" --duration "$duration" --json)
+  case "$scenario" in
+    pingpong) result=$("${echo[@]}" --connections 1 --depth 1 --size 64) ;;
+    c64d16) result=$("${echo[@]}" --connections 64 --depth 16 --size 64) ;;
+    c1000d1) result=$("${echo[@]}" --connections 1000 --depth 1 --size 64) ;;
+    c64x16k) result=$("${echo[@]}" --connections 64 --depth 1 --size 16384) ;;
+    accept)
+      result=$(taskset -c 1 "$load" accept --target "$SERVER_ADDR" --connections 8 \
+        --duration "$duration" --json) ;;
+    busypoll)
+      result=$(taskset -c 1 "$client" --target "$SERVER_ADDR" --connections 1 --size 64 \
+        --messages "$busy_messages" --busy-poll --json) ;;
+  esac
+  stop_server
+  printf '{"round": %d, "scenario": "%s", "server": "%s", "result": %s}\n' \
+    "$round" "$scenario" "$name" "$result" >>"$jsonl"
+}
+
+echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p'), kernel $(uname -r)" >&2
+echo "load before: $(uptime)" >&2
+for round in $(seq "$rounds"); do
+  order=("${names[@]}")
+  if [ $((round % 2)) -eq 0 ]; then
+    order=()
+    for ((i = ${#names[@]} - 1; i >= 0; i--)); do order+=("${names[i]}"); done
+  fi
+  for scenario in $scenarios; do
+    for name in "${order[@]}"; do
+      run_one "$round" "$scenario" "$name"
+    done
+  done
+  echo "round $round/$rounds done ($(uptime | sed 's/.*load/load/'))" >&2
+done
+echo "load after: $(uptime)" >&2
+
+python3 - "$jsonl" "$rounds" >"$out/compare.md" <<'PY'
+import json, statistics, sys
+from collections import defaultdict
+
+runs = [json.loads(line) for line in open(sys.argv[1])]
+rate = defaultdict(list)  # (scenario, server) -> per-round rates
+p99 = defaultdict(list)
+for r in runs:
+    res = r["result"]
+    key = (r["scenario"], r["server"])
+    rate[key].append(res["conns_per_s"] if r["scenario"] == "accept" else res["msgs_per_s"])
+    p99[key].append(res["latency_us"]["p99"])
+
+order = ["floor", "reactor", "libuv", "libevent", "asio"]
+servers = [s for s in order if any(k[1] == s for k in rate)]
+scenarios = []
+for r in runs:
+    if r["scenario"] not in scenarios:
+        scenarios.append(r["scenario"])
+labels = {
+    "pingpong": "ping-pong, 1 conn, 64 B (msg/s)",
+    "c64d16": "64 conns, depth 16, 64 B (msg/s)",
+    "c1000d1": "1000 conns, depth 1, 64 B (msg/s)",
+    "c64x16k": "64 conns, depth 1, 16 KiB (msg/s)",
+    "accept": "accept, 8 clients (conn/s)",
+    "busypoll": "busy-poll ping-pong, 64 B (msg/s)",
+}
+
+def fmt(v):
+    return f"{v/1e6:.2f} M" if v >= 1e6 else f"{v/1e3:.1f} k"
+
+peers = [s for s in servers if s not in ("floor", "reactor")]
+print(f"Medians of {sys.argv[2]} rounds; p99 latency (us) in parentheses.\n")
+print("| scenario | " + " | ".join(servers) + " | reactor/floor | reactor/best peer |")
+print("|---" * (len(servers) + 3) + "|")
+for sc in scenarios:
+    med = {s: statistics.median(rate[(sc, s)]) for s in servers if rate[(sc, s)]}
+    lat = {s: statistics.median(p99[(sc, s)]) for s in servers if p99[(sc, s)]}
+    cells = [f"{fmt(med[s])} ({lat[s]:.0f})" if s in med else "-" for s in servers]
+    vs_floor = f"{med['reactor'] / med['floor']:.2f}" if "reactor" in med and "floor" in med else "-"
+    best = max((med[s] for s in peers if s in med), default=None)
+    vs_peer = f"{med['reactor'] / best:.2f}" if best and "reactor" in med else "-"
+    print(f"| {labels.get(sc, sc)} | " + " | ".join(cells) + f" | {vs_floor} | {vs_peer} |")
+spread = []
+for (sc, s), values in rate.items():
+    if len(values) > 1:
+        m = statistics.median(values)
+        spread.append((max(values) - min(values)) / m if m else 0)
+if spread:
+    print(f"\nRound-to-round spread (max-min)/median: median {statistics.median(spread):.0%}, "
+          f"worst {max(spread):.0%}.")
+PY
+cat "$out/compare.md"
+echo "raw results: $jsonl" >&2
