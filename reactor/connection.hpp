@@ -177,6 +177,10 @@ class Connection {
   void on_idle_timer();
   void count_out(std::size_t n) noexcept;
   void fail_write(std::error_code ec) noexcept;
+  // Accounts for what a direct send returned: the bytes written (0 when the socket was full),
+  // or kSendFailed after recording the error.
+  static constexpr std::size_t kSendFailed = ~std::size_t{0};
+  std::size_t settle_direct(ssize_t n) noexcept;
 
   EventLoop& loop_;
   Fd fd_;
