@@ -1,16 +1,21 @@
-// A program run as a child process, for the tests that drive the demo binaries as a user runs
-// them (test_demo, test_soak, test_bad_input).
+// Programs run as child processes, for the tests that drive the demo binaries as a user runs
+// them (test_demo, test_soak, test_bad_input, test_http_server, test_kv_server): a Child with its
+// output on pipes, a Server started on an ephemeral port, client programs (curl, redis-cli) run
+// to exit, and a raw TCP client for what real clients do not send.
 //
-// Every wait is bounded: output is read with poll() against a deadline, exits are awaited on a
-// pidfd, and a child still running when its Child is destroyed is killed (SIGKILL) and reaped.
-// stdin is /dev/null; stdout and stderr are pipes, read as the caller asks. The child starts
-// with no signal blocked and default dispositions, as from a shell (test_main blocks SIGINT,
-// SIGTERM, ... in the test process).
+// Every wait is bounded: output and sockets are read with poll() against a deadline, exits are
+// awaited on a pidfd, and a child still running when its Child is destroyed is killed (SIGKILL)
+// and reaped. stdin is /dev/null; stdout and stderr are pipes, read as the caller asks. The child
+// starts with no signal blocked and default dispositions, as from a shell (test_main blocks
+// SIGINT, SIGTERM, ... in the test process).
 #pragma once
 
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -24,9 +29,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <optional>
+#include <sstream>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 extern char** environ;
@@ -53,6 +61,18 @@ inline int ms_until(Deadline deadline) {
 inline std::string binary(const char* variable) {
   const char* path = std::getenv(variable);
   return path ? path : "";
+}
+
+// The full path of `program` on PATH, or "" when it is not installed.
+inline std::string find_program(const std::string& program) {
+  const char* path = std::getenv("PATH");
+  std::stringstream dirs(path ? path : "/usr/bin:/bin");
+  std::string dir;
+  while (std::getline(dirs, dir, ':')) {
+    const std::string candidate = (dir.empty() ? "." : dir) + "/" + program;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
 }
 
 // Open fds of process `pid` (entries of /proc/PID/fd), or -1 when /proc cannot tell.
@@ -231,5 +251,163 @@ class Child {
   std::string err_;
   std::optional<int> status_;
 };
+
+// A server binary started with `--listen 127.0.0.1:0 ARGS...`, once it printed `listening on`.
+class Server {
+ public:
+  Server(const std::string& path, std::vector<std::string> args) : child_(path, with_listen(args)) {
+    auto line = child_.read_line(deadline_in(kGenerous));
+    const std::string prefix = "listening on ";
+    if (line && line->rfind(prefix, 0) == 0) {
+      address_ = line->substr(prefix.size());
+      port_ = static_cast<std::uint16_t>(std::stoi(address_.substr(address_.rfind(':') + 1)));
+    }
+  }
+  bool ready() const { return port_ != 0; }
+  std::uint16_t port() const { return port_; }
+  std::string port_text() const { return std::to_string(port_); }
+  const std::string& address() const { return address_; }
+  Child& child() { return child_; }
+
+ private:
+  static std::vector<std::string> with_listen(std::vector<std::string> args) {
+    args.insert(args.begin(), {"--listen", "127.0.0.1:0"});
+    return args;
+  }
+  Child child_;
+  std::string address_;
+  std::uint16_t port_ = 0;
+};
+
+// A client program run to its exit.
+struct ProgramRun {
+  std::optional<int> exit_code;
+  std::string out, err;
+};
+
+inline ProgramRun run_program(const std::string& path, const std::vector<std::string>& args,
+                              std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
+  Child child(path, args);
+  ProgramRun r;
+  r.exit_code = child.finish(deadline_in(timeout));
+  r.out = child.out();
+  r.err = child.err();
+  return r;
+}
+
+// A blocking-free TCP client for what real clients do not send.
+class RawClient {
+ public:
+  explicit RawClient(std::uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd_ < 0) return;
+    const int one = 1;
+    ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      ::close(fd_);
+      fd_ = -1;
+    }
+  }
+  ~RawClient() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  RawClient(const RawClient&) = delete;
+  RawClient& operator=(const RawClient&) = delete;
+
+  bool connected() const { return fd_ >= 0; }
+
+  bool send(std::string_view bytes) {
+    while (!bytes.empty()) {
+      const ssize_t n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      bytes.remove_prefix(static_cast<std::size_t>(n));
+    }
+    return true;
+  }
+
+  // Sends one byte per send() call, waiting for each to leave (TCP_NODELAY) before the next.
+  bool send_byte_by_byte(std::string_view bytes) {
+    for (char c : bytes) {
+      if (!send(std::string_view(&c, 1))) return false;
+    }
+    return true;
+  }
+
+  // Reads until `received()` holds at least `size` bytes, EOF, an error or the deadline.
+  // True when it does.
+  bool read_at_least(std::size_t size, Deadline deadline = deadline_in(kGenerous)) {
+    while (received_.size() < size) {
+      if (!read_some(deadline)) return false;
+    }
+    return true;
+  }
+
+  // Reads until `text` appears in received() (true) or EOF/error/deadline (false).
+  bool read_until(std::string_view text, Deadline deadline = deadline_in(kGenerous)) {
+    while (received_.find(text) == std::string::npos) {
+      if (!read_some(deadline)) return false;
+    }
+    return true;
+  }
+
+  // Reads until the peer's EOF (true), or a reset/error/the deadline (false).
+  bool read_to_eof(Deadline deadline = deadline_in(kGenerous)) {
+    while (!eof_) {
+      if (!read_some(deadline) && !eof_) return false;
+    }
+    return true;
+  }
+
+  const std::string& received() const { return received_; }
+  // Returns what was received so far and forgets it.
+  std::string take() { return std::exchange(received_, {}); }
+  bool eof() const { return eof_; }
+  int error() const { return error_; }  // errno of a failed read (ECONNRESET: a reset)
+
+ private:
+  bool read_some(Deadline deadline) {
+    if (eof_ || error_ != 0 || fd_ < 0) return false;
+    pollfd p{fd_, POLLIN, 0};
+    int n;
+    do {
+      n = ::poll(&p, 1, ms_until(deadline));
+    } while (n < 0 && errno == EINTR);
+    if (n <= 0) return false;
+    char buf[65536];
+    ssize_t got;
+    do {
+      got = ::recv(fd_, buf, sizeof buf, 0);
+    } while (got < 0 && errno == EINTR);
+    if (got < 0) {
+      error_ = errno;
+      return false;
+    }
+    if (got == 0) {
+      eof_ = true;
+      return false;
+    }
+    received_.append(buf, static_cast<std::size_t>(got));
+    return true;
+  }
+
+  int fd_ = -1;
+  std::string received_;
+  bool eof_ = false;
+  int error_ = 0;
+};
+
+// How many times `needle` occurs in `haystack`.
+inline std::size_t count_of(std::string_view haystack, std::string_view needle) {
+  std::size_t n = 0;
+  for (auto pos = haystack.find(needle); pos != std::string_view::npos;
+       pos = haystack.find(needle, pos + needle.size()))
+    ++n;
+  return n;
+}
 
 }  // namespace child_process

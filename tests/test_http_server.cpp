@@ -6,20 +6,20 @@
 
 #include <gtest/gtest.h>
 
-#include "demo_process.hpp"
+#include "child_process.hpp"
 
 namespace {
 
-using namespace demo_test;
+using namespace child_process;
 
 class HttpServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (env_path("HTTP_SERVER").empty()) GTEST_SKIP() << "HTTP_SERVER must name the binary";
+    if (binary("HTTP_SERVER").empty()) GTEST_SKIP() << "HTTP_SERVER must name the binary";
   }
 
   Server start(std::vector<std::string> args = {}) {
-    return Server(env_path("HTTP_SERVER"), std::move(args));
+    return Server(binary("HTTP_SERVER"), std::move(args));
   }
 
   // curl with `args`, failing the test when curl is not installed.

@@ -9,12 +9,12 @@
 
 #include <gtest/gtest.h>
 
+#include "child_process.hpp"
 #include "demo/keyspace.hpp"
-#include "demo_process.hpp"
 
 namespace {
 
-using namespace demo_test;
+using namespace child_process;
 using demo::kv::Keyspace;
 using demo::kv::kNoExpiry;
 
@@ -96,11 +96,11 @@ TEST(Keyspace, RetimingAKeyOverAndOverKeepsTheHeapBounded) {
 class KvServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (env_path("KV_SERVER").empty()) GTEST_SKIP() << "KV_SERVER must name the binary";
+    if (binary("KV_SERVER").empty()) GTEST_SKIP() << "KV_SERVER must name the binary";
   }
 
   Server start(std::vector<std::string> args = {}) {
-    return Server(env_path("KV_SERVER"), std::move(args));
+    return Server(binary("KV_SERVER"), std::move(args));
   }
 
   // `redis-cli -p PORT --no-raw ARGS...`: output as redis-cli shows it on a terminal
