@@ -7,8 +7,6 @@
 #include <cstring>
 #include <utility>
 
-#include "reactor/result.hpp"
-
 namespace reactor {
 
 Buffer::Buffer(Buffer&& other) noexcept
@@ -25,12 +23,6 @@ Buffer& Buffer::operator=(Buffer&& other) noexcept {
     write_pos_ = std::exchange(other.write_pos_, 0);
   }
   return *this;
-}
-
-void Buffer::consume(std::size_t n) noexcept {
-  assert(n <= size());
-  read_pos_ += n;
-  if (read_pos_ == write_pos_) clear();
 }
 
 void Buffer::commit(std::size_t n) noexcept {
@@ -99,9 +91,8 @@ ReadResult Buffer::read_from(int fd) {
   for (;;) {
     n = ::readv(fd, iov, count);
     if (n >= 0) break;
-    std::error_code ec = errno_code();
-    if (ec.value() != EINTR) {
-      result.error = ec;
+    if (errno != EINTR) {
+      result.err = errno;
       return result;
     }
   }

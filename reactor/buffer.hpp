@@ -15,9 +15,11 @@
 //   (reserve, append, read_from, shrink_to_fit).
 // - consume(n) and commit(n) with n beyond size() / writable() are programmer errors
 //   (asserted in debug builds). Allocation failure throws std::bad_alloc, like new.
-// - read_from() never throws for I/O failures: it reports them in ReadResult::error.
+// - read_from() never throws for I/O failures: it reports them in ReadResult::err.
 #pragma once
 
+#include <cassert>
+#include <cerrno>
 #include <cstddef>
 #include <memory>
 #include <string_view>
@@ -30,9 +32,14 @@ struct ReadResult {
   // The read used every byte offered (buffer space + overflow area): more may be waiting.
   // A short read means the socket is drained: do not read again until it polls readable.
   bool filled = false;
-  // Set on failure; std::errc::resource_unavailable_try_again (EAGAIN) when nothing was there.
-  std::error_code error;
-  bool eof() const noexcept { return !error && bytes == 0; }
+  // The errno of a failed read, 0 on success; EAGAIN when nothing was there. An int, so a
+  // successful read (every read on the hot path) builds no std::error_code.
+  int err = 0;
+  std::error_code error() const noexcept {
+    return err ? std::error_code(err, std::system_category()) : std::error_code();
+  }
+  bool would_block() const noexcept { return err == EAGAIN || err == EWOULDBLOCK; }
+  bool eof() const noexcept { return err == 0 && bytes == 0; }
 };
 
 class Buffer {
@@ -54,7 +61,11 @@ class Buffer {
   std::string_view view() const noexcept { return {data(), size()}; }
   // Drops n <= size() bytes from the front. Consuming everything rewinds to the start of
   // the block, so the next write has the whole capacity without a memmove.
-  void consume(std::size_t n) noexcept;
+  void consume(std::size_t n) noexcept {
+    assert(n <= size());
+    read_pos_ += n;
+    if (read_pos_ == write_pos_) clear();
+  }
   void clear() noexcept { read_pos_ = write_pos_ = 0; }
 
   // The writable region: free space after the readable bytes. Write into it, then commit.

@@ -62,7 +62,6 @@ std::error_code Connection::start() {
   auto id = loop_.add(fd_.get(), io::readable, [this](std::uint32_t events) { on_events(events); });
   if (!id) return id.error();
   io_id_ = *id;
-  last_activity_ = loop_.now();
   if (options_.idle_timeout > Duration::zero()) set_idle_timeout(options_.idle_timeout);
   return {};
 }
@@ -103,21 +102,21 @@ void Connection::handle_read() {
   // Reading paused (by the user or the high-water mark) still reads when the kernel reports a
   // hangup or error: the level-triggered report would repeat forever otherwise.
   for (int i = 0; i < options_.reads_per_event; ++i) {
-    ReadResult r = input_.read_from(fd_.get());
-    if (r.error) {
-      if (would_block(r.error.value())) return;
-      finish(reason_for(write_error_ ? write_error_ : r.error),
-             write_error_ ? write_error_ : r.error);
+    const ReadResult r = input_.read_from(fd_.get());
+    if (r.err != 0) [[unlikely]] {
+      if (r.would_block()) return;
+      const std::error_code ec = write_error_ ? write_error_ : r.error();
+      finish(reason_for(ec), ec);
       return;
     }
-    if (r.eof()) {
+    if (r.bytes == 0) [[unlikely]] {
       handle_eof();
       return;
     }
     bytes_in_ += r.bytes;
     if (counters_) counters_->add_in(r.bytes);
-    last_activity_ = loop_.now();
-    if (closing_) {
+    note_activity();
+    if (closing_) [[unlikely]] {
       input_.clear();  // closing: input is read only to reach the peer's EOF
     } else if (handlers_.on_data) {
       handlers_.on_data(*this, input_);
@@ -158,7 +157,6 @@ void Connection::handle_write() {
     } else if (n > 0) {
       output_.consume(static_cast<std::size_t>(n));
       count_out(static_cast<std::size_t>(n));
-      last_activity_ = loop_.now();
     }
     if (!output_.empty()) {
       // A short write means the send buffer is full: wait for the next EPOLLOUT rather than
@@ -201,11 +199,6 @@ void Connection::fail_write(std::error_code ec) noexcept {
   output_.clear();
 }
 
-void Connection::count_out(std::size_t n) noexcept {
-  bytes_out_ += n;
-  if (counters_) counters_->add_out(n);
-}
-
 // Inlined: it sits on the path of every direct send.
 [[gnu::always_inline]] inline std::size_t Connection::settle_direct(ssize_t n) noexcept {
   if (n < 0) {
@@ -217,7 +210,6 @@ void Connection::count_out(std::size_t n) noexcept {
   }
   const auto written = static_cast<std::size_t>(n);
   count_out(written);
-  last_activity_ = loop_.now();
   return written;
 }
 
@@ -389,7 +381,7 @@ void Connection::set_idle_timeout(Duration timeout) {
   if (idle_timer_) loop_.cancel(idle_timer_);
   idle_timer_ = TimerId{};
   if (timeout <= Duration::zero() || closed_) return;
-  last_activity_ = loop_.now();
+  last_activity_ = loop_.now();  // the countdown starts now
   idle_timer_ = loop_.after(timeout, [this] { on_idle_timer(); });
 }
 

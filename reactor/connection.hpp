@@ -175,7 +175,15 @@ class Connection {
   void update_interest();
   void finish(CloseReason reason, std::error_code ec);
   void on_idle_timer();
-  void count_out(std::size_t n) noexcept;
+  void count_out(std::size_t n) noexcept {
+    bytes_out_ += n;
+    if (counters_) counters_->add_out(n);
+    note_activity();
+  }
+  // Only an idle timeout reads last_activity_: without one, traffic reads no clock.
+  void note_activity() noexcept {
+    if (options_.idle_timeout > Duration::zero()) last_activity_ = loop_.now();
+  }
   void fail_write(std::error_code ec) noexcept;
   // Accounts for what a direct send returned: the bytes written (0 when the socket was full),
   // or kSendFailed after recording the error.
@@ -198,7 +206,7 @@ class Connection {
   std::uint64_t bytes_in_ = 0;
   std::uint64_t bytes_out_ = 0;
 
-  TimePoint last_activity_{};
+  TimePoint last_activity_{};  // kept only while an idle timeout is set
   TimerId idle_timer_;
   TimerId linger_timer_;
   std::error_code write_error_;  // a failed send; reported when the socket's hangup arrives

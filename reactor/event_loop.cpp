@@ -48,7 +48,6 @@ EventLoop::EventLoop(const Options& options)
   options_.max_events = std::max(1, options_.max_events);
   stats_.epoll_pwait2 = options_.use_epoll_pwait2;
   events_.resize(static_cast<std::size_t>(options_.max_events));
-  now_ = clock_now();
   auto id = add(wake_fd_, io::readable, [this](std::uint32_t) { on_wakeup(); });
   if (!id) {
     ::close(wake_fd_);
@@ -96,33 +95,31 @@ std::size_t EventLoop::run_once(std::optional<Duration> timeout) {
   assert_in_loop();
   ++stats_.iterations;
 
-  std::optional<Duration> wait_for = timeout;
   if (!deferred_.empty() || stop_requested_.load(std::memory_order_relaxed)) {
-    wait_for = Duration::zero();
+    timeout = Duration::zero();
   } else if (!timers_.empty() && !options_.clock) {
     Duration until_timer = std::max(Duration::zero(), *timers_.next_deadline() - clock_now());
-    if (!wait_for || until_timer < *wait_for) wait_for = until_timer;
+    if (!timeout || until_timer < *timeout) timeout = until_timer;
   }
 
-  const int n = wait(wait_for);
-  now_ = clock_now();
-  std::uint64_t stale = 0;
+  const int n = wait(timeout);
+  now_valid_ = false;
+  const epoll_event* events = events_.data();
   for (int i = 0; i < n; ++i) {
-    const epoll_event& event = events_[static_cast<std::size_t>(i)];
-    const auto slot = static_cast<std::uint32_t>(event.data.u64);
-    const auto generation = static_cast<std::uint32_t>(event.data.u64 >> 32);
-    Slot& s = slots_[slot];
-    if (s.generation != generation || !s.live) {
-      ++stale;  // removed (and maybe reused) earlier in this batch
+    const std::uint64_t token = events[i].data.u64;
+    Slot& s = slot(static_cast<std::uint32_t>(token));
+    if (s.token != token) [[unlikely]] {
+      // Removed (and maybe reused) earlier in this batch.
+      ++stats_.stale_events;
+      --stats_.events;
       continue;
     }
-    s.handler(event.events);
+    s.handler(events[i].events);
   }
-  stats_.events += static_cast<std::uint64_t>(n) - stale;
-  stats_.stale_events += stale;
+  stats_.events += static_cast<std::uint64_t>(n);
 
   // The common iteration has no timer, task or removal: one compare each, no calls.
-  if (!timers_.empty()) timers_.run_due(now_);
+  if (!timers_.empty()) timers_.run_due(now());
   if (!deferred_.empty() || !posted_run_.empty()) run_tasks();
   if (!removed_slots_.empty()) recycle_removed_slots();
   return static_cast<std::size_t>(n);
@@ -131,13 +128,26 @@ std::size_t EventLoop::run_once(std::optional<Duration> timeout) {
 void EventLoop::recycle_removed_slots() noexcept {
   // By index: a handler's destructor may remove more registrations.
   for (std::size_t i = 0; i < removed_slots_.size(); ++i) {
-    slots_[removed_slots_[i]].handler = nullptr;
+    slot(removed_slots_[i]).handler = nullptr;
     free_slots_.push_back(removed_slots_[i]);
   }
   removed_slots_.clear();
 }
 
-int EventLoop::wait(std::optional<Duration> timeout) {
+// The common wait, kept short: no busy-poll, no timeout.
+inline int EventLoop::wait(std::optional<Duration> timeout) {
+  if (!timeout && options_.busy_poll.count() == 0) [[likely]] {
+    const int n =
+        stats_.epoll_pwait2
+            ? epoll_pwait2(epoll_fd_, events_.data(), options_.max_events, nullptr, nullptr)
+            : epoll_wait(epoll_fd_, events_.data(), options_.max_events, -1);
+    if (n >= 0) [[likely]]
+      return n;
+  }
+  return wait_slow(timeout);  // also EINTR and the fallback from epoll_pwait2
+}
+
+int EventLoop::wait_slow(std::optional<Duration> timeout) {
   epoll_event* events = events_.data();
   const int max = options_.max_events;
 
@@ -202,10 +212,10 @@ Result<IoId> EventLoop::add(int fd, std::uint32_t interest, IoHandler handler) {
     index = free_slots_.back();
     free_slots_.pop_back();
   } else {
-    index = static_cast<std::uint32_t>(slots_.size());
-    slots_.emplace_back();
+    if (slot_count_ % kSlotChunk == 0) slot_chunks_.push_back(std::make_unique<Slot[]>(kSlotChunk));
+    index = slot_count_++;
   }
-  Slot& s = slots_[index];
+  Slot& s = slot(index);
   IoId id{index, s.generation};
   epoll_event ev{};
   ev.events = interest;
@@ -216,25 +226,29 @@ Result<IoId> EventLoop::add(int fd, std::uint32_t interest, IoHandler handler) {
     free_slots_.push_back(index);
     return ec;
   }
+  s.token = ev.data.u64;
   s.fd = fd;
   s.interest = interest;
-  s.live = true;
   s.handler = std::move(handler);
   ++live_registrations_;
   return id;
 }
 
+EventLoop::Slot* EventLoop::live_slot(IoId id) const noexcept {
+  if (id.slot >= slot_count_) return nullptr;
+  Slot& s = slot(id.slot);
+  return s.token == token_of(id) && id.generation != 0 ? &s : nullptr;
+}
+
 std::error_code EventLoop::modify(IoId id, std::uint32_t interest) {
   assert_in_loop();
-  if (id.slot >= slots_.size()) return std::make_error_code(std::errc::bad_file_descriptor);
-  Slot& s = slots_[id.slot];
-  if (!s.live || s.generation != id.generation) {
-    return std::make_error_code(std::errc::bad_file_descriptor);
-  }
+  Slot* found = live_slot(id);
+  if (!found) return std::make_error_code(std::errc::bad_file_descriptor);
+  Slot& s = *found;
   if (s.interest == interest) return {};
   epoll_event ev{};
   ev.events = interest;
-  ev.data.u64 = token_of(id);
+  ev.data.u64 = s.token;
   ++stats_.epoll_ctl_calls;
   if (epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, s.fd, &ev) < 0) return errno_code();
   s.interest = interest;
@@ -243,13 +257,13 @@ std::error_code EventLoop::modify(IoId id, std::uint32_t interest) {
 
 void EventLoop::remove(IoId id) noexcept {
   assert_in_loop();
-  if (id.slot >= slots_.size()) return;
-  Slot& s = slots_[id.slot];
-  if (!s.live || s.generation != id.generation) return;
+  Slot* found = live_slot(id);
+  if (!found) return;
+  Slot& s = *found;
   ++stats_.epoll_ctl_calls;
   // Fails only if the fd was closed already (the kernel dropped it); either way it is gone.
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, s.fd, nullptr);
-  s.live = false;
+  s.token = 0;
   s.fd = -1;
   s.interest = 0;
   // A new generation makes events still in this batch for the old one stale; 0 stays invalid.
@@ -261,9 +275,8 @@ void EventLoop::remove(IoId id) noexcept {
 }
 
 std::uint32_t EventLoop::interest(IoId id) const noexcept {
-  if (id.slot >= slots_.size()) return 0;
-  const Slot& s = slots_[id.slot];
-  return s.live && s.generation == id.generation ? s.interest : 0;
+  const Slot* s = live_slot(id);
+  return s ? s->interest : 0;
 }
 
 TimerId EventLoop::after(Duration delay, Function<void()> fn) {

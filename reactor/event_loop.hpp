@@ -10,7 +10,7 @@
 // One iteration, in order:
 //   1. wait for I/O (epoll_pwait2, nanosecond timeout: until the next timer, or not at all when
 //      deferred tasks are pending; falls back to epoll_wait at run time where the kernel lacks
-//      it), then read the clock once: now(),
+//      it),
 //   2. dispatch: each ready fd's handler is called with its event mask,
 //   3. timers whose deadline is <= now(), in deadline order,
 //   4. deferred tasks (defer()), then posted tasks (post()), in the order they were queued,
@@ -27,8 +27,8 @@
 // std::system_error only when the loop cannot get its own fds (epoll, eventfd): EMFILE at start-up.
 //
 // Allocation. Handlers, timers and tasks are reactor::Function: a lambda capturing up to four
-// pointers is stored inline. Registration slots, the timer heap and the task queues are vectors
-// that only grow, so a loop in steady state does not allocate.
+// pointers is stored inline. Registration slots (in fixed chunks), the timer heap and the task
+// queues only grow, so a loop in steady state does not allocate.
 #pragma once
 
 #include <sys/epoll.h>
@@ -39,6 +39,7 @@
 #include <cstdint>
 #include <deque>
 #include <initializer_list>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <system_error>
@@ -131,8 +132,16 @@ class EventLoop {
   TimerId after(Duration delay, Function<void()> fn);
   TimerId every(Duration period, Function<void()> fn);
   bool cancel(TimerId id) noexcept;
-  // The time read once at the start of the current iteration; cheap.
-  TimePoint now() const noexcept { return now_; }
+  // The time of the current iteration: read from the clock at its first use after the wait,
+  // then the same value until the next wait. Cheap; an iteration that does not ask (no timer
+  // pending, no idle timeout) reads no clock at all.
+  TimePoint now() const noexcept {
+    if (!now_valid_) {
+      now_ = clock_now();
+      now_valid_ = true;
+    }
+    return now_;
+  }
   // A fresh read of the loop's clock.
   TimePoint clock_now() const noexcept;
 
@@ -155,17 +164,27 @@ class EventLoop {
 
  private:
   struct Slot {
+    // What epoll carries for this registration (generation << 32 | slot) while it is live, 0
+    // otherwise: dispatch checks liveness and generation with one compare.
+    std::uint64_t token = 0;
     std::uint32_t generation = 1;
     std::uint32_t interest = 0;
     int fd = -1;
-    bool live = false;
     IoHandler handler;
   };
+  // Slots live in fixed chunks that never move: a handler running from a slot may add
+  // registrations (growing the table) without moving itself, and finding a slot is two loads.
+  static constexpr std::uint32_t kSlotChunk = 256;
+  Slot& slot(std::uint32_t index) const noexcept {
+    return slot_chunks_[index / kSlotChunk][index % kSlotChunk];
+  }
+  Slot* live_slot(IoId id) const noexcept;  // nullptr when `id` is stale
 
   void assert_in_loop() const noexcept {
     assert(in_loop_thread() && "EventLoop method called from a thread that does not own the loop");
   }
   int wait(std::optional<Duration> timeout);
+  int wait_slow(std::optional<Duration> timeout);
   void run_tasks();
   void recycle_removed_slots() noexcept;
   void on_wakeup();
@@ -177,14 +196,14 @@ class EventLoop {
   int wake_fd_ = -1;
   int signal_fd_ = -1;
   std::thread::id owner_;
-  TimePoint now_{};
+  mutable TimePoint now_{};
+  mutable bool now_valid_ = false;  // now_ was read after the last wait
   Stats stats_;
   std::atomic<bool> stop_requested_{false};
 
   std::vector<epoll_event> events_;
-  // A deque, not a vector: a handler running from slots_[i] may add registrations, and growth
-  // must not move the handler that is executing.
-  std::deque<Slot> slots_;
+  std::vector<std::unique_ptr<Slot[]>> slot_chunks_;
+  std::uint32_t slot_count_ = 0;  // slots ever made
   std::vector<std::uint32_t> free_slots_;
   // Slots of registrations removed during this iteration: their handlers (one may be running)
   // are destroyed and the slots recycled at its end, never while a handler could still run.

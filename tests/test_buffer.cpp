@@ -192,14 +192,14 @@ TEST(BufferReadFrom, SmallMessageInOneCall) {
   write_all(p.writer.get(), "hello");
   Buffer b;
   ReadResult r = b.read_from(p.reader.get());
-  EXPECT_FALSE(r.error) << r.error.message();
+  EXPECT_FALSE(r.error()) << r.error().message();
   EXPECT_EQ(r.bytes, 5u);
   EXPECT_FALSE(r.filled);
   EXPECT_FALSE(r.eof());
   EXPECT_EQ(b.view(), "hello");
   // A short read drained the socket.
   ReadResult again = b.read_from(p.reader.get());
-  EXPECT_EQ(again.error, std::errc::resource_unavailable_try_again);
+  EXPECT_EQ(again.error(), std::errc::resource_unavailable_try_again);
 }
 
 TEST(BufferReadFrom, SplitsBetweenFreeSpaceAndOverflow) {
@@ -209,7 +209,7 @@ TEST(BufferReadFrom, SplitsBetweenFreeSpaceAndOverflow) {
   std::string payload = pattern(3000);
   write_all(p.writer.get(), payload);
   ReadResult r = b.read_from(p.reader.get());
-  ASSERT_FALSE(r.error) << r.error.message();
+  ASSERT_FALSE(r.error()) << r.error().message();
   EXPECT_EQ(r.bytes, payload.size());
   EXPECT_FALSE(r.filled);
   EXPECT_EQ(b.view(), "head:" + payload);
@@ -220,7 +220,7 @@ TEST(BufferReadFrom, EofAfterPeerClose) {
   p.writer.reset();
   Buffer b;
   ReadResult r = b.read_from(p.reader.get());
-  EXPECT_FALSE(r.error);
+  EXPECT_FALSE(r.error());
   EXPECT_EQ(r.bytes, 0u);
   EXPECT_TRUE(r.eof());
   EXPECT_FALSE(r.filled);
@@ -230,7 +230,7 @@ TEST(BufferReadFrom, EagainOnEmptySocket) {
   SocketPair p = unix_pair();
   Buffer b;
   ReadResult r = b.read_from(p.reader.get());
-  EXPECT_EQ(r.error, std::errc::resource_unavailable_try_again);
+  EXPECT_EQ(r.error(), std::errc::resource_unavailable_try_again);
   EXPECT_EQ(r.bytes, 0u);
   EXPECT_FALSE(r.eof());
   EXPECT_TRUE(b.empty());
@@ -239,7 +239,7 @@ TEST(BufferReadFrom, EagainOnEmptySocket) {
 TEST(BufferReadFrom, BadDescriptorIsAnError) {
   Buffer b;
   ReadResult r = b.read_from(-1);
-  EXPECT_EQ(r.error, std::errc::bad_file_descriptor);
+  EXPECT_EQ(r.error(), std::errc::bad_file_descriptor);
   EXPECT_FALSE(r.eof());
 }
 
@@ -249,11 +249,11 @@ TEST(BufferReadFrom, FilledWhenMoreIsWaitingThanOffered) {
   write_all(p.writer.get(), payload);
   Buffer b;  // no free space yet: the offer is exactly the overflow area
   ReadResult first = b.read_from(p.reader.get());
-  ASSERT_FALSE(first.error) << first.error.message();
+  ASSERT_FALSE(first.error()) << first.error().message();
   EXPECT_EQ(first.bytes, Buffer::kOverflowSize);
   EXPECT_TRUE(first.filled);
   ReadResult second = b.read_from(p.reader.get());
-  ASSERT_FALSE(second.error) << second.error.message();
+  ASSERT_FALSE(second.error()) << second.error().message();
   EXPECT_EQ(second.bytes, 4464u);
   EXPECT_FALSE(second.filled);
   EXPECT_TRUE(b.view() == payload);
@@ -282,14 +282,14 @@ TEST(BufferReadFrom, OneMebibyteBurstArrivesInAHandfulOfCalls) {
     do {
       r = b.read_from(p.reader.get());
       ++calls;
-      ASSERT_FALSE(r.error) << r.error.message() << " after " << b.size() << " bytes";
+      ASSERT_FALSE(r.error()) << r.error().message() << " after " << b.size() << " bytes";
       ASSERT_GT(r.bytes, 0u);
     } while (r.filled);
   }
   EXPECT_TRUE(b.view() == payload);
   EXPECT_LE(calls, 40);
   // Everything was read: the socket is empty.
-  EXPECT_EQ(b.read_from(p.reader.get()).error, std::errc::resource_unavailable_try_again);
+  EXPECT_EQ(b.read_from(p.reader.get()).error(), std::errc::resource_unavailable_try_again);
 }
 
 Fd tcp_connected_pair(Fd& accepted) {
@@ -330,7 +330,7 @@ TEST(BufferReadFrom, ConnectionResetIsReported) {
   ASSERT_EQ(::poll(&pfd, 1, 10000), 1);
   Buffer b;
   ReadResult r = b.read_from(client.get());
-  EXPECT_EQ(r.error, std::errc::connection_reset) << r.error.message();
+  EXPECT_EQ(r.error(), std::errc::connection_reset) << r.error().message();
   EXPECT_FALSE(r.eof());
   EXPECT_EQ(r.bytes, 0u);
 }

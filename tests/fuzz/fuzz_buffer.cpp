@@ -169,8 +169,8 @@ class Script {
     if (model_.size() + pending_.size() > kMaxModel) return;
     const std::size_t offered = buffer_.writable() + reactor::Buffer::kOverflowSize;
     const reactor::ReadResult r = buffer_.read_from(reader_);
-    if (r.error) {
-      if (r.error != std::errc::resource_unavailable_try_again) fail("read_from() failed", step_);
+    if (r.err != 0) {
+      if (r.error() != std::errc::resource_unavailable_try_again) fail("read_from() failed", step_);
       if (!pending_.empty()) fail("read_from() said EAGAIN with bytes pending", step_);
       if (writer_shut_) fail("read_from() said EAGAIN after the peer's shutdown", step_);
       if (r.bytes != 0) fail("a failed read_from() reported bytes", step_);
