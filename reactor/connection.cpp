@@ -102,26 +102,34 @@ void Connection::handle_read() {
   // Reading paused (by the user or the high-water mark) still reads when the kernel reports a
   // hangup or error: the level-triggered report would repeat forever otherwise.
   for (int i = 0; i < options_.reads_per_event; ++i) {
-    const ReadResult r = input_.read_from(fd_.get());
-    if (r.err != 0) [[unlikely]] {
-      if (r.would_block()) return;
-      const std::error_code ec = write_error_ ? write_error_ : r.error();
-      finish(reason_for(ec), ec);
-      return;
-    }
-    if (r.bytes == 0) [[unlikely]] {
-      handle_eof();
+    // With no unread input, read into the loop's shared buffer; whatever on_data leaves in it
+    // moves into this connection's own buffer afterwards.
+    Buffer* shared = input_.empty() ? loop_.lend_read_buffer() : nullptr;
+    Buffer& in = shared ? *shared : input_;
+    const ReadResult r = in.read_from(fd_.get());
+    if (r.err != 0 || r.bytes == 0) [[unlikely]] {
+      if (shared) loop_.return_read_buffer(shared);
+      if (r.bytes == 0 && r.err == 0) {
+        handle_eof();
+      } else if (!r.would_block()) {
+        const std::error_code ec = write_error_ ? write_error_ : r.error();
+        finish(reason_for(ec), ec);
+      }
       return;
     }
     bytes_in_ += r.bytes;
     if (counters_) counters_->add_in(r.bytes);
     note_activity();
     if (closing_) [[unlikely]] {
-      input_.clear();  // closing: input is read only to reach the peer's EOF
+      in.clear();  // closing: input is read only to reach the peer's EOF
     } else if (handlers_.on_data) {
-      handlers_.on_data(*this, input_);
-      if (closed_) return;
+      handlers_.on_data(*this, in);
     }
+    if (shared) {
+      if (!shared->empty() && !closed_) input_.append(shared->view());
+      loop_.return_read_buffer(shared);
+    }
+    if (closed_) return;
     // A short read means the socket is drained: another recv would only say EAGAIN.
     if (!r.filled || user_paused_ || water_paused_) return;
   }

@@ -24,6 +24,10 @@
 //   on_close(conn, reason, ec) exactly once, last; no callback follows it
 // A callback may send, close or abort this or any other connection.
 //
+// Input. `input` in on_data is valid only during the call. While a connection has no unread
+// input it reads into its loop's shared buffer, and keeps only what on_data leaves unconsumed
+// in its own: an idle connection holds no input memory.
+//
 // Output. send() writes directly when nothing is queued and queues only what the kernel did not
 // take; EPOLLOUT is armed only while output is queued. MSG_NOSIGNAL everywhere: a closed peer
 // never raises SIGPIPE. No allocation per message once the buffers have grown to fit.

@@ -833,6 +833,36 @@ TEST_F(ConnectionTest, AbortSendsResetToThePeer) {
 
 // ---- Closing from callbacks ----
 
+// A connection with no unread input reads into a buffer its loop shares; what on_data leaves
+// unconsumed must stay with its own connection and come back first in its next on_data.
+TEST_F(ConnectionTest, UnconsumedInputStaysWithItsConnection) {
+  on_data_ = [](Connection& c, Buffer& input, Record&) {
+    const std::size_t whole = input.size() / 4 * 4;  // echo whole 4-byte frames only
+    EXPECT_TRUE(c.send(input.view().substr(0, whole)));
+    input.consume(whole);
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient a(bound);
+  RawClient b(bound);
+  ASSERT_TRUE(run_until_open(2));
+  auto data_calls = [&] { return records_[0].data_calls + records_[1].data_calls; };
+  // Partial frames, alternating between the connections, each read by the server on its own.
+  const std::pair<RawClient*, std::string_view> steps[] = {{&a, "A1"},  {&b, "b1b"}, {&a, "A2A"},
+                                                           {&b, "2b3"}, {&a, "3A4"}, {&b, "b4"}};
+  for (const auto& [client, bytes] : steps) {
+    const int before = data_calls();
+    ASSERT_EQ(client->send_some(bytes), bytes.size());
+    ASSERT_TRUE(run_until([&] { return data_calls() > before; }));
+  }
+  ASSERT_TRUE(run_until([&] {
+    a.receive_some();
+    b.receive_some();
+    return a.received().size() >= 8 && b.received().size() >= 8;
+  }));
+  EXPECT_EQ(a.received(), "A1A2A3A4");
+  EXPECT_EQ(b.received(), "b1b2b3b4");
+}
+
 TEST_F(ConnectionTest, OnDataMayCloseItsOwnConnection) {
   on_data_ = [](Connection& c, Buffer& input, Record&) {
     input.consume(input.size());
