@@ -2,14 +2,17 @@
 # Side by side: each scenario against each echo server, every server a separate process pinned
 # to CPU 0 and the load generator pinned to CPU 1, servers interleaved round by round (the
 # order reversed every other round, so neither drift nor warm-up favours one), medians of N
-# rounds. Prints a Markdown table (scenario x server, plus reactor/floor and reactor/best
-# peer) and keeps every raw JSON result.
+# rounds. Prints two Markdown tables (scenario x server, plus reactor/floor and reactor/best
+# peer): the rates the load generator saw, and the server's CPU time per message (which still
+# separates servers when the load generator, not the server, is the bottleneck). Keeps every
+# raw JSON result.
 #
 #   bench/compare.sh [--build DIR] [--rounds N] [--duration SEC] [--out DIR]
 #                    [--servers "floor reactor libuv libevent asio"] [--scenarios "..."]
 #
 # DIR: a release build with the demo and, for the peers, -Dpeers=enabled (default build-peers).
-# Writes OUT/compare.jsonl (one line per run: round, scenario, server, reactor-load's JSON) and
+# Writes OUT/compare.jsonl (one line per run: round, scenario, server, the server's CPU ns,
+# reactor-load's JSON) and
 # OUT/compare.md (the table); OUT defaults to DIR/bench-results.
 # Scenarios (reactor-load unless noted; 64 B messages unless noted):
 #   pingpong   1 connection, depth 1           (bound by cross-core wake-up latency)
@@ -54,6 +57,12 @@ jsonl=$out/compare.jsonl
 : >"$jsonl"
 busy_messages=$(python3 -c "print(int(float('$duration') * 50000))")
 
+# server_cpu_ns: CPU time (user + system, ns) the server process has used so far, from the
+# scheduler's own accounting (precise, unlike the 10 ms ticks of /proc/PID/stat).
+server_cpu_ns() {
+  cut -d' ' -f1 "/proc/$SERVER_PID/schedstat"
+}
+
 # run_one ROUND SCENARIO SERVER: one server process, one load run, one JSON line.
 run_one() {
   local round=$1 scenario=$2 name=$3 binary extra=() result
@@ -66,6 +75,8 @@ run_one() {
     esac
   fi
   start_server taskset -c 0 "$binary" --listen 127.0.0.1:0 "${extra[@]}"
+  local cpu_before
+  cpu_before=$(server_cpu_ns)
   local echo=(taskset -c 1 "$load" echo --target "$SERVER_ADDR" --duration "$duration" --json)
   case "$scenario" in
     pingpong) result=$("${echo[@]}" --connections 1 --depth 1 --size 64) ;;
@@ -79,9 +90,10 @@ run_one() {
       result=$(taskset -c 1 "$client" --target "$SERVER_ADDR" --connections 1 --size 64 \
         --messages "$busy_messages" --busy-poll --json) ;;
   esac
+  local cpu_ns=$(($(server_cpu_ns) - cpu_before))
   stop_server
-  printf '{"round": %d, "scenario": "%s", "server": "%s", "result": %s}\n' \
-    "$round" "$scenario" "$name" "$result" >>"$jsonl"
+  printf '{"round": %d, "scenario": "%s", "server": "%s", "server_cpu_ns": %d, "result": %s}\n' \
+    "$round" "$scenario" "$name" "$cpu_ns" "$result" >>"$jsonl"
 }
 
 echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p'), kernel $(uname -r)" >&2
@@ -108,11 +120,15 @@ from collections import defaultdict
 runs = [json.loads(line) for line in open(sys.argv[1])]
 rate = defaultdict(list)  # (scenario, server) -> per-round rates
 p99 = defaultdict(list)
+cpu = defaultdict(list)  # (scenario, server) -> per-round server CPU ns per message
 for r in runs:
     res = r["result"]
     key = (r["scenario"], r["server"])
     rate[key].append(res["conns_per_s"] if r["scenario"] == "accept" else res["msgs_per_s"])
     p99[key].append(res["latency_us"]["p99"])
+    # A spinning server uses its whole core whatever it does: no cost per message to read.
+    if r["scenario"] != "busypoll" and res.get("messages") and r.get("server_cpu_ns"):
+        cpu[key].append(r["server_cpu_ns"] / res["messages"])
 
 order = ["floor", "reactor", "libuv", "libevent", "asio"]
 servers = [s for s in order if any(k[1] == s for k in rate)]
@@ -143,6 +159,22 @@ for sc in scenarios:
     vs_floor = f"{med['reactor'] / med['floor']:.2f}" if "reactor" in med and "floor" in med else "-"
     best = max((med[s] for s in peers if s in med), default=None)
     vs_peer = f"{med['reactor'] / best:.2f}" if best and "reactor" in med else "-"
+    print(f"| {labels.get(sc, sc)} | " + " | ".join(cells) + f" | {vs_floor} | {vs_peer} |")
+print("\nServer CPU time (user + system) per message, ns, medians: what each message costs the "
+      "server process, read from /proc/PID/schedstat around the load run (connection set-up "
+      "included). Lower is better; where the load generator is the bottleneck the rates above tie, "
+      "and this is where servers differ. The ratios are floor / reactor and best peer / reactor: "
+      "the throughput ratio the server alone would reach.\n")
+print("| scenario | " + " | ".join(servers) + " | floor/reactor | best peer/reactor |")
+print("|---" * (len(servers) + 3) + "|")
+for sc in scenarios:
+    med = {s: statistics.median(cpu[(sc, s)]) for s in servers if cpu[(sc, s)]}
+    if not med:
+        continue
+    cells = [f"{med[s]:,.0f}" if s in med else "-" for s in servers]
+    vs_floor = f"{med['floor'] / med['reactor']:.2f}" if "reactor" in med and "floor" in med else "-"
+    best = min((med[s] for s in peers if s in med), default=None)
+    vs_peer = f"{best / med['reactor']:.2f}" if best and "reactor" in med else "-"
     print(f"| {labels.get(sc, sc)} | " + " | ".join(cells) + f" | {vs_floor} | {vs_peer} |")
 spread = []
 for (sc, s), values in rate.items():
