@@ -42,11 +42,11 @@ const char* to_string(CloseReason reason) noexcept {
 Connection::Connection(EventLoop& loop, Fd fd, const Address& peer, ConnectionHandlers& handlers,
                        const ConnectionOptions& options, TrafficCounters* counters)
     : loop_(loop),
-      fd_(std::move(fd)),
-      peer_(peer),
       handlers_(handlers),
+      counters_(counters),
+      fd_(std::move(fd)),
       options_(options),
-      counters_(counters) {}
+      peer_(peer) {}
 
 Connection::~Connection() {
   if (!closed_) detach();
