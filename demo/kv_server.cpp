@@ -18,10 +18,15 @@
 // shard, not across shards.
 //
 // Order. Replies on a connection go out in request order. While no reply is outstanding, replies
-// are appended to one per-loop string and sent once per read, as a single-loop server does. Once
-// a command waits for another shard, it and every later command of that connection take a slot
-// in the connection's queue of pending replies; a slot is filled when its Job (or all its parts)
-// come back, and the ready slots at the head of the queue are sent together.
+// are appended to the connection's `out` string. Once a command waits for another shard, it and
+// every later command of that connection take a slot in the connection's queue of pending
+// replies; a slot is filled when its Job (or all its parts) come back. A flush sends `out` and
+// the ready slots at the head of the queue with one send.
+//
+// When. Replies are flushed at the end of the loop's dispatch round (a deferred task), after
+// every ready connection has been read, as redis-server does before it sleeps: a client with
+// many connections then receives its replies in one burst and wakes once for all of them,
+// rather than once per connection.
 //
 // Lifetime. A Job names its connection by (index, generation) in the origin loop's table of
 // connection states, never by pointer: a connection that closed while a reply was in flight has
@@ -60,6 +65,9 @@ namespace kv = demo::kv;
 using Args = std::span<const std::string_view>;
 
 constexpr std::size_t kMaxPendingSlots = 1024;
+// A connection's reply string keeps its capacity between flushes (no allocation per batch) up
+// to this; a larger one (a big MGET) is freed, so an idle connection does not hold it.
+constexpr std::size_t kKeptOutput = 16 * 1024;
 constexpr reactor::Duration kSweepPeriod = 100ms;
 constexpr std::size_t kSweepLimit = 10000;  // keys erased per sweep at most
 // Longest expiry accepted (as `invalid expire time`): keeps now + expiry far from overflow.
@@ -444,10 +452,12 @@ struct ConnectionState {
   std::uint32_t generation = 1;
   reactor::Connection* connection = nullptr;  // null while the state is free
   resp::Parser parser;
+  std::string out;             // ready replies that precede every pending slot, not yet sent
   std::deque<Slot> pending;    // replies waiting on other shards, and the replies after them
   std::uint64_t head_seq = 0;  // the seq of pending.front()
   bool closing = false;        // QUIT, a protocol error or EOF: close once pending is sent
   bool paused = false;         // reading paused: too many pending slots
+  bool flush_queued = false;   // in the shard's list for the end-of-round flush
 };
 
 class Cluster;
@@ -478,6 +488,8 @@ class Shard {
   void merge(Slot& slot, std::unique_ptr<Job> job);
   void finish(Slot& slot);
   void flush(ConnectionState& state);
+  void flush_at_end_of_round(ConnectionState& state);
+  void flush_queued();
   ConnectionState* find(ConnectionKey key);
   Args job_args(const Job& job);
 
@@ -493,8 +505,7 @@ class Shard {
   std::vector<std::uint32_t> free_;
   std::vector<std::string_view> argv_;      // the command being dispatched
   std::vector<std::string_view> job_argv_;  // the Job being run (fan_out runs one mid-dispatch)
-  std::string out_;      // replies of one read while none is outstanding, sent once
-  std::string flushed_;  // ready slots, sent once
+  std::vector<ConnectionKey> to_flush_;     // connections read this round, flushed at its end
   std::string scratch_;
   std::vector<std::unique_ptr<Job>> parts_;  // fan_out: one per shard
 };
@@ -572,10 +583,13 @@ void Shard::on_close(reactor::Connection& c) {
   state->connection = nullptr;
   ++state->generation;  // replies still in flight for it find nothing
   state->parser = resp::Parser(limits_);
+  state->out.clear();
+  if (state->out.capacity() > kKeptOutput) state->out.shrink_to_fit();
   state->pending.clear();
   state->head_seq = 0;
   state->closing = false;
   state->paused = false;
+  state->flush_queued = false;  // a queued flush finds the old generation and skips it
   free_.push_back(state->index);
 }
 
@@ -590,7 +604,6 @@ void Shard::on_data(reactor::Connection& c, reactor::Buffer& input) {
   const std::string_view bytes = input.view();
   std::size_t offset = 0;
   std::uint64_t commands = 0;
-  out_.clear();
   while (!state.closing) {
     const resp::Result result = state.parser.parse(bytes.substr(offset));
     offset += result.consumed;
@@ -613,10 +626,25 @@ void Shard::on_data(reactor::Connection& c, reactor::Buffer& input) {
   }
   input.consume(state.closing ? input.size() : offset);
   messages_.add(commands);
-  // out_ holds only replies that precede every pending slot (they went there while no slot
-  // existed), so it goes first.
-  if (!out_.empty()) c.send(out_);
-  flush(state);
+  flush_at_end_of_round(state);
+}
+
+void Shard::flush_at_end_of_round(ConnectionState& state) {
+  if (state.flush_queued) return;
+  state.flush_queued = true;
+  to_flush_.push_back({state.index, state.generation});
+  if (to_flush_.size() == 1) loop_.defer([this] { flush_queued(); });
+}
+
+void Shard::flush_queued() {
+  // By index: a flush may close a connection, whose on_close touches only its own state.
+  for (std::size_t i = 0; i < to_flush_.size(); ++i) {
+    ConnectionState* state = find(to_flush_[i]);
+    if (state == nullptr) continue;  // closed since it was read
+    state->flush_queued = false;
+    flush(*state);
+  }
+  to_flush_.clear();
 }
 
 void Shard::on_peer_shutdown(reactor::Connection& c) {
@@ -625,9 +653,10 @@ void Shard::on_peer_shutdown(reactor::Connection& c) {
   flush(state);
 }
 
-// Where a reply computed now goes: the per-read string while nothing is pending, else the queue.
+// Where a reply computed now goes: the connection's `out` while nothing is pending, else the
+// queue.
 std::string& Shard::sink(ConnectionState& state) {
-  if (state.pending.empty()) return out_;
+  if (state.pending.empty()) return state.out;
   if (state.pending.back().outstanding == 0) return state.pending.back().data;
   return state.pending.emplace_back().data;
 }
@@ -829,18 +858,19 @@ void Shard::finish(Slot& slot) {
   }
 }
 
-// Sends the ready slots at the head of the queue with one send, then applies flow control and
-// a pending close.
+// Sends `out` and the ready slots at the head of the queue with one send, then applies flow
+// control and a pending close.
 void Shard::flush(ConnectionState& state) {
   reactor::Connection& c = *state.connection;
-  if (!state.pending.empty() && state.pending.front().outstanding == 0) {
-    flushed_.clear();
-    while (!state.pending.empty() && state.pending.front().outstanding == 0) {
-      flushed_ += state.pending.front().data;
-      state.pending.pop_front();
-      ++state.head_seq;
-    }
-    c.send(flushed_);
+  while (!state.pending.empty() && state.pending.front().outstanding == 0) {
+    state.out += state.pending.front().data;
+    state.pending.pop_front();
+    ++state.head_seq;
+  }
+  if (!state.out.empty()) {
+    c.send(state.out);
+    state.out.clear();
+    if (state.out.capacity() > kKeptOutput) state.out.shrink_to_fit();
   }
   if (!state.paused && state.pending.size() >= kMaxPendingSlots) {
     state.paused = true;
