@@ -8,8 +8,10 @@
 // The protocol is demo/http_parser.hpp (plain code over bytes); this file is the glue between it
 // and the connections. What it does per read:
 // - parses every complete request in the input (pipelining: many requests in one read; a request
-//   split at any byte is parsed again when more arrives) and appends each response to one
-//   per-loop string, then sends that string once: one send() per batch, not per response;
+//   split at any byte is parsed again when more arrives) and appends each response to the
+//   connection's reply string, sent once at the end of the loop's dispatch round: one send() per
+//   batch, not per response, and all connections read in one round answered together, so a
+//   client driving many connections wakes once for their replies rather than once per connection;
 // - drops the body announced by Content-Length, also the part that arrives in later reads
 //   (body_remaining), without buffering it;
 // - closes after the response when the request did not keep the connection alive (HTTP/1.0
@@ -17,8 +19,8 @@
 //   505). Transfer-Encoding is refused (411 for chunked, 501 otherwise: see http_parser.hpp).
 //   close() flushes the reply and then sends FIN, so the client reads it instead of a reset.
 //
-// Allocation: none per request in steady state. The Request (~2 KiB of header slots) and the
-// response string are per loop and reused; the per-connection state comes from a per-loop pool.
+// Allocation: none per request in steady state. The Request (~2 KiB of header slots) is per loop
+// and reused; the per-connection state (with its reply string) comes from a per-loop pool.
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -42,16 +44,25 @@ struct Settings {
   std::string body = "hello\n";
 };
 
-// What a connection needs between reads: the bytes of a request body still to drop.
+// A connection's reply string keeps its capacity between flushes (no allocation per batch) up to
+// this; a larger one is freed, so an idle connection does not hold it.
+constexpr std::size_t kKeptOutput = 16 * 1024;
+
+// What a connection needs between reads, from a per-loop pool.
 struct ConnectionState {
-  std::uint64_t body_remaining = 0;
+  reactor::Connection* connection = nullptr;  // null while the state is in the pool
+  std::uint64_t generation = 0;               // bumped on release: a queued flush then skips it
+  std::uint64_t body_remaining = 0;           // bytes of a request body still to drop
+  std::string out;                            // responses not sent yet
+  bool flush_queued = false;
+  bool close_after = false;  // close once `out` is sent
 };
 
 class HttpLoop : public demo::LoopHandlers {
  public:
   HttpLoop(demo::LoopContext& context, const Settings& settings)
       : loop_(context.loop), messages_(context.messages), body_(settings.body) {
-    on_open = [this](reactor::Connection& c) { c.set_context(acquire()); };
+    on_open = [this](reactor::Connection& c) { c.set_context(acquire(c)); };
     connection.on_data = [this](reactor::Connection& c, reactor::Buffer& input) {
       on_data(c, input);
     };
@@ -62,15 +73,49 @@ class HttpLoop : public demo::LoopHandlers {
   }
 
  private:
-  ConnectionState* acquire() {
-    if (free_.empty()) return &states_.emplace_back();
-    ConnectionState* state = free_.back();
-    free_.pop_back();
-    *state = ConnectionState{};
+  ConnectionState* acquire(reactor::Connection& c) {
+    ConnectionState* state;
+    if (free_.empty()) {
+      state = &states_.emplace_back();
+    } else {
+      state = free_.back();
+      free_.pop_back();
+    }
+    state->connection = &c;
     return state;
   }
   void release(ConnectionState* state) {
-    if (state != nullptr) free_.push_back(state);
+    if (state == nullptr) return;
+    state->connection = nullptr;
+    ++state->generation;
+    state->body_remaining = 0;
+    state->out.clear();
+    if (state->out.capacity() > kKeptOutput) state->out.shrink_to_fit();
+    state->flush_queued = false;
+    state->close_after = false;
+    free_.push_back(state);
+  }
+
+  void flush_at_end_of_round(ConnectionState& state) {
+    if (state.flush_queued) return;
+    state.flush_queued = true;
+    to_flush_.push_back({&state, state.generation});
+    if (to_flush_.size() == 1) loop_.defer([this] { flush_queued(); });
+  }
+
+  void flush_queued() {
+    // By index: a close below ends in on_close, which releases only its own state.
+    for (std::size_t i = 0; i < to_flush_.size(); ++i) {
+      auto [state, generation] = to_flush_[i];
+      if (state->generation != generation) continue;  // closed since it was read
+      state->flush_queued = false;
+      reactor::Connection& c = *state->connection;
+      if (!state->out.empty()) c.send(state->out);
+      state->out.clear();
+      if (state->out.capacity() > kKeptOutput) state->out.shrink_to_fit();
+      if (state->close_after) c.close();
+    }
+    to_flush_.clear();
   }
 
   // The Date value: the system clock is read at most once per loop iteration (loop.now() tells
@@ -85,10 +130,13 @@ class HttpLoop : public demo::LoopHandlers {
 
   void on_data(reactor::Connection& c, reactor::Buffer& input) {
     auto* state = c.context_as<ConnectionState>();
+    if (state->close_after) {  // closing at the end of this round: nothing more is answered
+      input.consume(input.size());
+      return;
+    }
     const std::string_view bytes = input.view();
     std::size_t pos = 0;
-    bool close_after = false;
-    out_.clear();
+    std::string& out = state->out;
 
     for (;;) {
       if (state->body_remaining > 0) {
@@ -102,38 +150,37 @@ class HttpLoop : public demo::LoopHandlers {
       const http::ParseResult result = http::parse_request(bytes.substr(pos), request_);
       if (result.status == http::ParseStatus::kNeedMore) break;
       if (result.status == http::ParseStatus::kError) {
-        http::append_error(out_, date(), result.error_status);
+        http::append_error(out, date(), result.error_status);
         pos = bytes.size();  // close() discards whatever follows
-        close_after = true;
+        state->close_after = true;
         break;
       }
       messages_.add();
       const http::ConnectionHeader connection_header = http::connection_header_for(request_);
       if (request_.method == "GET" || request_.method == "HEAD") {
-        http::append_ok(out_, date(), "text/plain", body_, request_.method == "GET",
+        http::append_ok(out, date(), "text/plain", body_, request_.method == "GET",
                         connection_header);
       } else {
-        http::append_method_not_allowed(out_, date(), connection_header);
+        http::append_method_not_allowed(out, date(), connection_header);
       }
       pos += request_.consumed;
       state->body_remaining = request_.body_remaining;
       if (!request_.keep_alive) {
         pos = bytes.size();  // requests pipelined after the last one are not answered
-        close_after = true;
+        state->close_after = true;
         break;
       }
     }
 
     input.consume(pos);
-    if (!out_.empty()) c.send(out_);
-    if (close_after) c.close();
+    if (!out.empty() || state->close_after) flush_at_end_of_round(*state);
   }
 
   reactor::EventLoop& loop_;
   demo::MessageCounter& messages_;
   const std::string body_;
   http::Request request_;  // ~2 KiB of header slots: one per loop, reused for every request
-  std::string out_;        // the responses of one read, sent with one send()
+  std::vector<std::pair<ConnectionState*, std::uint64_t>> to_flush_;  // read this round
   http::DateCache date_;
   reactor::TimePoint date_read_at_{};
   std::deque<ConnectionState> states_;  // a deque: growth does not move the states handed out

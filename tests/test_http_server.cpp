@@ -1,6 +1,7 @@
 // demo/http_server as a user runs it: a child process on an ephemeral port, driven by curl and by
 // a raw socket for what curl does not send. The binary comes from HTTP_SERVER (tests/meson.build).
 // curl is installed by `./build.sh test`: when it is missing the curl tests fail, not skip.
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -115,6 +116,42 @@ TEST_F(HttpServerTest, PipelinedRequestsAreAnsweredInOrder) {
                                ok + "hello\n";
   ASSERT_TRUE(client.read_at_least(expected.size())) << client.received();
   EXPECT_EQ(without_dates(client.received()), expected);
+}
+
+// Responses are sent at the end of the loop's round, for every connection read in it: each
+// connection must get exactly its own responses, in its own order.
+TEST_F(HttpServerTest, ConcurrentPipelinesEachGetTheirOwnResponses) {
+  Server server = start();
+  ASSERT_TRUE(server.ready()) << server.child().err();
+  const std::string ok = "HTTP/1.1 200 OK\r\nDate: " + kDate +
+                         "\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nhello\n";
+  const std::string not_allowed = "HTTP/1.1 405 Method Not Allowed\r\nDate: " + kDate +
+                                  "\r\nAllow: GET, HEAD\r\nContent-Type: text/plain\r\n"
+                                  "Content-Length: 23\r\n\r\n405 Method Not Allowed\n";
+  constexpr int kClients = 8;
+  std::vector<std::unique_ptr<RawClient>> clients;
+  std::vector<std::string> expected(kClients);
+  for (int i = 0; i < kClients; ++i) {
+    clients.push_back(std::make_unique<RawClient>(server.port()));
+    ASSERT_TRUE(clients.back()->connected());
+  }
+  // Client i sends i + 1 GETs with a DELETE after the i-th: a different sequence on each.
+  for (int i = 0; i < kClients; ++i) {
+    std::string requests;
+    for (int k = 0; k <= i; ++k) {
+      requests += "GET /" + std::to_string(k) + " HTTP/1.1\r\n\r\n";
+      expected[i] += ok;
+      if (k == i - 1) {
+        requests += "DELETE / HTTP/1.1\r\n\r\n";
+        expected[i] += not_allowed;
+      }
+    }
+    ASSERT_TRUE(clients[i]->send(requests));
+  }
+  for (int i = 0; i < kClients; ++i) {
+    ASSERT_TRUE(clients[i]->read_at_least(expected[i].size())) << "client " << i;
+    EXPECT_EQ(without_dates(clients[i]->received()), expected[i]) << "client " << i;
+  }
 }
 
 TEST_F(HttpServerTest, GarbageGets400ThenEofWithoutReset) {
