@@ -10,6 +10,9 @@
 # Each server runs on CPU0 and each client on CPU1 (taskset), one loop/worker per server. Rounds
 # are interleaved (every row, ours then theirs, then the next round), so a slow spell of a shared
 # machine hits both sides; each cell is the median over the rounds, and the ratio is ours/theirs.
+# Each row also gives the server's CPU time per request (/proc/PID/task/*/schedstat around the
+# client run), which still separates the servers when the single-threaded client is what limits
+# the rate. redis-benchmark runs once per test (-t ping, set, get, incr) so that CPU time splits.
 #
 # nginx-light, redis-server and wrk are installed when missing (apt-get; benchmark-only, not in
 # build.sh). The demo servers are built in release mode in DIR (default build-protocols).
@@ -117,26 +120,48 @@ taskset -c 0 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appe
 pids+=($!)
 for port in "$http_port" "$nginx_port" "$kv_port" "$redis_port"; do wait_port "$port"; done
 
-# results/<row>.<side>: one number per round.
-mkdir -p "$work/results"
-record() { echo "$3" >>"$work/results/$1.$2"; }
+# The server process behind each port, for its CPU time: nginx's one worker is the master's child.
+server_pid=([$http_port]=${pids[0]} [$kv_port]=${pids[1]} [$redis_port]=${pids[3]})
+server_pid[$nginx_port]=$(pgrep -P "${pids[2]}" | head -1)
 
-run_wrk() {  # side port
-  local out rps
-  out=$(taskset -c 1 wrk -t1 -c64 -d"${duration}s" "http://127.0.0.1:$2/")
-  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-  record "http" "$1" "${rps:-0}"
+# cpu_ns PORT: CPU time (user + system, ns, all threads) the server on PORT has used so far.
+cpu_ns() {
+  cat /proc/"${server_pid[$1]}"/task/*/schedstat | awk '{s += $1} END {printf "%.0f\n", s}'
 }
 
+# results/<row>.<side>: one number per round; results/<row>.<side>.cpu: server CPU ns/request.
+mkdir -p "$work/results"
+record() { echo "$3" >>"$work/results/$1.$2"; }
+record_cpu() { echo "$3" >>"$work/results/$1.$2.cpu"; }
+
+run_wrk() {  # side port
+  local out rps requests before
+  before=$(cpu_ns "$2")
+  out=$(taskset -c 1 wrk -t1 -c64 -d"${duration}s" "http://127.0.0.1:$2/")
+  rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  record "http" "$1" "${rps:-0}"
+  record_cpu "http" "$1" "$((($(cpu_ns "$2") - before) / ${requests:-1}))"
+}
+
+# One redis-benchmark per test, so that the server's CPU time can be split per test (PING runs
+# PING_INLINE and PING_MBULK: both rows get the CPU time per request of the pair).
 run_redis_benchmark() {  # side port pipeline
-  local line name rps
-  while IFS= read -r line; do
-    name=${line%%:*}
-    rps=$(awk '{print $1}' <<<"${line#*: }")
-    record "${name}_P$3" "$1" "$rps"
-  done < <(taskset -c 1 redis-benchmark -p "$2" -c 50 -n 200000 -t ping,set,get,incr -P "$3" -q \
-             2>/dev/null | tr '\r' '\n' | grep ' requests per second' |
-             sed 's/^ *//' | grep -v 'rps=')
+  local line name rps test before rows cpu
+  for test in ping set get incr; do
+    before=$(cpu_ns "$2")
+    rows=()
+    while IFS= read -r line; do
+      name=${line%%:*}
+      rps=$(awk '{print $1}' <<<"${line#*: }")
+      record "${name}_P$3" "$1" "$rps"
+      rows+=("${name}_P$3")
+    done < <(taskset -c 1 redis-benchmark -p "$2" -c 50 -n 200000 -t "$test" -P "$3" -q \
+               2>/dev/null | tr '\r' '\n' | grep ' requests per second' |
+               sed 's/^ *//' | grep -v 'rps=')
+    cpu=$((($(cpu_ns "$2") - before) / (200000 * ${#rows[@]})))
+    for name in "${rows[@]}"; do record_cpu "$name" "$1" "$cpu"; done
+  done
 }
 
 for round in $(seq "$rounds"); do
@@ -154,13 +179,21 @@ median() { sort -g "$1" | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2
 echo
 echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(uname -r)"
 echo "rounds: $rounds, median requests/s; servers on CPU0, clients on CPU1"
-printf '%-34s %14s %14s %7s\n' "row" "ours" "theirs" "ratio"
-row() {  # label key theirs-name
-  local ours theirs
+echo "cpu: the server's CPU time (user + system) per request, ns, median; cpu ratio: theirs/ours"
+echo "(how many times more requests ours serves per CPU second: what separates the servers when"
+echo "the client, one thread on one core, is the bottleneck and the rates tie)"
+printf '%-34s %10s %10s %7s %9s %9s %7s\n' "row" "ours" "theirs" "ratio" "cpu ours" "theirs" \
+  "ratio"
+row() {  # label key
+  local ours theirs ours_cpu theirs_cpu
   ours=$(median "$work/results/$2.ours")
   theirs=$(median "$work/results/$2.theirs")
-  printf '%-34s %14.0f %14.0f %6.2fx\n' "$1" "$ours" "$theirs" "$(awk -v a="$ours" -v b="$theirs" \
-    'BEGIN {print (b > 0) ? a / b : 0}')"
+  ours_cpu=$(median "$work/results/$2.ours.cpu")
+  theirs_cpu=$(median "$work/results/$2.theirs.cpu")
+  printf '%-34s %10.0f %10.0f %6.2fx %9.0f %9.0f %6.2fx\n' "$1" "$ours" "$theirs" \
+    "$(awk -v a="$ours" -v b="$theirs" 'BEGIN {print (b > 0) ? a / b : 0}')" \
+    "$ours_cpu" "$theirs_cpu" \
+    "$(awk -v a="$ours_cpu" -v b="$theirs_cpu" 'BEGIN {print (a > 0) ? b / a : 0}')"
 }
 row "http GET  wrk -t1 -c64 (vs nginx)" http
 for pipeline in 1 16; do
