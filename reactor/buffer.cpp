@@ -1,5 +1,6 @@
 #include "reactor/buffer.hpp"
 
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include <cassert>
@@ -70,13 +71,35 @@ void Buffer::shrink_to_fit() noexcept {
 }
 
 ReadResult Buffer::read_from(int fd) {
-  // Reading straight into the buffer alone would force a choice between a small read (more
-  // syscalls) and a big buffer per connection (memory). The stack area gives a large read
-  // for one syscall; only the bytes that actually arrive are copied into the heap.
+  ReadResult result;
+  const std::size_t space = writable();
+  if (space >= kOverflowSize) {
+    // Room for a large read already: one plain recv, no gather list, no copy.
+    ssize_t n;
+    do {
+      n = ::recv(fd, write_ptr(), space, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      result.err = errno;
+      return result;
+    }
+    result.bytes = static_cast<std::size_t>(n);
+    result.filled = result.bytes == space;
+    write_pos_ += result.bytes;
+    return result;
+  }
+  return read_gathered(fd, space);
+}
+
+// Out of line: its 64 KiB stack frame and saved registers stay off read_from's common path.
+ReadResult Buffer::read_gathered(int fd, std::size_t space) {
+  ReadResult result;
+  // Reading straight into a small buffer alone would force a choice between a small read (more
+  // syscalls) and a big buffer per connection (memory). The stack area gives a large read for
+  // one syscall; only the bytes that actually arrive are copied into the heap.
   char overflow[kOverflowSize];
   iovec iov[2];
   int count = 0;
-  std::size_t space = writable();
   if (space > 0) {
     iov[count].iov_base = write_ptr();
     iov[count].iov_len = space;
@@ -86,18 +109,15 @@ ReadResult Buffer::read_from(int fd) {
   iov[count].iov_len = sizeof overflow;
   ++count;
 
-  ReadResult result;
   ssize_t n;
-  for (;;) {
+  do {
     n = ::readv(fd, iov, count);
-    if (n >= 0) break;
-    if (errno != EINTR) {
-      result.err = errno;
-      return result;
-    }
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    result.err = errno;
+    return result;
   }
-
-  auto got = static_cast<std::size_t>(n);
+  const auto got = static_cast<std::size_t>(n);
   result.bytes = got;
   result.filled = got == space + sizeof overflow;
   if (got <= space) {

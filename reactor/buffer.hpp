@@ -84,12 +84,15 @@ class Buffer {
   // keeps it otherwise.
   void shrink_to_fit() noexcept;
 
-  // One readv() (retried on EINTR) into the free space plus a kOverflowSize stack area;
-  // bytes that land in the stack area are appended, growing the buffer. A small buffer
-  // thus reads up to 64 KiB in one syscall without keeping 64 KiB per connection.
+  // One read (retried on EINTR): a recv() into the free space when it holds kOverflowSize or
+  // more; otherwise a readv() into the free space plus a kOverflowSize stack area, whose bytes
+  // are then appended, growing the buffer. A small buffer thus reads up to 64 KiB in one
+  // syscall without keeping 64 KiB per connection.
   ReadResult read_from(int fd);
 
  private:
+  [[gnu::noinline]] ReadResult read_gathered(int fd, std::size_t space);
+
   std::unique_ptr<char[]> data_;
   std::size_t capacity_ = 0;
   std::size_t read_pos_ = 0;

@@ -224,17 +224,22 @@ void Connection::fail_write(std::error_code ec) noexcept {
 bool Connection::send(std::string_view data) {
   if (!can_send_) return false;
   if (data.empty()) return true;
-  if (!output_.empty()) {
-    // EPOLLOUT is armed: the socket was full a moment ago. Queue; handle_write sends in order.
-    output_.append(data);
-    after_output_queued();
-    return true;
+  if (output_.empty()) [[likely]] {
+    // The common case, kept short: one send of the whole message from the caller's bytes.
+    const ssize_t n = ::send(fd_.get(), data.data(), data.size(), MSG_NOSIGNAL);
+    if (static_cast<std::size_t>(n) == data.size()) [[likely]] {
+      count_out(data.size());
+      return true;
+    }
+    return finish_send(data, n);
   }
-  // The common case, kept short: one send of the whole message from the caller's bytes.
-  ssize_t n;
-  do {
+  // EPOLLOUT is armed: the socket was full a moment ago. Queue; handle_write sends in order.
+  return finish_send(data, 0);
+}
+
+bool Connection::finish_send(std::string_view data, ssize_t n) {
+  while (n < 0 && errno == EINTR)
     n = ::send(fd_.get(), data.data(), data.size(), MSG_NOSIGNAL);
-  } while (n < 0 && errno == EINTR);
   const std::size_t written = settle_direct(n);
   if (written == kSendFailed) return false;
   if (written == data.size()) return true;

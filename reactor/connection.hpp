@@ -173,6 +173,9 @@ class Connection {
   void handle_eof();
   void begin_close(CloseReason reason);
   bool write_direct(const iovec* iov, int count, std::size_t total);
+  // send(string_view) after a direct send that did not take all of `data` (n: its result; 0
+  // when none was tried): retries EINTR, queues the rest, or records the failure.
+  [[gnu::noinline]] bool finish_send(std::string_view data, ssize_t n);
   void queue_output(const iovec* iov, int count, std::size_t skip);
   void after_output_queued();
   void shut_write_now();

@@ -48,6 +48,8 @@ EventLoop::EventLoop(const Options& options)
   options_.max_events = std::max(1, options_.max_events);
   stats_.epoll_pwait2 = options_.use_epoll_pwait2;
   events_.resize(static_cast<std::size_t>(options_.max_events));
+  // Room for a whole 64 KiB read: connections then read with a plain recv (Buffer::read_from).
+  read_buffer_.reserve(Buffer::kOverflowSize);
   auto id = add(wake_fd_, io::readable, [this](std::uint32_t) { on_wakeup(); });
   if (!id) {
     ::close(wake_fd_);

@@ -28,7 +28,8 @@
 //
 // Allocation. Handlers, timers and tasks are reactor::Function: a lambda capturing up to four
 // pointers is stored inline. Registration slots (in fixed chunks), the timer heap and the task
-// queues only grow, so a loop in steady state does not allocate.
+// queues only grow, so a loop in steady state does not allocate. The loop's shared read buffer
+// (lend_read_buffer) is 64 KiB, allocated once with the loop.
 #pragma once
 
 #include <sys/epoll.h>
