@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side by side: the protocol demos against the servers people already run. Benchmarks, not tests.
 #
-#   bench/protocols.sh [--rounds N] [--duration SEC] [--build DIR]
+#   bench/protocols.sh [--rounds N] [--duration SEC] [--build DIR] [--ours-args "ARGS"]
 #
 # - demo/http_server vs nginx (one worker, access_log off, `return 200 "hello\n"`), driven by
 #   `wrk -t1 -c64 -dSEC`;
@@ -16,18 +16,21 @@
 #
 # nginx-light, redis-server and wrk are installed when missing (apt-get; benchmark-only, not in
 # build.sh). The demo servers are built in release mode in DIR (default build-protocols).
+# --ours-args: extra options for http_server and kv_server (e.g. "--busy-poll 50").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rounds=5
 duration=5
 build=build-protocols
+ours_args=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --rounds) rounds=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --ours-args) read -r -a ours_args <<<"$2"; shift 2 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -87,9 +90,9 @@ nginx_port=$(free_port)
 kv_port=$(free_port)
 redis_port=$(free_port)
 
-taskset -c 0 "$build/demo/http_server" --listen "127.0.0.1:$http_port" >"$work/http.log" 2>&1 &
+taskset -c 0 "$build/demo/http_server" --listen "127.0.0.1:$http_port" "${ours_args[@]}" >"$work/http.log" 2>&1 &
 pids+=($!)
-taskset -c 0 "$build/demo/kv_server" --listen "127.0.0.1:$kv_port" >"$work/kv.log" 2>&1 &
+taskset -c 0 "$build/demo/kv_server" --listen "127.0.0.1:$kv_port" "${ours_args[@]}" >"$work/kv.log" 2>&1 &
 pids+=($!)
 
 mkdir -p "$work/nginx"
