@@ -29,7 +29,8 @@ namespace reactor {
 
 struct ReadResult {
   std::size_t bytes = 0;  // bytes appended to the buffer
-  // The read used every byte offered (buffer space + overflow area): more may be waiting.
+  // The read used every byte offered (the free space, plus the overflow area when the free
+  // space is under kOverflowSize): more may be waiting.
   // A short read means the socket is drained: do not read again until it polls readable.
   bool filled = false;
   // The errno of a failed read, 0 on success; EAGAIN when nothing was there. An int, so a

@@ -167,7 +167,10 @@ class Script {
 
   void read() {
     if (model_.size() + pending_.size() > kMaxModel) return;
-    const std::size_t offered = buffer_.writable() + reactor::Buffer::kOverflowSize;
+    // What one read offers: the free space, plus the stack area when the space is smaller.
+    const std::size_t space = buffer_.writable();
+    const std::size_t offered =
+        space >= reactor::Buffer::kOverflowSize ? space : space + reactor::Buffer::kOverflowSize;
     const reactor::ReadResult r = buffer_.read_from(reader_);
     if (r.err != 0) {
       if (r.error() != std::errc::resource_unavailable_try_again) fail("read_from() failed", step_);
