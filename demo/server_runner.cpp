@@ -182,12 +182,15 @@ void Runner::shutdown() {
       return;
     }
     const Totals t = totals();
-    std::printf("final: accepted=%llu refused=%llu messages=%llu bytes_in=%llu bytes_out=%llu\n",
-                static_cast<unsigned long long>(t.server.accepted),
-                static_cast<unsigned long long>(t.server.refused),
-                static_cast<unsigned long long>(t.messages),
-                static_cast<unsigned long long>(t.server.bytes_in),
-                static_cast<unsigned long long>(t.server.bytes_out));
+    std::printf(
+        "final: accepted=%llu refused=%llu messages=%llu bytes_in=%llu bytes_out=%llu "
+        "fd_exhaustion=%llu\n",
+        static_cast<unsigned long long>(t.server.accepted),
+        static_cast<unsigned long long>(t.server.refused),
+        static_cast<unsigned long long>(t.messages),
+        static_cast<unsigned long long>(t.server.bytes_in),
+        static_cast<unsigned long long>(t.server.bytes_out),
+        static_cast<unsigned long long>(t.server.fd_exhaustion));
     std::fflush(stdout);
     home_->stop();
   };
@@ -227,12 +230,14 @@ void Runner::print_stats() {
                ? static_cast<unsigned long long>(static_cast<double>(now_value - before) / elapsed)
                : 0ULL;
   };
-  std::printf("stats: active=%llu accepted=%llu msgs/s=%llu bytes_in/s=%llu bytes_out/s=%llu\n",
-              static_cast<unsigned long long>(t.server.active),
-              static_cast<unsigned long long>(t.server.accepted),
-              rate(t.messages, last_totals_.messages),
-              rate(t.server.bytes_in, last_totals_.server.bytes_in),
-              rate(t.server.bytes_out, last_totals_.server.bytes_out));
+  std::printf(
+      "stats: active=%llu accepted=%llu msgs/s=%llu bytes_in/s=%llu bytes_out/s=%llu "
+      "fd_exhaustion=%llu\n",
+      static_cast<unsigned long long>(t.server.active),
+      static_cast<unsigned long long>(t.server.accepted), rate(t.messages, last_totals_.messages),
+      rate(t.server.bytes_in, last_totals_.server.bytes_in),
+      rate(t.server.bytes_out, last_totals_.server.bytes_out),
+      static_cast<unsigned long long>(t.server.fd_exhaustion));
   std::fflush(stdout);
   last_totals_ = t;
   last_stats_time_ = now;

@@ -17,7 +17,8 @@
 //   the first line on stderr and exits 1;
 // - serves until SIGINT or SIGTERM: then every server stops accepting and closes its
 //   connections gracefully (aborting what is still open after 2 s), the final counters are
-//   printed (`final: accepted=... messages=... bytes_in=... bytes_out=...`), exit 0.
+//   printed (`final: accepted=... refused=... messages=... bytes_in=... bytes_out=...
+//   fd_exhaustion=...`), exit 0.
 // - With --stats SEC, prints every SEC seconds:
 //   `stats: active=A accepted=N msgs/s=M bytes_in/s=I bytes_out/s=O`.
 //

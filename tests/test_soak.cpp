@@ -337,6 +337,7 @@ class FdExhaustionTest : public ::testing::Test {
     long fds_after_storm = -1;
     std::string newcomer_echo;
     long fds_after = -1;
+    std::map<std::string, std::uint64_t> final_counters;
   };
 
   static std::string message(int i) { return "existing connection " + std::to_string(i) + "\n"; }
@@ -374,6 +375,7 @@ class FdExhaustionTest : public ::testing::Test {
       run_->newcomer_echo = newcomer.echo("newcomer\n");
     }
     run_->fds_after = server.wait_for_fds(0);
+    run_->final_counters = server.stop();
   }
   static void TearDownTestSuite() { run_.reset(); }
 
@@ -419,6 +421,14 @@ TEST_F(FdExhaustionTest, ServerRecoversWhenClientsLeave) {
   EXPECT_EQ(run_->fds_after_storm, run_->baseline_fds + kExisting);
   EXPECT_EQ(run_->newcomer_echo, "newcomer\n");
   EXPECT_EQ(run_->fds_after, run_->baseline_fds);
+}
+
+// The connections shed for want of an fd are counted, and the count reaches the final line.
+TEST_F(FdExhaustionTest, FinalLineCountsTheFdExhaustion) {
+  const auto& f = run_->final_counters;
+  ASSERT_EQ(f.count("fd_exhaustion"), 1u) << "no fd_exhaustion in the final line";
+  EXPECT_GE(f.at("fd_exhaustion"), 1u);
+  EXPECT_GE(f.at("accepted"), static_cast<std::uint64_t>(kExisting + 1));
 }
 
 // ---- idle: connections held silent, then each echoes once ----
