@@ -18,6 +18,7 @@
 //   without keep-alive, `Connection: close`), and after an error response (400, 411, 431, 501,
 //   505). Transfer-Encoding is refused (411 for chunked, 501 otherwise: see http_parser.hpp).
 //   close() flushes the reply and then sends FIN, so the client reads it instead of a reset.
+//   A client that half-closes gets the responses to everything it sent before its EOF.
 //
 // Allocation: none per request in steady state. The Request (~2 KiB of header slots) is per loop
 // and reused; the per-connection state (with its reply string) comes from a per-loop pool.
@@ -66,6 +67,13 @@ class HttpLoop : public demo::LoopHandlers {
     connection.on_data = [this](reactor::Connection& c, reactor::Buffer& input) {
       on_data(c, input);
     };
+    // The client half-closed: answer what it asked before its EOF (the responses may still be
+    // waiting for the end of the round), then close.
+    connection.on_peer_shutdown = [this](reactor::Connection& c) {
+      auto* state = c.context_as<ConnectionState>();
+      flush(*state);
+      c.close();
+    };
     connection.on_close = [this](reactor::Connection& c, reactor::CloseReason, std::error_code) {
       release(c.context_as<ConnectionState>());
       c.set_context(nullptr);
@@ -109,13 +117,18 @@ class HttpLoop : public demo::LoopHandlers {
       auto [state, generation] = to_flush_[i];
       if (state->generation != generation) continue;  // closed since it was read
       state->flush_queued = false;
-      reactor::Connection& c = *state->connection;
-      if (!state->out.empty()) c.send(state->out);
-      state->out.clear();
-      if (state->out.capacity() > kKeptOutput) state->out.shrink_to_fit();
-      if (state->close_after) c.close();
+      flush(*state);
     }
     to_flush_.clear();
+  }
+
+  // Sends the connection's pending responses, then closes it if the last one asked for that.
+  void flush(ConnectionState& state) {
+    reactor::Connection& c = *state.connection;
+    if (!state.out.empty()) c.send(state.out);
+    state.out.clear();
+    if (state.out.capacity() > kKeptOutput) state.out.shrink_to_fit();
+    if (state.close_after) c.close();
   }
 
   // The Date value: the system clock is read at most once per loop iteration (loop.now() tells

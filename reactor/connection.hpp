@@ -20,13 +20,17 @@
 //                             until output drains below low_water_mark (a peer that never reads
 //                             cannot grow memory without bound)
 //   on_peer_shutdown(conn)    the peer half-closed (EOF); you may still send, then close().
-//                             Without this callback the connection closes gracefully at once.
+//                             Without this callback the connection closes gracefully at once,
+//                             possibly in the same dispatch round as the on_data before it:
+//                             replies held back for later (say, to the end of the round) must
+//                             be sent from here.
 //   on_close(conn, reason, ec) exactly once, last; no callback follows it
 // A callback may send, close or abort this or any other connection.
 //
 // Input. `input` in on_data is valid only during the call. While a connection has no unread
 // input it reads into its loop's shared buffer, and keeps only what on_data leaves unconsumed
-// in its own: an idle connection holds no input memory.
+// in its own: a connection that always consumes what it reads never allocates an input buffer
+// (one that once kept bytes keeps that block).
 //
 // Output. send() writes directly when nothing is queued and queues only what the kernel did not
 // take; EPOLLOUT is armed only while output is queued. MSG_NOSIGNAL everywhere: a closed peer
@@ -173,8 +177,8 @@ class Connection {
   void handle_eof();
   void begin_close(CloseReason reason);
   bool write_direct(const iovec* iov, int count, std::size_t total);
-  // send(string_view) after a direct send that did not take all of `data` (n: its result; 0
-  // when none was tried): retries EINTR, queues the rest, or records the failure.
+  // send(string_view) after a direct send that did not take all of `data` (n: its result):
+  // retries EINTR, queues the rest, or records the failure.
   [[gnu::noinline]] bool finish_send(std::string_view data, ssize_t n);
   void queue_output(const iovec* iov, int count, std::size_t skip);
   void after_output_queued();

@@ -330,6 +330,9 @@ class RawClient {
     return true;
   }
 
+  // Half-close: FIN after what was sent; reading goes on.
+  bool shutdown_write() { return ::shutdown(fd_, SHUT_WR) == 0; }
+
   // Sends one byte per send() call, waiting for each to leave (TCP_NODELAY) before the next.
   bool send_byte_by_byte(std::string_view bytes) {
     for (char c : bytes) {
