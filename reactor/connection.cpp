@@ -234,7 +234,10 @@ bool Connection::send(std::string_view data) {
     return finish_send(data, n);
   }
   // EPOLLOUT is armed: the socket was full a moment ago. Queue; handle_write sends in order.
-  return finish_send(data, 0);
+  // Queueing is not activity: an idle timeout still closes a peer that stopped reading.
+  output_.append(data);
+  after_output_queued();
+  return true;
 }
 
 bool Connection::finish_send(std::string_view data, ssize_t n) {

@@ -1056,6 +1056,31 @@ TEST_F(ConnectionTest, IdleTimeoutFiresOnlyAfterTimeoutWithoutActivity) {
   EXPECT_FALSE(rec.ec) << rec.ec.message();
 }
 
+// Output that only waits in the queue (the peer stopped reading) is not activity: the idle
+// timeout still closes the connection.
+TEST_F(ConnectionTest, QueueingToAPeerThatNeverReadsIsNotActivity) {
+  use_manual_clock();
+  ServerOptions options;
+  options.connection.idle_timeout = 30s;
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound);  // never reads
+  ASSERT_TRUE(run_until_open());
+  Connection* conn = server_side(records_[0]);
+  ASSERT_NE(conn, nullptr);
+  const std::string chunk(64 * 1024, 'x');
+  for (int i = 0; i < 1000 && conn->queued_bytes() == 0; ++i)
+    ASSERT_TRUE(conn->send(chunk));
+  ASSERT_GT(conn->queued_bytes(), 0u) << "the socket never filled";
+
+  for (int step = 0; step < 3; ++step) {
+    EXPECT_TRUE(conn->is_open()) << "closed after " << step * 10 << " s";
+    clock_.advance(10s);
+    ASSERT_TRUE(conn->send("more"));  // queued behind the rest
+    loop_->run_once(0ns);
+  }
+  EXPECT_FALSE(conn->is_open()) << "still open 30 s after the last byte left";
+}
+
 TEST_F(ConnectionTest, InputPushesIdleTimeoutOut) {
   use_manual_clock();
   ServerOptions options;
