@@ -145,8 +145,9 @@ inline int EventLoop::wait(std::optional<Duration> timeout) {
             : epoll_wait(epoll_fd_, events_.data(), options_.max_events, -1);
     if (n >= 0) [[likely]]
       return n;
+    if (errno != ENOSYS) return 0;  // EINTR: an empty iteration
   }
-  return wait_slow(timeout);  // also EINTR and the fallback from epoll_pwait2
+  return wait_slow(timeout);  // also the fallback from epoll_pwait2
 }
 
 int EventLoop::wait_slow(std::optional<Duration> timeout) {

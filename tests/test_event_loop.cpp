@@ -1,17 +1,22 @@
 #include "reactor/event_loop.hpp"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -676,6 +681,44 @@ TEST(EventLoopSignals, SigintReachesTheLoop) {
   ASSERT_EQ(::raise(SIGINT), 0);
   ASSERT_TRUE(run_until(loop, [&] { return received > 0; }));
   EXPECT_EQ(received, 1);
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// A signal handled the classic way (sigaction, no SA_RESTART) interrupts the wait: run_once()
+// returns, an empty iteration, so the caller can look at what the handler set.
+TEST(EventLoopSignals, InterruptedWaitEndsTheIteration) {
+  struct sigaction action {};
+  action.sa_handler = [](int) {};
+  struct sigaction previous {};
+  ASSERT_EQ(::sigaction(SIGWINCH, &action, &previous), 0);  // unblocked in the tests
+  EventLoop loop;
+  const pthread_t loop_thread = ::pthread_self();
+  const std::string wchan = "/proc/self/task/" + std::to_string(::gettid()) + "/wchan";
+  std::atomic<bool> returned{false};
+  std::thread signaller([&] {
+    // One signal, once the loop thread sleeps in epoll (its wchan says so). A wait that EINTR
+    // does not end is woken by a post after the deadline instead, which the test then sees.
+    const auto give_up = std::chrono::steady_clock::now() + kDeadline;
+    bool sent = false;
+    while (!returned.load() && std::chrono::steady_clock::now() < give_up) {
+      if (!sent && read_file(wchan).find("epoll") != std::string::npos) {
+        ::pthread_kill(loop_thread, SIGWINCH);
+        sent = true;
+      }
+      std::this_thread::sleep_for(1ms);
+    }
+    if (!returned.load()) loop.post([] {});
+  });
+  const std::size_t events = loop.run_once();
+  returned = true;
+  signaller.join();
+  ::sigaction(SIGWINCH, &previous, nullptr);
+  EXPECT_EQ(events, 0u);
+  EXPECT_EQ(loop.stats().wakeups, 0u) << "the wait went on after EINTR until the post woke it";
 }
 
 TEST(EventLoopSignals, UnblockedSignalIsRejectedWithEinval) {
