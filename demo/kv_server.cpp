@@ -36,7 +36,9 @@
 //
 // Memory. A connection whose replies wait on other shards stops reading at kMaxPendingSlots
 // slots and resumes at half; the output queue's high-water mark bounds replies the client does
-// not read; bulk strings are limited by --max-bulk and commands by the parser's limits.
+// not read; bulk strings are limited by --max-bulk and commands by the parser's limits. Both
+// pauses are checked when replies are flushed, at the end of a round, so one round may add up
+// to reads_per_event reads' worth (4 x 64 KiB by default) beyond them: bounded, not exact.
 #include <algorithm>
 #include <charconv>
 #include <cstdint>

@@ -20,7 +20,7 @@
 //   printed (`final: accepted=... refused=... messages=... bytes_in=... bytes_out=...
 //   fd_exhaustion=...`), exit 0.
 // - With --stats SEC, prints every SEC seconds:
-//   `stats: active=A accepted=N msgs/s=M bytes_in/s=I bytes_out/s=O`.
+//   `stats: active=A accepted=N msgs/s=M bytes_in/s=I bytes_out/s=O fd_exhaustion=F`.
 //
 // The protocol's part is a LoopHandlers object per loop: the callbacks of the connections that
 // loop accepted (on every address), plus whatever per-loop state the protocol keeps (derive
