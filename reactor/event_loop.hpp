@@ -166,8 +166,11 @@ class EventLoop {
   // connection holds no input memory and reads land in bytes that stay warm in cache. Lent to
   // one reader at a time: nullptr while lent (a nested run_once()); give it back cleared.
   Buffer* lend_read_buffer() noexcept { return std::exchange(read_buffer_free_, nullptr); }
-  void return_read_buffer(Buffer* buffer) noexcept {
+  void return_read_buffer(Buffer* buffer) {
     buffer->clear();
+    // A callback that moved the bytes out took the block with them: get a new one.
+    if (buffer->capacity() < Buffer::kOverflowSize) [[unlikely]]
+      buffer->reserve(Buffer::kOverflowSize);
     read_buffer_free_ = buffer;
   }
 

@@ -863,6 +863,30 @@ TEST_F(ConnectionTest, UnconsumedInputStaysWithItsConnection) {
   EXPECT_EQ(b.received(), "b1b2b3b4");
 }
 
+// on_data may move the input's bytes away (taking the loop's shared block with them): the loop
+// gets a new block, and the connection goes on reading.
+TEST_F(ConnectionTest, OnDataMayMoveTheInputAway) {
+  on_data_ = [](Connection& c, Buffer& input, Record&) {
+    Buffer mine = std::move(input);
+    EXPECT_TRUE(c.send(mine.view()));
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  for (std::string_view message : {"first", "second", "third"}) {
+    const std::size_t before = client.received().size();
+    ASSERT_EQ(client.send_some(message), message.size());
+    ASSERT_TRUE(run_until([&] {
+      client.receive_some();
+      return client.received().size() >= before + message.size();
+    }));
+    Buffer* shared = loop_->lend_read_buffer();
+    ASSERT_NE(shared, nullptr);
+    EXPECT_GE(shared->capacity(), Buffer::kOverflowSize);
+    loop_->return_read_buffer(shared);
+  }
+  EXPECT_EQ(client.received(), "firstsecondthird");
+}
+
 TEST_F(ConnectionTest, OnDataMayCloseItsOwnConnection) {
   on_data_ = [](Connection& c, Buffer& input, Record&) {
     input.consume(input.size());
