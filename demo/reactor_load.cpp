@@ -354,7 +354,7 @@ class Client {
     connector_.cancel();
     if (timer_) worker_.loop.cancel(timer_);
     timer_ = {};
-    if (conn_) conn_->abort();  // on_close sees !running and only drops the handle
+    if (conn_) conn_->abort();  // RST; dropping the handle below cancels its on_close
     conn_.reset();
   }
 
@@ -447,8 +447,8 @@ class StreamClient : public Client {
   }
 
   // Verifies and consumes what arrived. Returns whether the message in flight is now complete.
-  // On wrong bytes the error is counted and the connection aborted (its on_close has run when
-  // this returns false).
+  // On wrong bytes the error is counted and the connection aborted (its on_close follows from
+  // the loop when this returns false).
   bool receive(reactor::Buffer& input) {
     const std::string_view got = input.view();
     if (recv_offset_ + got.size() > send_offset_) {
@@ -534,7 +534,7 @@ class ChurnClient final : public StreamClient {
         conn_->close();  // flush, FIN, wait for the server's EOF: on_close(local_close)
       } else {
         worker_.resets.add(1);
-        conn_->abort();  // RST; on_close runs inside and reconnects
+        conn_->abort();  // RST; on_close follows from the loop and reconnects
       }
       return;
     }
@@ -630,7 +630,7 @@ class IdleClient final : public StreamClient {
   }
 
   void on_data(reactor::Buffer& input) override {
-    if (!receive(input)) return;  // more to come, or aborted: on_close did the rest
+    if (!receive(input)) return;  // more to come, or aborted: on_close does the rest
     if (worker_.running) worker_.messages.add(1);
     if (final_sent_) {
       round_done(true);

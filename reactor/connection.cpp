@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cerrno>
+#include <climits>
 
 namespace reactor {
 
@@ -35,6 +36,8 @@ const char* to_string(CloseReason reason) noexcept {
       return "aborted";
     case CloseReason::error:
       return "error";
+    case CloseReason::output_limit:
+      return "output limit";
   }
   return "unknown";
 }
@@ -49,12 +52,11 @@ Connection::Connection(EventLoop& loop, Fd fd, const Address& peer, ConnectionHa
       peer_(peer) {}
 
 Connection::~Connection() {
-  if (!closed_) detach();
-  if (idle_timer_) loop_.cancel(idle_timer_);
-  if (linger_timer_) loop_.cancel(linger_timer_);
+  detach();
 }
 
 std::error_code Connection::start() {
+  assert_in_loop();
   if (options_.tcp_nodelay && !peer_.is_unix()) {
     // Latency first: a reply must not wait for Nagle. Ignored if the socket refuses.
     (void)set_tcp_nodelay(fd_.get());
@@ -72,13 +74,13 @@ void Connection::set_owner(ConnectionId id, Function<void(Connection&)> on_finis
 }
 
 void Connection::detach() noexcept {
-  if (closed_) return;
-  closed_ = true;
-  can_send_ = false;
-  loop_.remove(io_id_);
-  if (idle_timer_) loop_.cancel(idle_timer_);
-  if (linger_timer_) loop_.cancel(linger_timer_);
-  idle_timer_ = linger_timer_ = TimerId{};
+  state_ = State::closed;
+  if (io_id_) loop_.remove(io_id_);
+  for (TimerId* timer : {&idle_timer_, &linger_timer_, &close_timer_}) {
+    if (*timer) loop_.cancel(*timer);
+    *timer = TimerId{};
+  }
+  io_id_ = IoId{};
 }
 
 namespace {
@@ -92,15 +94,21 @@ struct DepthGuard {
 void Connection::on_events(std::uint32_t events) {
   DepthGuard guard(callback_depth_);
   if (events & (io::readable | io::hangup | io::error)) {
-    handle_read();
-    if (closed_) return;
+    // After the peer's EOF nothing is read again (EOF stays readable, and a Unix socket keeps
+    // reporting its hangup): a hangup then ends the connection. While paused, a hangup must
+    // not deliver the bytes it would read.
+    const bool draining = closing_ && state_ == State::write_shut;
+    if (peer_eof_ || (reading_paused() && !draining)) [[unlikely]] {
+      if (events & (io::hangup | io::error)) handle_hangup();
+    } else {
+      handle_read();
+    }
+    if (state_ == State::closed || hangup_parked_) return;
   }
   if (events & io::writable) handle_write();
 }
 
 void Connection::handle_read() {
-  // Reading paused (by the user or the high-water mark) still reads when the kernel reports a
-  // hangup or error: the level-triggered report would repeat forever otherwise.
   for (int i = 0; i < options_.reads_per_event; ++i) {
     // With no unread input, read into the loop's shared buffer; whatever on_data leaves in it
     // moves into this connection's own buffer afterwards.
@@ -112,8 +120,7 @@ void Connection::handle_read() {
       if (r.bytes == 0 && r.err == 0) {
         handle_eof();
       } else if (!r.would_block()) {
-        const std::error_code ec = write_error_ ? write_error_ : r.error();
-        finish(reason_for(ec), ec);
+        finish(reason_for(r.error()), r.error());
       }
       return;
     }
@@ -126,25 +133,41 @@ void Connection::handle_read() {
       handlers_.on_data(*this, in);
     }
     if (shared) {
-      if (!shared->empty() && !closed_) input_.append(shared->view());
+      if (!shared->empty() && state_ != State::closed) input_.append(shared->view());
       loop_.return_read_buffer(shared);
     }
-    if (closed_) return;
+    if (state_ == State::closed) return;
     // A short read means the socket is drained: another recv would only say EAGAIN.
-    if (!r.filled || user_paused_ || water_paused_) return;
+    if (!r.filled || reading_paused()) return;
   }
+}
+
+void Connection::handle_hangup() {
+  // Queued output first: a send to a peer that is gone reports why (EPIPE, ECONNRESET).
+  if (!output_.empty()) {
+    handle_write();
+    if (state_ == State::closed) return;
+  }
+  const std::error_code ec = pending_socket_error(fd_.get());
+  if (ec || peer_eof_) {
+    finish(ec ? reason_for(ec) : CloseReason::peer_closed, ec);
+    return;
+  }
+  // A clean hangup while paused: the peer's last bytes stay in the socket, unread, until
+  // resume_reading(). The hangup is reported on every wait, whatever the interest, so the
+  // registration goes until then.
+  loop_.remove(io_id_);
+  io_id_ = IoId{};
+  hangup_parked_ = true;
 }
 
 void Connection::handle_eof() {
   peer_eof_ = true;
-  if (write_error_) {
-    finish(reason_for(write_error_), write_error_);
-    return;
-  }
-  if (write_shut_) {  // both directions done
+  if (state_ == State::write_shut) {  // both directions done
     finish(closing_ ? close_reason_ : CloseReason::peer_closed, {});
     return;
   }
+  if (state_ == State::open) state_ = State::peer_shut;
   update_interest();     // stop reading: EOF stays readable, level-triggered
   if (closing_) return;  // flushing; finishes after the write side is shut
   if (handlers_.on_peer_shutdown) {
@@ -162,7 +185,9 @@ void Connection::handle_write() {
     } while (n < 0 && errno == EINTR);
     if (n < 0 && !would_block(errno)) {
       fail_write(errno_code());
-    } else if (n > 0) {
+      return;
+    }
+    if (n > 0) {
       output_.consume(static_cast<std::size_t>(n));
       count_out(static_cast<std::size_t>(n));
     }
@@ -180,31 +205,25 @@ void Connection::handle_write() {
   }
   high_water_fired_ = false;
   water_paused_ = false;
-  if (write_error_) {
-    update_interest();
-    return;
-  }
   if (handlers_.on_drained) {
     handlers_.on_drained(*this);
-    if (closed_) return;
+    if (state_ == State::closed) return;
     if (!output_.empty()) {  // the callback sent more
       update_interest();
       return;
     }
   }
-  if (closing_ || shut_after_flush_) {
+  if (state_ == State::flushing) {
     shut_write_now();
   } else {
     update_interest();
   }
 }
 
-void Connection::fail_write(std::error_code ec) noexcept {
-  // Reported once, through on_close, when the hangup that follows arrives: never from inside
-  // the caller's send().
-  write_error_ = ec;
-  can_send_ = false;
-  output_.clear();
+void Connection::fail_write(std::error_code ec) {
+  // Whatever the error, the stream has a hole in it now: end the connection. on_close runs
+  // from the loop, never inside the caller's send().
+  finish(reason_for(ec), ec);
 }
 
 // Inlined: it sits on the path of every direct send.
@@ -222,7 +241,8 @@ void Connection::fail_write(std::error_code ec) noexcept {
 }
 
 bool Connection::send(std::string_view data) {
-  if (!can_send_) return false;
+  assert_in_loop();
+  if (!can_send()) return false;
   if (data.empty()) return true;
   if (output_.empty()) [[likely]] {
     // The common case, kept short: one send of the whole message from the caller's bytes.
@@ -236,8 +256,7 @@ bool Connection::send(std::string_view data) {
   // EPOLLOUT is armed: the socket was full a moment ago. Queue; handle_write sends in order.
   // Queueing is not activity: an idle timeout still closes a peer that stopped reading.
   output_.append(data);
-  after_output_queued();
-  return true;
+  return after_output_queued();
 }
 
 bool Connection::finish_send(std::string_view data, ssize_t n) {
@@ -247,8 +266,7 @@ bool Connection::finish_send(std::string_view data, ssize_t n) {
   if (written == kSendFailed) return false;
   if (written == data.size()) return true;
   output_.append(data.substr(written));
-  after_output_queued();
-  return true;
+  return after_output_queued();
 }
 
 bool Connection::send(std::string_view first, std::string_view second) {
@@ -258,7 +276,8 @@ bool Connection::send(std::string_view first, std::string_view second) {
 }
 
 bool Connection::send(const iovec* iov, int count) {
-  if (!can_send_) return false;
+  assert_in_loop();
+  if (!can_send()) return false;
   std::size_t total = 0;
   for (int i = 0; i < count; ++i)
     total += iov[i].iov_len;
@@ -266,21 +285,22 @@ bool Connection::send(const iovec* iov, int count) {
   if (!output_.empty()) {
     // EPOLLOUT is armed: the socket was full a moment ago. Queue; handle_write sends in order.
     queue_output(iov, count, 0);
-    after_output_queued();
-    return true;
+    return after_output_queued();
   }
   return write_direct(iov, count, total);
 }
 
 bool Connection::write_direct(const iovec* iov, int count, std::size_t total) {
+  // sendmsg takes at most IOV_MAX entries (EMSGSIZE beyond): send those, queue the rest.
+  const int direct = std::min(count, IOV_MAX);
   ssize_t n;
   do {
-    if (count == 1) {
+    if (direct == 1) {
       n = ::send(fd_.get(), iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
     } else {
       msghdr msg{};
       msg.msg_iov = const_cast<iovec*>(iov);
-      msg.msg_iovlen = static_cast<std::size_t>(count);
+      msg.msg_iovlen = static_cast<std::size_t>(direct);
       n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);  // writev takes no flags: SIGPIPE
     }
   } while (n < 0 && errno == EINTR);
@@ -288,8 +308,7 @@ bool Connection::write_direct(const iovec* iov, int count, std::size_t total) {
   if (written == kSendFailed) return false;
   if (written == total) return true;
   queue_output(iov, count, written);
-  after_output_queued();
-  return true;
+  return after_output_queued();
 }
 
 void Connection::queue_output(const iovec* iov, int count, std::size_t skip) {
@@ -304,50 +323,77 @@ void Connection::queue_output(const iovec* iov, int count, std::size_t skip) {
   }
 }
 
-void Connection::after_output_queued() {
+bool Connection::after_output_queued() {
+  if (options_.max_queued_bytes != 0 && output_.size() > options_.max_queued_bytes) {
+    (void)set_linger_abort(fd_.get());
+    finish(CloseReason::output_limit, std::make_error_code(std::errc::no_buffer_space));
+    return false;
+  }
   if (output_.size() >= options_.high_water_mark && !high_water_fired_) {
     high_water_fired_ = true;
     if (options_.pause_reading_at_high_water) water_paused_ = true;
     if (handlers_.on_high_water) {
       update_interest();
+      DepthGuard guard(callback_depth_);
       handlers_.on_high_water(*this, output_.size());
-      if (closed_) return;
+      if (state_ == State::closed) return true;  // the bytes were taken; the callback ended it
     }
   }
   update_interest();
+  return true;
 }
 
 void Connection::update_interest() {
-  if (closed_) return;
+  if (state_ == State::closed || hangup_parked_) return;
   std::uint32_t want = 0;
   // After close() shut the write side, input is drained (and discarded) regardless of pauses.
-  const bool draining = closing_ && write_shut_;
-  if (!peer_eof_ && (draining || (!user_paused_ && !water_paused_))) want |= io::readable;
+  const bool draining = closing_ && state_ == State::write_shut;
+  if (!peer_eof_ && (draining || !reading_paused())) want |= io::readable;
   if (!output_.empty()) want |= io::writable;
   // modify() calls epoll_ctl only when `want` differs from the current interest.
   if (auto ec = loop_.modify(io_id_, want)) finish(CloseReason::error, ec);
 }
 
 void Connection::pause_reading() {
+  assert_in_loop();
   user_paused_ = true;
   update_interest();
 }
 
 void Connection::resume_reading() {
+  assert_in_loop();
   user_paused_ = false;
   if (water_paused_ && output_.size() < options_.low_water_mark) water_paused_ = false;
+  if (hangup_parked_ && !reading_paused()) {
+    unpark();
+    return;
+  }
+  update_interest();
+}
+
+void Connection::unpark() {
+  // Back on the loop: the hangup is reported again, and this time the bytes are read.
+  hangup_parked_ = false;
+  if (state_ == State::closed) return;
+  auto id = loop_.add(fd_.get(), 0, [this](std::uint32_t events) { on_events(events); });
+  if (!id) {
+    finish(CloseReason::error, id.error());
+    return;
+  }
+  io_id_ = *id;
   update_interest();
 }
 
 void Connection::close() {
+  assert_in_loop();
   begin_close(peer_eof_ ? CloseReason::peer_closed : CloseReason::local_close);
 }
 
 void Connection::begin_close(CloseReason reason) {
-  if (closed_ || closing_) return;
+  if (state_ == State::closed || closing_) return;
   closing_ = true;
-  can_send_ = false;
   close_reason_ = reason;
+  if (hangup_parked_) unpark();  // close() reads (and discards) to the peer's EOF
   if (options_.linger > Duration::zero()) {
     linger_timer_ = loop_.after(options_.linger, [this] {
       linger_timer_ = TimerId{};
@@ -355,48 +401,49 @@ void Connection::begin_close(CloseReason reason) {
       finish(close_reason_, std::make_error_code(std::errc::timed_out));
     });
   }
-  if (write_error_) {
-    finish(reason_for(write_error_), write_error_);
+  if (state_ == State::write_shut) {
+    update_interest();  // shutdown_write() came first: now drain input regardless of pauses
   } else if (output_.empty()) {
     shut_write_now();
   } else {
+    state_ = State::flushing;
     update_interest();
   }
 }
 
 void Connection::shutdown_write() {
-  if (closed_ || write_shut_ || closing_) return;
+  assert_in_loop();
+  if (!can_send()) return;  // closing, shut or closed already
   if (output_.empty()) {
     shut_write_now();
   } else {
-    shut_after_flush_ = true;
-    can_send_ = false;
+    state_ = State::flushing;
   }
 }
 
 void Connection::shut_write_now() {
   ::shutdown(fd_.get(), SHUT_WR);
-  write_shut_ = true;
-  can_send_ = false;
-  shut_after_flush_ = false;
   if (peer_eof_) {
     finish(closing_ ? close_reason_ : CloseReason::peer_closed, {});
     return;
   }
+  state_ = State::write_shut;
   update_interest();
 }
 
 void Connection::abort() {
-  if (closed_) return;
+  assert_in_loop();
+  if (state_ == State::closed) return;
   (void)set_linger_abort(fd_.get());
   finish(CloseReason::aborted, {});
 }
 
 void Connection::set_idle_timeout(Duration timeout) {
+  assert_in_loop();
   options_.idle_timeout = timeout;
   if (idle_timer_) loop_.cancel(idle_timer_);
   idle_timer_ = TimerId{};
-  if (timeout <= Duration::zero() || closed_) return;
+  if (timeout <= Duration::zero() || state_ == State::closed) return;
   last_activity_ = loop_.now();  // the countdown starts now
   idle_timer_ = loop_.after(timeout, [this] { on_idle_timer(); });
 }
@@ -414,14 +461,26 @@ void Connection::on_idle_timer() {
 }
 
 void Connection::finish(CloseReason reason, std::error_code ec) {
-  if (closed_) return;
+  if (state_ == State::closed) return;
   detach();
   fd_.reset();
   output_.clear();
-  // input_ is left as is: an on_data that closed or aborted (directly, or from on_high_water
-  // inside its send) still holds it and may consume() what it used. It is freed with the
-  // connection, at the end of the dispatch round.
-  if (handlers_.on_close) handlers_.on_close(*this, reason, ec);
+  // input_ is left as is: an on_data that closed or aborted still holds it and may consume()
+  // what it used. It is freed with the connection.
+  close_reason_ = reason;
+  close_ec_ = ec;
+  // From the loop, never from inside the call that ended it (the caller may be iterating its
+  // own registry of connections, which on_close edits). A zero-delay timer, not a deferred
+  // task: the destructor can cancel it, so an owner may destroy the connection before it runs.
+  close_timer_ = loop_.after(Duration::zero(), [this] {
+    close_timer_ = TimerId{};
+    deliver_close();
+  });
+}
+
+void Connection::deliver_close() {
+  DepthGuard guard(callback_depth_);
+  if (handlers_.on_close) handlers_.on_close(*this, close_reason_, close_ec_);
   if (on_finished_) {
     auto done = std::move(on_finished_);
     done(*this);

@@ -3,29 +3,57 @@
 // Ownership. A Connection is owned by a TcpServer (which hands out references during callbacks
 // and ConnectionIds to find it later) or by a ConnectionHandle (from a Connector). Its
 // callbacks live in a ConnectionHandlers that the owner keeps alive longer than the connection;
-// many connections share one. The socket is closed when the connection closes; the object is
-// destroyed at the end of the dispatch round in which it closed, so a reference obtained in a
-// callback stays valid until that callback returns, whatever the callback does.
+// many connections share one. The socket is closed when the connection ends; the object is
+// destroyed after on_close, at the end of a dispatch round, so a reference obtained in a
+// callback stays valid until that callback returns, whatever the callback does. A Connection
+// may also be made directly on an already connected socket (a hot restart, an fd passed over a
+// Unix socket): construct it with the fd, then start().
 //
-// Threads. Every method must be called on the connection's loop thread. To send from another
-// thread, post to the loop and look the connection up by id there:
+// Threads. Every method must be called on the connection's loop thread (debug builds assert
+// it). To send from another thread, post to the loop and look the connection up by id there:
 //     loop.post([&server, id, msg = std::move(msg)] {
 //       if (Connection* c = server.find(id)) c->send(msg);   // a stale id finds nothing
 //     });
 //
 // Callbacks (all optional except that unread input accumulates without on_data):
-//   on_data(conn, input)      bytes arrived; consume() what you used, the rest stays for next time
+//   on_data(conn, input)      bytes arrived; consume() what you used, the rest stays for next time.
+//                             Never while reading is paused (pause_reading() or the high-water
+//                             mark), whatever the peer does meanwhile.
 //   on_drained(conn)          queued output reached zero
 //   on_high_water(conn, n)    queued output passed high_water_mark; by default reading stops
-//                             until output drains below low_water_mark (a peer that never reads
-//                             cannot grow memory without bound)
-//   on_peer_shutdown(conn)    the peer half-closed (EOF); you may still send, then close().
-//                             Without this callback the connection closes gracefully at once,
-//                             possibly in the same dispatch round as the on_data before it:
-//                             replies held back for later (say, to the end of the round) must
-//                             be sent from here.
-//   on_close(conn, reason, ec) exactly once, last; no callback follows it
+//                             until output drains below low_water_mark. It runs inside the
+//                             send() that crossed the mark: the one callback a call of yours
+//                             can run. It may close or abort any connection.
+//   on_peer_shutdown(conn)    the peer half-closed (EOF), at most once; you may still send,
+//                             then close(). Without this callback the connection closes
+//                             gracefully at once, possibly in the same dispatch round as the
+//                             on_data before it: replies held back for later (say, to the end of
+//                             the round) must be sent from here. Should the peer then go away
+//                             altogether (a hangup, a reset), the connection ends (on_close).
+//   on_close(conn, reason, ec) exactly once, last; no callback follows it. It never runs inside
+//                             a call you made (close, abort, send, shutdown_write, ...): it runs
+//                             from the loop, after the connection ended (in that iteration's
+//                             timer phase or the next iteration's), as libuv's close callback.
+//                             Until then the object stays valid and is_closed() is true.
 // A callback may send, close or abort this or any other connection.
+//
+// State. One lifecycle state, plus the facts it does not cover (the peer's EOF; close() asked,
+// which discards input and bounds the close by `linger`) and the pause flags:
+//   open        reading and sending
+//   peer_shut   the peer's EOF arrived: sending goes on, reading stops
+//   flushing    shutdown_write() or close() with output queued: SHUT_WR once it drains
+//   write_shut  our FIN is out: reading (close(): discarding) until the peer's EOF
+//   closed      socket closed and deregistered; on_close delivered, or on its way
+// Transitions:
+//   open       -- peer EOF --> peer_shut (on_peer_shutdown, or close() without it)
+//   open       -- shutdown_write()/close() --> flushing, or write_shut when nothing is queued
+//   peer_shut  -- shutdown_write()/close() --> flushing, or closed when nothing is queued
+//   peer_shut  -- hangup or error reported --> closed (SO_ERROR: reset/error, else peer_closed)
+//   flushing   -- output drained --> write_shut, or closed after the peer's EOF
+//   write_shut -- peer EOF --> closed (peer_closed, or close()'s reason)
+//   any        -- reset, socket error, abort(), linger, output limit --> closed
+// While reading is paused, a hangup is not read: a reset ends the connection (the unread
+// bytes go with it); a clean hangup leaves the bytes in the socket until resume_reading().
 //
 // Input. `input` in on_data is valid only during the call. While a connection has no unread
 // input it reads into its loop's shared buffer, and keeps only what on_data leaves unconsumed
@@ -34,7 +62,11 @@
 //
 // Output. send() writes directly when nothing is queued and queues only what the kernel did not
 // take; EPOLLOUT is armed only while output is queued. MSG_NOSIGNAL everywhere: a closed peer
-// never raises SIGPIPE. No allocation per message once the buffers have grown to fit.
+// never raises SIGPIPE. No allocation per message once the buffers have grown to fit. The
+// high-water mark pauses reading from this connection's own peer; output that comes from
+// elsewhere (a fan-out to a peer that does not read) is bounded only by max_queued_bytes: past
+// it the connection is aborted (CloseReason::output_limit), as Redis's output buffer limit.
+// A send error ends the connection (on_close with the error), whatever the error.
 //
 // Close. close() flushes queued output, shuts down the write side, discards input until the
 // peer's EOF, then closes; bounded by `linger` (then it aborts). Closing with unread input would
@@ -44,6 +76,7 @@
 #include <sys/uio.h>
 
 #include <atomic>
+#include <cassert>
 #include <cstdint>
 #include <string_view>
 #include <system_error>
@@ -59,12 +92,13 @@ namespace reactor {
 class Connection;
 
 enum class CloseReason {
-  peer_closed,  // the peer's EOF ended it (after ours, or the peer closed first)
-  reset,        // the peer reset the connection (ECONNRESET, EPIPE)
-  timed_out,    // idle timeout
-  local_close,  // close() completed (ec is timed_out when linger ran out and it aborted)
-  aborted,      // abort()
-  error,        // another socket error, in ec
+  peer_closed,   // the peer's EOF ended it (after ours, or the peer closed first)
+  reset,         // the peer reset the connection (ECONNRESET, EPIPE)
+  timed_out,     // idle timeout
+  local_close,   // close() completed (ec is timed_out when linger ran out and it aborted)
+  aborted,       // abort()
+  error,         // another socket error, in ec
+  output_limit,  // queued output passed max_queued_bytes (ec: no_buffer_space); aborted
 };
 const char* to_string(CloseReason reason) noexcept;
 
@@ -84,6 +118,9 @@ struct ConnectionOptions {
   Duration idle_timeout = Duration::zero();   // zero: none
   bool tcp_nodelay = true;                    // TCP only
   int reads_per_event = 4;  // reads per readiness while each read fills the buffer (fairness)
+  // Hard bound on queued output: past it the connection is aborted (output_limit). Zero: no
+  // bound beyond the high-water pause, which bounds only a peer that sends what we echo.
+  std::size_t max_queued_bytes = 0;
 };
 
 // Finds a connection later, across its lifetime: generation-checked, a stale id finds nothing.
@@ -123,8 +160,9 @@ class Connection {
 
   std::error_code start();
 
-  // Output. false when the connection no longer sends (closing, write side shut, or closed);
-  // then nothing was written or queued.
+  // Output. false when the connection no longer sends (closing, write side shut, or closed):
+  // then nothing was written or queued; or when this send failed or pushed queued output past
+  // max_queued_bytes: then the connection has ended and on_close follows. Any iovec count.
   bool send(std::string_view data);
   bool send(std::string_view first, std::string_view second);  // one gather write
   bool send(const iovec* iov, int count);
@@ -138,8 +176,10 @@ class Connection {
   void shutdown_write();  // half-close after queued output is flushed; reading goes on
   void abort();           // RST now
 
-  bool is_open() const noexcept { return !closing_ && !closed_; }
-  bool is_closed() const noexcept { return closed_; }
+  // Open: sends are taken (open or peer_shut). Closed: the connection ended (on_close follows
+  // from the loop, if it has not run yet).
+  bool is_open() const noexcept { return can_send(); }
+  bool is_closed() const noexcept { return state_ == State::closed; }
   bool peer_has_shut_down() const noexcept { return peer_eof_; }
   // True while one of this connection's callbacks is running (owners' debug checks).
   bool in_callback() const noexcept { return callback_depth_ > 0; }
@@ -166,13 +206,22 @@ class Connection {
   // For owners (TcpServer, ConnectionHandle): `id` is reported by id(); `on_finished` runs once,
   // after on_close, and is where the owner schedules destruction.
   void set_owner(ConnectionId id, Function<void(Connection&)> on_finished) noexcept;
-  // For owners: stop all callbacks and deregister now, without closing the socket (the
-  // destructor does that).
+  // For owners: stop all callbacks (a pending on_close included) and deregister now, without
+  // closing the socket (the destructor does that).
   void detach() noexcept;
 
  private:
+  enum class State : std::uint8_t { open, peer_shut, flushing, write_shut, closed };
+
+  bool can_send() const noexcept { return state_ <= State::peer_shut; }
+  bool reading_paused() const noexcept { return user_paused_ || water_paused_; }
+  void assert_in_loop() const noexcept {
+    assert(loop_.in_loop_thread() && "Connection method called off its loop's thread");
+  }
   void on_events(std::uint32_t events);
   void handle_read();
+  void handle_hangup();
+  void unpark();
   void handle_write();
   void handle_eof();
   void begin_close(CloseReason reason);
@@ -181,10 +230,11 @@ class Connection {
   // retries EINTR, queues the rest, or records the failure.
   [[gnu::noinline]] bool finish_send(std::string_view data, ssize_t n);
   void queue_output(const iovec* iov, int count, std::size_t skip);
-  void after_output_queued();
+  bool after_output_queued();
   void shut_write_now();
   void update_interest();
   void finish(CloseReason reason, std::error_code ec);
+  void deliver_close();
   void on_idle_timer();
   void count_out(std::size_t n) noexcept {
     bytes_out_ += n;
@@ -195,7 +245,7 @@ class Connection {
   void note_activity() noexcept {
     if (options_.idle_timeout > Duration::zero()) last_activity_ = loop_.now();
   }
-  void fail_write(std::error_code ec) noexcept;
+  void fail_write(std::error_code ec);
   // Accounts for what a direct send returned: the bytes written (0 when the socket was full),
   // or kSendFailed after recording the error.
   static constexpr std::size_t kSendFailed = ~std::size_t{0};
@@ -210,17 +260,13 @@ class Connection {
   Fd fd_;
   IoId io_id_;
   int callback_depth_ = 0;
-  // False once any of closed_, closing_, write_shut_, shut_after_flush_ or write_error_ is set:
-  // send() tests one flag.
-  bool can_send_ = true;
-  bool closing_ = false;           // close() called
-  bool write_shut_ = false;        // our FIN sent
-  bool shut_after_flush_ = false;  // shutdown_write() waiting for output to drain
-  bool peer_eof_ = false;          // the peer's FIN arrived
-  bool closed_ = false;            // socket closed, on_close delivered
+  State state_ = State::open;  // send() tests it with one compare
+  bool peer_eof_ = false;      // the peer's FIN arrived (peer_shut, or flushing after it)
+  bool closing_ = false;       // close() called: input discarded, linger armed
   bool user_paused_ = false;
   bool water_paused_ = false;  // paused by the high-water mark
   bool high_water_fired_ = false;
+  bool hangup_parked_ = false;  // a clean hangup while paused: deregistered until resume
   Buffer input_;
   Buffer output_;
   std::uint64_t bytes_in_ = 0;
@@ -233,7 +279,8 @@ class Connection {
   CloseReason close_reason_ = CloseReason::local_close;
   TimerId idle_timer_;
   TimerId linger_timer_;
-  std::error_code write_error_;  // a failed send; reported when the socket's hangup arrives
+  TimerId close_timer_;       // on_close, due from the loop once the connection ended
+  std::error_code close_ec_;  // what on_close will report
   Function<void(Connection&)> on_finished_;
   Address peer_;
 };

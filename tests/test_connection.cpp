@@ -14,15 +14,18 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <climits>
 #include <csignal>
 #include <cstdint>
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -1164,6 +1167,8 @@ TEST_F(ConnectionTest, LingerAbortsCloseTowardPeerThatNeitherReadsNorSendsEof) {
 
   clock_.advance(1ns);
   loop_->run_once(0ns);
+  EXPECT_TRUE(conn->is_closed()) << "linger ran out without aborting";
+  loop_->run_once(0ns);  // on_close: from the loop, after the timer that ended it
   ASSERT_EQ(rec.close_calls, 1) << "linger ran out without aborting";
   EXPECT_EQ(rec.reason, CloseReason::local_close) << to_string(rec.reason);
   EXPECT_EQ(rec.ec, std::errc::timed_out) << rec.ec.message();
@@ -1172,6 +1177,248 @@ TEST_F(ConnectionTest, LingerAbortsCloseTowardPeerThatNeitherReadsNorSendsEof) {
   ASSERT_TRUE(run_until_eof(client));
   EXPECT_EQ(client.error(), ECONNRESET) << std::strerror(client.error());
 }
+
+// ---- Edges: hangups, pauses, errors and callbacks inside the user's own calls ----
+
+// Runs the loop with its own waits for `span` of real time; returns the iterations it took. A
+// connection that spins on a level-triggered report shows as thousands of them.
+std::uint64_t iterations_over(EventLoop& loop, Duration span) {
+  const std::uint64_t before = loop.stats().iterations;
+  loop.after(span, [&loop] { loop.stop(); });
+  loop.run();
+  return loop.stats().iterations - before;
+}
+
+// Well above what a quiet loop takes in 100 ms (a few), far below a spin (tens of thousands).
+constexpr std::uint64_t kQuietIterations = 25;
+
+TEST_F(ConnectionTest, HangupAfterPeerEofOnUnixSocketEndsTheConnectionWithoutSpinning) {
+  test::TempDir dir;
+  on_data_ = [](Connection&, Buffer& input, Record&) { input.consume(input.size()); };
+  on_peer_shutdown_ = [](Connection&, Record&) {};  // holds the connection for a later reply
+  const Address bound = start_server(test::unix_address(dir.file("s")));
+  {
+    RawClient client(bound);
+    ASSERT_EQ(client.send_some("x"), 1u);
+  }  // writes and closes: the kernel keeps reporting the hangup
+  ASSERT_TRUE(run_until([&] { return !records_.empty() && records_[0].peer_shutdown_calls > 0; }));
+  const std::uint64_t iterations = iterations_over(*loop_, 100ms);
+  EXPECT_EQ(records_[0].peer_shutdown_calls, 1);
+  EXPECT_LE(iterations, kQuietIterations) << "the loop spun on the hangup";
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].reason, CloseReason::peer_closed) << to_string(records_[0].reason);
+  EXPECT_EQ(records_[0].data_calls, 1);
+}
+
+TEST_F(ConnectionTest, ResetAfterPeerEofEndsTheConnectionOnceWithoutSpinning) {
+  on_peer_shutdown_ = [](Connection&, Record&) {};  // holds the connection for a later reply
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  client.shutdown_write();
+  ASSERT_TRUE(run_until([&] { return !records_.empty() && records_[0].peer_shutdown_calls > 0; }));
+  client.close();  // gone: it answers the reply below with a reset
+  Connection* conn = server_side(records_[0]);
+  ASSERT_NE(conn, nullptr);
+  EXPECT_TRUE(conn->send("the reply, too late"));
+  const std::uint64_t iterations = iterations_over(*loop_, 100ms);
+  EXPECT_EQ(records_[0].peer_shutdown_calls, 1);
+  EXPECT_LE(iterations, kQuietIterations) << "the loop spun on the error";
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].reason, CloseReason::reset) << to_string(records_[0].reason);
+  // A reset in CLOSE_WAIT (after the peer's FIN) is reported as EPIPE by the kernel.
+  EXPECT_TRUE(records_[0].ec == std::errc::connection_reset ||
+              records_[0].ec == std::errc::broken_pipe)
+      << records_[0].ec.message();
+}
+
+TEST_F(ConnectionTest, PausedConnectionGetsNoDataWhenThePeerResets) {
+  on_open_ = [](Connection& c, Record&) { c.pause_reading(); };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  ASSERT_EQ(client.send_some("never read"), 10u);
+  Connection* conn = server_side(records_[0]);
+  ASSERT_NE(conn, nullptr);
+  ASSERT_TRUE(wait_for_input(conn->fd()));
+  client.reset();
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].data_calls, 0) << "on_data ran while reading was paused";
+  EXPECT_EQ(records_[0].reason, CloseReason::reset) << to_string(records_[0].reason);
+}
+
+TEST_F(ConnectionTest, PausedConnectionKeepsThePeersLastBytesUntilResumed) {
+  test::TempDir dir;
+  on_open_ = [](Connection& c, Record&) { c.pause_reading(); };
+  on_data_ = [](Connection&, Buffer& input, Record& r) {
+    r.received.append(input.view());
+    input.consume(input.size());
+  };
+  const Address bound = start_server(test::unix_address(dir.file("s")));
+  {
+    RawClient client(bound);
+    ASSERT_TRUE(run_until_open());
+    ASSERT_EQ(client.send_some("last words"), 10u);
+  }  // writes and closes while the server does not read
+  const std::uint64_t iterations = iterations_over(*loop_, 100ms);
+  EXPECT_LE(iterations, kQuietIterations) << "the loop spun on the hangup";
+  EXPECT_EQ(records_[0].data_calls, 0) << "on_data ran while reading was paused";
+  EXPECT_EQ(records_[0].close_calls, 0) << "the unread bytes were dropped";
+
+  Connection* conn = server_side(records_[0]);
+  ASSERT_NE(conn, nullptr);
+  conn->resume_reading();
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].received, "last words");
+  EXPECT_EQ(records_[0].reason, CloseReason::peer_closed) << to_string(records_[0].reason);
+}
+
+TEST_F(ConnectionTest, GatherSendOfMoreThanIovMaxEntriesIsSentWhole) {
+  constexpr int kCount = IOV_MAX * 2 + 3;
+  const std::string bytes = random_bytes(kCount, 31);
+  bool sent = false;
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    std::vector<iovec> iov(kCount);
+    for (int i = 0; i < kCount; ++i)
+      iov[static_cast<std::size_t>(i)] = {const_cast<char*>(&bytes[static_cast<std::size_t>(i)]),
+                                          1};
+    sent = c.send(iov.data(), kCount);
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.received().size() >= bytes.size() || client.eof() || client.failed();
+  }));
+  EXPECT_TRUE(sent);
+  EXPECT_TRUE(client.received() == bytes) << "got " << client.received().size() << " bytes";
+  EXPECT_EQ(records_[0].close_calls, 0);
+}
+
+TEST_F(ConnectionTest, OnCloseNeverRunsInsideTheCallThatEndedTheConnection) {
+  int close_calls_inside_abort = -1;
+  int close_calls_inside_close = -1;
+  on_data_ = [&](Connection& c, Buffer& input, Record& r) {
+    input.consume(input.size());
+    c.abort();
+    close_calls_inside_abort = r.close_calls;
+    EXPECT_TRUE(c.is_closed());
+  };
+  on_peer_shutdown_ = [&](Connection& c, Record& r) {
+    c.close();  // nothing queued, the peer's EOF is in: the connection ends right here
+    close_calls_inside_close = r.close_calls;
+    EXPECT_TRUE(c.is_closed());
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient aborted(bound);
+  RawClient closed(bound);
+  ASSERT_TRUE(run_until_open(2));
+  ASSERT_EQ(aborted.send_some("x"), 1u);
+  closed.shutdown_write();
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls + records_[1].close_calls == 2; }));
+  EXPECT_EQ(close_calls_inside_abort, 0) << "on_close ran inside abort()";
+  EXPECT_EQ(close_calls_inside_close, 0) << "on_close ran inside close()";
+  for (const Record& r : records_) {
+    EXPECT_TRUE(r.reason == CloseReason::aborted || r.reason == CloseReason::peer_closed)
+        << to_string(r.reason);
+  }
+}
+
+// A chat-style fan-out: the server keeps its own registry of connections, which on_close
+// edits, and broadcasts by iterating it. One peer never reads.
+class FanOutTest : public ConnectionTest {
+ protected:
+  void SetUp() override {
+    on_open_ = [this](Connection& c, Record&) {
+      registry_[c.id().slot] = &c;
+      EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024));
+    };
+    on_close_ = [this](Connection& c, Record&) {
+      if (broadcasting_) {
+        ++closed_while_broadcasting_;  // erasing now would break the iteration below
+        return;
+      }
+      registry_.erase(c.id().slot);
+    };
+    on_data_ = [](Connection&, Buffer& input, Record&) { input.consume(input.size()); };
+  }
+
+  // Broadcasts until the slow peer is gone (or `rounds` ran); the fast one reads as it goes.
+  void broadcast(const Address& bound, std::size_t* max_queued = nullptr) {
+    RawClient slow(bound, 64 * 1024);
+    RawClient fast(bound);
+    ASSERT_TRUE(run_until_open(2));
+    const std::string chunk = random_bytes(64 << 10, 41);
+    std::string expected;
+    for (int round = 0; round < 256 && registry_.size() == 2; ++round) {
+      broadcasting_ = true;
+      for (auto& [slot, conn] : registry_) {
+        conn->send(chunk);
+        if (max_queued) *max_queued = std::max(*max_queued, conn->queued_bytes());
+      }
+      broadcasting_ = false;
+      expected += chunk;
+      ASSERT_TRUE(run_until([&] {
+        fast.receive_some();
+        return fast.received().size() == expected.size() || fast.failed();
+      }));
+    }
+    EXPECT_EQ(closed_while_broadcasting_, 0) << "on_close ran inside send()";
+    ASSERT_TRUE(run_until([&] { return registry_.size() == 1; })) << "the slow peer was kept";
+    EXPECT_TRUE(fast.received() == expected) << "the fast peer lost bytes";
+    EXPECT_EQ(fast.error(), 0) << std::strerror(fast.error());
+    slow_ = *std::find_if(records_.begin(), records_.end(),
+                          [](const Record& r) { return r.close_calls == 1; });
+  }
+
+  std::map<std::uint32_t, Connection*> registry_;
+  bool broadcasting_ = false;
+  int closed_while_broadcasting_ = 0;
+  Record slow_;
+};
+
+TEST_F(FanOutTest, AbortingASlowPeerFromOnHighWaterInsideABroadcastIsSafe) {
+  ServerOptions options;
+  options.connection.high_water_mark = 512 << 10;
+  on_high_water_ = [](Connection& c, std::size_t, Record&) { c.abort(); };
+  broadcast(start_server(Address::ipv4_loopback(0), options));
+  EXPECT_EQ(slow_.reason, CloseReason::aborted) << to_string(slow_.reason);
+  EXPECT_EQ(slow_.high_water_calls, 1);
+}
+
+TEST_F(FanOutTest, OutputPastMaxQueuedBytesAbortsTheConnection) {
+  ServerOptions options;
+  options.connection.max_queued_bytes = 1 << 20;
+  std::size_t max_queued = 0;
+  broadcast(start_server(Address::ipv4_loopback(0), options), &max_queued);
+  EXPECT_EQ(slow_.reason, CloseReason::output_limit) << to_string(slow_.reason);
+  EXPECT_EQ(slow_.ec, std::errc::no_buffer_space) << slow_.ec.message();
+  EXPECT_LE(max_queued, options.connection.max_queued_bytes);
+}
+
+#ifndef NDEBUG
+TEST_F(ConnectionTest, ConnectionMethodsOffTheLoopThreadAreAssertedInDebugBuilds) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Connection* conn = server_side(records_[0]);
+  ASSERT_NE(conn, nullptr);
+  EXPECT_DEATH(
+      {
+        std::thread t([conn] { conn->send("x"); });
+        t.join();
+      },
+      "off its loop's thread");
+  EXPECT_DEATH(
+      {
+        std::thread t([conn] { conn->abort(); });
+        t.join();
+      },
+      "off its loop's thread");
+}
+#endif
 
 // ---- Cost in steady state ----
 
