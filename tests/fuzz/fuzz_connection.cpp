@@ -12,12 +12,19 @@
 // on_data / on_drained / on_high_water callback; the TcpServer stops; the clock advances so idle
 // and linger timers fire; the loop runs run_once(0) iterations.
 //
+// Op 12 checks that the loop goes quiet: with nothing new from the peer and the clock still, an
+// iteration must soon report no event (a level-triggered report that nobody clears, such as a
+// hangup after EOF, would repeat forever).
+//
 // Invariants, checked after each step and at the end:
 // - the server sees the peer's bytes exactly once and in order (each on_data's input is the next
 //   part of what the peer sent); the peer receives a prefix of what it sent, each byte once, in
 //   order; it never receives more than the server's bytes_sent();
 // - no callback after on_close; on_close exactly once by the end of the input, with the socket
-//   already closed;
+//   already closed, and never inside a call the server made (close, abort, send, ...);
+// - on_peer_shutdown at most once; no on_data while the server paused reading; queued_bytes()
+//   is 0 inside on_drained;
+// - the loop does not spin (op 12);
 // - a graceful close completes without the clock once the peer has shut down and reads;
 // - at the end the peer has received every byte the server's kernel took (AF_UNIX delivers
 //   what was written), and all it sent when nothing dropped data on the way (no server close or
@@ -57,6 +64,8 @@ using reactor::Duration;
 constexpr std::size_t kMaxSteps = 256;
 constexpr std::size_t kMaxBytes = 512 << 10;  // sent by the peer, per input
 constexpr int kTeardownIterations = 2000;
+// Enough for the server to move everything the peer sent (at most kMaxBytes, 64 KiB a read).
+constexpr int kQuietIterations = 64;
 
 [[noreturn]] void fail(const char* what) {
   std::fprintf(stderr, "fuzz_connection: %s\n", what);
@@ -113,6 +122,7 @@ struct Config {
     options.linger = kLinger[b & 3];
     options.reads_per_event = (b & 4) ? 1 : 4;
     gather_send = b & 8;
+    if (b & 16) options.max_queued_bytes = 16 << 10;
   }
 };
 
@@ -132,7 +142,8 @@ class Harness {
     if (config_.peer_shutdown_mode != 0) {
       handlers_.on_peer_shutdown = [this](Connection& c) {
         callback("on_peer_shutdown");
-        if (config_.peer_shutdown_mode == 1) c.close();  // flushes first: nothing is lost
+        check(++peer_shutdowns_ == 1, "on_peer_shutdown ran more than once");
+        if (config_.peer_shutdown_mode == 1) user_call([&] { c.close(); });  // flushes first
       };
     }
     handlers_.on_close = [this](Connection& c, CloseReason reason, std::error_code ec) {
@@ -195,6 +206,9 @@ class Harness {
         clock_.advance(std::chrono::milliseconds(20) * arg);
         loop_.run_once(0ns);
         break;
+      case 12:
+        check_quiet();
+        break;
       case 11:
         if (server_) {
           server_->stop(std::chrono::milliseconds(20) * arg, [this] { ++stop_done_; });
@@ -210,8 +224,8 @@ class Harness {
     }
     peer_read();
     check_invariants();
-    // A closed direct connection is destroyed between steps, as an owner would.
-    if (direct_ && direct_->is_closed()) direct_.reset();
+    // A direct connection whose on_close ran is destroyed between steps, as an owner would.
+    if (direct_ && closes_ > 0) direct_.reset();
   }
 
   // Ends the connection: the peer resumes reading and shuts down; the server side must then
@@ -220,6 +234,7 @@ class Harness {
   void finish() {
     peer_reading_ = true;
     if (Connection* c = connection()) c->resume_reading();
+    paused_ = false;
     peer_half_close();
     bool closed_by_teardown = false;
     for (int i = 0; i < kTeardownIterations && !(closes_ > 0 && peer_done()); ++i) {
@@ -243,10 +258,11 @@ class Harness {
       dropped_ = true;
     }
     if (Connection* c = connection()) c->abort();
-    check(closes_ == 1, "on_close did not run exactly once");
-    // Deferred destruction (TcpServer), posted stop completion.
+    // on_close (from the loop, after abort()), deferred destruction (TcpServer), posted stop
+    // completion.
     for (int i = 0; i < 4; ++i)
       loop_.run_once(0ns);
+    check(closes_ == 1, "on_close did not run exactly once");
     peer_read();
     check_invariants();
     if (peer_ >= 0) {
@@ -341,20 +357,23 @@ class Harness {
     // The usual handler shape: note what it will consume, use it, then consume it.
     const std::size_t n = input.size();
     server_seen_ += n;
+    check(!paused_, "on_data while the server paused reading");
     const InCallback action = std::exchange(in_data_, InCallback::nothing);
     if (action == InCallback::close_before_echo) {
-      c.close();
+      user_call([&] { c.close(); });
       dropped_ = true;
     }
     const std::string_view in = input.view();
-    const bool sent = config_.gather_send
-                          ? c.send(in.substr(0, in.size() / 2), in.substr(in.size() / 2))
-                          : c.send(in);
+    bool sent = false;
+    user_call([&] {
+      sent = config_.gather_send ? c.send(in.substr(0, in.size() / 2), in.substr(in.size() / 2))
+                                 : c.send(in);
+    });
     if (!sent) {
       dropped_ = true;
       // An open connection whose peer still reads must take output.
       check(action == InCallback::close_before_echo || !c.is_open() || peer_ < 0 ||
-                write_shut_requested_,
+                write_shut_requested_ || config_.options.max_queued_bytes != 0,
             "send() refused on an open connection");
     }
     input.consume(n);
@@ -363,19 +382,28 @@ class Harness {
 
   void on_drained(Connection& c) {
     callback("on_drained");
+    check(c.queued_bytes() == 0, "on_drained with output still queued");
     act(c, std::exchange(in_drained_, InCallback::nothing));
+  }
+
+  // Runs one of the server's own calls; on_close must not run inside it.
+  template <class Call>
+  void user_call(Call&& call) {
+    ++in_user_call_;
+    call();
+    --in_user_call_;
   }
 
   void act(Connection& c, InCallback action) {
     switch (action) {
       case InCallback::close:
-        c.close();
+        user_call([&] { c.close(); });
         break;
       case InCallback::abort:
-        c.abort();
+        user_call([&] { c.abort(); });
         break;
       case InCallback::shutdown_write:
-        c.shutdown_write();
+        user_call([&] { c.shutdown_write(); });
         write_shut_requested_ = true;
         break;
       case InCallback::nothing:
@@ -387,6 +415,7 @@ class Harness {
 
   void on_close(Connection& c, CloseReason reason, std::error_code ec) {
     callback("on_close");
+    check(in_user_call_ == 0, "on_close ran inside a call the server made");
     ++closes_;
     reason_ = reason;
     close_ec_ = ec;
@@ -402,26 +431,28 @@ class Harness {
     if (c == nullptr) return;
     switch (arg % 6) {
       case 0:
-        c->close();
+        user_call([&] { c->close(); });
         dropped_ = true;
         break;
       case 1:
-        c->abort();
+        user_call([&] { c->abort(); });
         dropped_ = true;
         break;
       case 2:
-        c->shutdown_write();
+        user_call([&] { c->shutdown_write(); });
         write_shut_requested_ = true;
         dropped_ = true;
         break;
       case 3:
-        c->pause_reading();
+        user_call([&] { c->pause_reading(); });
+        paused_ = true;
         break;
       case 4:
-        c->resume_reading();
+        user_call([&] { c->resume_reading(); });
+        paused_ = false;
         break;
       case 5:
-        c->set_idle_timeout(std::chrono::milliseconds(10) * (arg / 6));
+        user_call([&] { c->set_idle_timeout(std::chrono::milliseconds(10) * (arg / 6)); });
         break;
     }
   }
@@ -480,6 +511,14 @@ class Harness {
     }
   }
 
+  // With the peer and the clock still, the loop must run out of events within a few iterations.
+  void check_quiet() {
+    for (int i = 0; i < kQuietIterations; ++i) {
+      if (loop_.run_once(0ns) == 0) return;
+    }
+    fail("the loop spins: events keep coming with nothing new from the peer");
+  }
+
   void check_invariants() {
     check(closes_ <= 1, "on_close ran more than once");
     check(received_ <= server_seen_, "the peer received bytes the server never read");
@@ -516,6 +555,9 @@ class Harness {
   InCallback in_drained_ = InCallback::nothing;
   InCallback in_high_water_ = InCallback::nothing;
   int closes_ = 0;
+  int peer_shutdowns_ = 0;
+  int in_user_call_ = 0;
+  bool paused_ = false;  // the server called pause_reading() (and not resume_reading())
   bool stop_called_ = false;
   int stop_done_ = 0;
   std::size_t baseline_registrations_ = loop_.registrations();
