@@ -94,16 +94,16 @@ struct DepthGuard {
 void Connection::on_events(std::uint32_t events) {
   DepthGuard guard(callback_depth_);
   if (events & (io::readable | io::hangup | io::error)) {
-    // After the peer's EOF nothing is read again (EOF stays readable, and a Unix socket keeps
-    // reporting its hangup): a hangup then ends the connection. While paused, a hangup must
-    // not deliver the bytes it would read.
-    const bool draining = closing_ && state_ == State::write_shut;
-    if (peer_eof_ || (reading_paused() && !draining)) [[unlikely]] {
-      if (events & (io::hangup | io::error)) handle_hangup();
-    } else {
+    if (reading_) [[likely]] {
       handle_read();
+      if (state_ == State::closed) return;
+    } else if (events & (io::hangup | io::error)) {
+      // Not reading (the peer's EOF is in, or paused), yet a hangup or error is reported, as it
+      // is whatever the interest: nothing may be read (EOF stays readable; paused means no
+      // on_data), so the hangup itself is handled.
+      handle_hangup();
+      return;
     }
-    if (state_ == State::closed || hangup_parked_) return;
   }
   if (events & io::writable) handle_write();
 }
@@ -348,7 +348,8 @@ void Connection::update_interest() {
   std::uint32_t want = 0;
   // After close() shut the write side, input is drained (and discarded) regardless of pauses.
   const bool draining = closing_ && state_ == State::write_shut;
-  if (!peer_eof_ && (draining || !reading_paused())) want |= io::readable;
+  reading_ = !peer_eof_ && (draining || !reading_paused());
+  if (reading_) want |= io::readable;
   if (!output_.empty()) want |= io::writable;
   // modify() calls epoll_ctl only when `want` differs from the current interest.
   if (auto ec = loop_.modify(io_id_, want)) finish(CloseReason::error, ec);

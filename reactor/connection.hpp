@@ -267,6 +267,9 @@ class Connection {
   bool water_paused_ = false;  // paused by the high-water mark
   bool high_water_fired_ = false;
   bool hangup_parked_ = false;  // a clean hangup while paused: deregistered until resume
+  // Readable is in the interest set (not after the peer's EOF, not while paused unless
+  // close() drains): kept by update_interest(), read by every event with one load.
+  bool reading_ = true;
   Buffer input_;
   Buffer output_;
   std::uint64_t bytes_in_ = 0;
