@@ -651,16 +651,18 @@ TEST(TcpServerTwoLoops, PostingToTheShardFindsTheConnectionById) {
   }
   ASSERT_EQ(id.shard, 1u);
 
-  std::atomic<bool> found{false};
-  other.loop().post([&server, &found, id] {
-    if (Connection* c = server.find(id)) {
-      found = c->send("pushed from another thread");
-    }
+  // send()'s result is set after the bytes are on the wire: wait for it, not for the bytes.
+  std::promise<bool> sent;
+  auto sent_result = sent.get_future();
+  other.loop().post([&server, &sent, id] {
+    Connection* c = server.find(id);
+    sent.set_value(c != nullptr && c->send("pushed from another thread"));
   });
   std::string got;
   ASSERT_TRUE(receive(loop, clients[0], 26, got));
   EXPECT_EQ(got, "pushed from another thread");
-  EXPECT_TRUE(found.load());
+  ASSERT_EQ(sent_result.wait_for(10s), std::future_status::ready);
+  EXPECT_TRUE(sent_result.get());
   stop_server(loop, server, clients);
 }
 
