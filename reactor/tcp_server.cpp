@@ -4,34 +4,145 @@
 
 namespace reactor {
 
-// What one loop owns: its Listener and the connections it accepted. Touched only on that loop's
-// thread, except the counters, which other threads read.
-struct TcpServer::Shard {
-  struct Entry {
-    std::unique_ptr<Connection> connection;
-    std::uint32_t generation = 1;
-  };
+// What one loop owns: its Listener and the connections it accepted (the slot table that ids
+// index). Touched only on that loop's thread, except the counters, which other threads read.
+class TcpServer::Shard {
+ public:
+  Shard(TcpServer& server, EventLoop& loop, ConnectionHandlers& handlers, std::uint32_t index)
+      : loop(loop), handlers_(handlers), server_(server), index_(index) {}
 
-  EventLoop* loop = nullptr;
-  ConnectionHandlers* handlers = nullptr;
-  std::uint32_t index = 0;
+  // The Listener's accept handler: a new connection for this shard (or refused).
+  void accept(Fd socket, const Address& peer);
+  // The connection's owner callback, after its on_close: frees the slot.
+  void finish(Connection& connection);
+  // Stops accepting and closes every connection; aborts what is left after `grace`.
+  void stop(Duration grace);
+  Connection* find(ConnectionId id) const noexcept;
+  // For the server's destructor: drops every connection without callbacks.
+  void detach_all() noexcept;
+
+  // Single writer (this loop's thread), readable from any thread.
+  static void bump(std::atomic<std::uint64_t>& c, std::int64_t by) noexcept {
+    c.store(c.load(std::memory_order_relaxed) + static_cast<std::uint64_t>(by),
+            std::memory_order_relaxed);
+  }
+
+  EventLoop& loop;
   std::unique_ptr<Listener> listener;
-  std::vector<Entry> slots;
-  std::vector<std::uint32_t> free_slots;
   TrafficCounters traffic;
   std::atomic<std::uint64_t> accepted{0};
   std::atomic<std::uint64_t> active{0};
   std::atomic<std::uint64_t> refused{0};
   std::atomic<std::uint64_t> fd_exhaustion{0};
   bool stopping = false;
-  bool accepting_now = false;  // inside on_accept (debug check for destruction)
-  TimerId grace_timer;
+  bool accepting_now = false;  // inside accept() (debug check for destruction)
 
-  static void bump(std::atomic<std::uint64_t>& c, std::int64_t by) noexcept {
-    c.store(c.load(std::memory_order_relaxed) + static_cast<std::uint64_t>(by),
-            std::memory_order_relaxed);
-  }
+ private:
+  struct Entry {
+    std::unique_ptr<Connection> connection;
+    std::uint32_t generation = 1;
+  };
+
+  ConnectionHandlers& handlers_;
+  TcpServer& server_;
+  std::uint32_t index_;
+  std::vector<Entry> slots_;
+  std::vector<std::uint32_t> free_slots_;
+  TimerId grace_timer_;
 };
+
+void TcpServer::Shard::accept(Fd socket, const Address& peer) {
+  if (stopping) {
+    bump(refused, 1);  // the socket closes here
+    return;
+  }
+  if (server_.options_.max_connections &&
+      server_.open_connections_.load(std::memory_order_relaxed) >=
+          server_.options_.max_connections) {
+    bump(refused, 1);
+    return;
+  }
+  auto connection = std::make_unique<Connection>(loop, std::move(socket), peer, handlers_,
+                                                 server_.options_.connection, &traffic);
+  std::uint32_t slot;
+  if (!free_slots_.empty()) {
+    slot = free_slots_.back();
+    free_slots_.pop_back();
+  } else {
+    slot = static_cast<std::uint32_t>(slots_.size());
+    slots_.emplace_back();
+  }
+  Entry& entry = slots_[slot];
+  connection->set_owner(ConnectionId{slot, entry.generation, index_},
+                        [this](Connection& c) { finish(c); });
+  if (connection->start()) {
+    free_slots_.push_back(slot);
+    return;
+  }
+  Connection& ref = *connection;
+  entry.connection = std::move(connection);
+  server_.open_connections_.fetch_add(1, std::memory_order_relaxed);
+  bump(accepted, 1);
+  bump(active, 1);
+  if (server_.on_open_) {
+    accepting_now = true;
+    server_.on_open_(ref);
+    accepting_now = false;
+  }
+}
+
+void TcpServer::Shard::finish(Connection& connection) {
+  const ConnectionId id = connection.id();
+  Entry& entry = slots_[id.slot];
+  if (++entry.generation == 0) entry.generation = 1;  // stale ids find nothing from now on
+  free_slots_.push_back(id.slot);
+  server_.open_connections_.fetch_sub(1, std::memory_order_relaxed);
+  bump(active, -1);
+  // We are inside the connection's own call stack: destroy it after the dispatch round.
+  loop.defer([doomed = std::move(entry.connection)]() mutable { doomed.reset(); });
+  if (stopping && active.load(std::memory_order_relaxed) == 0) {
+    if (grace_timer_) loop.cancel(grace_timer_);
+    grace_timer_ = TimerId{};
+    server_.shard_stopped();
+  }
+}
+
+Connection* TcpServer::Shard::find(ConnectionId id) const noexcept {
+  assert(loop.in_loop_thread() && "find() on the connection's own loop only");
+  if (id.slot >= slots_.size()) return nullptr;
+  const Entry& entry = slots_[id.slot];
+  return entry.generation == id.generation ? entry.connection.get() : nullptr;
+}
+
+void TcpServer::Shard::stop(Duration grace) {
+  stopping = true;
+  if (listener) listener->stop();
+  if (active.load(std::memory_order_relaxed) == 0) {
+    server_.shard_stopped();
+    return;
+  }
+  grace_timer_ = loop.after(grace, [this] {
+    grace_timer_ = TimerId{};
+    for (auto& entry : slots_) {
+      if (entry.connection) entry.connection->abort();
+    }
+  });
+  // By index, and no slot is added while stopping: close() may finish a connection at once.
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    if (slots_[i].connection) slots_[i].connection->close();
+  }
+}
+
+void TcpServer::Shard::detach_all() noexcept {
+  listener.reset();
+  for (auto& entry : slots_) {
+    if (!entry.connection) continue;
+    assert(!entry.connection->in_callback() &&
+           "TcpServer destroyed inside a connection's callback: defer() it");
+    entry.connection->detach();
+  }
+  if (grace_timer_) loop.cancel(grace_timer_);
+}
 
 namespace {
 std::vector<TcpServer::LoopAndHandlers> sharing(const std::vector<EventLoop*>& loops,
@@ -56,30 +167,20 @@ TcpServer::TcpServer(std::vector<LoopAndHandlers> loops, const Address& address,
     : address_(address), bound_(address), options_(options) {
   assert(!loops.empty() && "a TcpServer needs at least one loop");
   for (std::size_t i = 0; i < loops.size(); ++i) {
-    auto shard = std::make_unique<Shard>();
-    shard->loop = loops[i].loop;
-    shard->handlers = loops[i].handlers;
-    shard->index = static_cast<std::uint32_t>(i);
-    shards_.push_back(std::move(shard));
+    shards_.push_back(std::make_unique<Shard>(*this, *loops[i].loop, *loops[i].handlers,
+                                              static_cast<std::uint32_t>(i)));
   }
 }
 
 TcpServer::~TcpServer() {
   for (auto& shard : shards_) {
     assert(!shard->accepting_now && "TcpServer destroyed inside its own callback: defer() it");
-    if (!shard->loop->in_loop_thread()) {
+    if (!shard->loop.in_loop_thread()) {
       assert(shard->active.load() == 0 && !shard->listener &&
              "destroy a multi-loop TcpServer only after stop() completed");
       continue;
     }
-    shard->listener.reset();
-    for (auto& entry : shard->slots) {
-      if (!entry.connection) continue;
-      assert(!entry.connection->in_callback() &&
-             "TcpServer destroyed inside a connection's callback: defer() it");
-      entry.connection->detach();
-    }
-    if (shard->grace_timer) shard->loop->cancel(shard->grace_timer);
+    shard->detach_all();
   }
 }
 
@@ -100,95 +201,36 @@ std::error_code TcpServer::start() {
   Listener::Options listener_options;
   listener_options.accepts_per_event = options_.accepts_per_event;
   listener_options.exclusive = shards_.size() > 1 && !per_loop;
-  for (auto& shard_ptr : shards_) {
-    Shard& shard = *shard_ptr;
-    const ListenSocket& socket = sockets_[per_loop ? shard.index : 0];
+  for (std::size_t i = 0; i < shards_.size(); ++i) {
+    Shard& shard = *shards_[i];
+    const ListenSocket& socket = sockets_[per_loop ? i : 0];
     shard.listener = std::make_unique<Listener>(
-        *shard.loop, socket,
-        [this, &shard](Fd fd, const Address& peer) { on_accept(shard, std::move(fd), peer); },
+        shard.loop, socket,
+        [&shard](Fd fd, const Address& peer) { shard.accept(std::move(fd), peer); },
         listener_options);
     shard.listener->set_error_handler([this, &shard](std::error_code ec) {
       Shard::bump(shard.fd_exhaustion, 1);
       if (on_error_) on_error_(ec);
     });
-    if (shard.loop->in_loop_thread()) {
+    if (shard.loop.in_loop_thread()) {
       // Fails only for want of memory or fds (epoll_ctl); keep the promise that nothing listens.
       if (auto ec = shard.listener->start()) {
         for (auto& s : shards_) {
-          if (s->loop->in_loop_thread()) s->listener.reset();
+          if (s->loop.in_loop_thread()) s->listener.reset();
         }
         sockets_.clear();
         return ec;
       }
     } else {
-      shard.loop->post([&shard] { (void)shard.listener->start(); });
+      shard.loop.post([&shard] { (void)shard.listener->start(); });
     }
   }
   return {};
 }
 
-void TcpServer::on_accept(Shard& shard, Fd socket, const Address& peer) {
-  if (shard.stopping) {
-    Shard::bump(shard.refused, 1);  // the socket closes here
-    return;
-  }
-  if (options_.max_connections &&
-      open_connections_.load(std::memory_order_relaxed) >= options_.max_connections) {
-    Shard::bump(shard.refused, 1);
-    return;
-  }
-  auto connection = std::make_unique<Connection>(
-      *shard.loop, std::move(socket), peer, *shard.handlers, options_.connection, &shard.traffic);
-  std::uint32_t slot;
-  if (!shard.free_slots.empty()) {
-    slot = shard.free_slots.back();
-    shard.free_slots.pop_back();
-  } else {
-    slot = static_cast<std::uint32_t>(shard.slots.size());
-    shard.slots.emplace_back();
-  }
-  Shard::Entry& entry = shard.slots[slot];
-  connection->set_owner(ConnectionId{slot, entry.generation, shard.index},
-                        [this, &shard](Connection& c) { on_finished(shard, c); });
-  if (connection->start()) {
-    shard.free_slots.push_back(slot);
-    return;
-  }
-  Connection& ref = *connection;
-  entry.connection = std::move(connection);
-  open_connections_.fetch_add(1, std::memory_order_relaxed);
-  Shard::bump(shard.accepted, 1);
-  Shard::bump(shard.active, 1);
-  if (on_open_) {
-    shard.accepting_now = true;
-    on_open_(ref);
-    shard.accepting_now = false;
-  }
-}
-
-void TcpServer::on_finished(Shard& shard, Connection& connection) {
-  const ConnectionId id = connection.id();
-  Shard::Entry& entry = shard.slots[id.slot];
-  if (++entry.generation == 0) entry.generation = 1;  // stale ids find nothing from now on
-  shard.free_slots.push_back(id.slot);
-  open_connections_.fetch_sub(1, std::memory_order_relaxed);
-  Shard::bump(shard.active, -1);
-  // We are inside the connection's own call stack: destroy it after the dispatch round.
-  shard.loop->defer([doomed = std::move(entry.connection)]() mutable { doomed.reset(); });
-  if (shard.stopping && shard.active.load(std::memory_order_relaxed) == 0) {
-    if (shard.grace_timer) shard.loop->cancel(shard.grace_timer);
-    shard.grace_timer = TimerId{};
-    shard_stopped();
-  }
-}
-
 Connection* TcpServer::find(ConnectionId id) const noexcept {
   if (id.shard >= shards_.size()) return nullptr;
-  const Shard& shard = *shards_[id.shard];
-  assert(shard.loop->in_loop_thread() && "find() on the connection's own loop only");
-  if (id.slot >= shard.slots.size()) return nullptr;
-  const Shard::Entry& entry = shard.slots[id.slot];
-  return entry.generation == id.generation ? entry.connection.get() : nullptr;
+  return shards_[id.shard]->find(id);
 }
 
 void TcpServer::stop(Duration grace, Function<void()> done) {
@@ -197,38 +239,19 @@ void TcpServer::stop(Duration grace, Function<void()> done) {
   shards_running_.store(shards_.size());
   for (auto& shard_ptr : shards_) {
     Shard& shard = *shard_ptr;
-    if (shard.loop->in_loop_thread()) {
-      stop_shard(shard, grace);
+    if (shard.loop.in_loop_thread()) {
+      shard.stop(grace);
     } else {
-      shard.loop->post([this, &shard, grace] { stop_shard(shard, grace); });
+      shard.loop.post([&shard, grace] { shard.stop(grace); });
     }
-  }
-}
-
-void TcpServer::stop_shard(Shard& shard, Duration grace) {
-  shard.stopping = true;
-  if (shard.listener) shard.listener->stop();
-  if (shard.active.load(std::memory_order_relaxed) == 0) {
-    shard_stopped();
-    return;
-  }
-  shard.grace_timer = shard.loop->after(grace, [&shard] {
-    shard.grace_timer = TimerId{};
-    for (auto& entry : shard.slots) {
-      if (entry.connection) entry.connection->abort();
-    }
-  });
-  // By index, and no slot is added while stopping: close() may finish a connection at once.
-  for (std::size_t i = 0; i < shard.slots.size(); ++i) {
-    if (shard.slots[i].connection) shard.slots[i].connection->close();
   }
 }
 
 void TcpServer::shard_stopped() {
   if (shards_running_.fetch_sub(1) != 1) return;
   // The last shard to stop hands `done` to the home loop, outside every callback of ours.
-  EventLoop* home = shards_[0]->loop;
-  home->post([this] {
+  EventLoop& home = shards_[0]->loop;
+  home.post([this] {
     for (auto& shard : shards_)
       shard->listener.reset();
     sockets_.clear();  // new connections are refused now, and a Unix socket file goes away

@@ -97,10 +97,7 @@ class TcpServer {
   std::size_t loop_count() const noexcept { return shards_.size(); }
 
  private:
-  struct Shard;
-  void on_accept(Shard& shard, Fd socket, const Address& peer);
-  void on_finished(Shard& shard, Connection& connection);
-  void stop_shard(Shard& shard, Duration grace);
+  class Shard;  // one loop's listener and connections (tcp_server.cpp)
   void shard_stopped();
 
   std::vector<std::unique_ptr<Shard>> shards_;
