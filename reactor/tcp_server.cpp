@@ -173,6 +173,7 @@ TcpServer::TcpServer(std::vector<LoopAndHandlers> loops, const Address& address,
 }
 
 TcpServer::~TcpServer() {
+  *self_ = nullptr;  // what is in flight to the home loop is cancelled
   for (auto& shard : shards_) {
     assert(!shard->accepting_now && "TcpServer destroyed inside its own callback: defer() it");
     if (!shard->loop.in_loop_thread()) {
@@ -250,16 +251,19 @@ void TcpServer::stop(Duration grace, Function<void()> done) {
 void TcpServer::shard_stopped() {
   if (shards_running_.fetch_sub(1) != 1) return;
   // The last shard to stop hands `done` to the home loop, outside every callback of ours.
-  EventLoop& home = shards_[0]->loop;
-  home.post([this] {
-    for (auto& shard : shards_)
-      shard->listener.reset();
-    sockets_.clear();  // new connections are refused now, and a Unix socket file goes away
-    if (on_stopped_) {
-      auto done = std::move(on_stopped_);
-      done();
-    }
+  shards_[0]->loop.post([self = self_] {
+    if (TcpServer* server = *self) server->finish_stop();
   });
+}
+
+void TcpServer::finish_stop() {
+  for (auto& shard : shards_)
+    shard->listener.reset();
+  sockets_.clear();  // new connections are refused now, and a Unix socket file goes away
+  if (on_stopped_) {
+    auto done = std::move(on_stopped_);
+    done();
+  }
 }
 
 ServerStats TcpServer::stats() const noexcept {

@@ -14,7 +14,8 @@
 // loop: post to loops[id.shard]). The other loops must be running while the server starts and
 // stops; destroy the server only after stop() completed (or, with one loop, at any time on its
 // thread outside the server's own callbacks: destroying it inside one is a programmer error,
-// asserted in debug builds; defer() it instead).
+// asserted in debug builds; defer() it instead). Destroying it during a stop cancels the stop:
+// its `done` never runs, and open connections are dropped without callbacks.
 //
 // Limits. max_connections caps open connections (over it, a new connection is accepted and
 // closed at once, and counted as refused). Fd exhaustion is handled by the Listener (see
@@ -99,6 +100,7 @@ class TcpServer {
  private:
   class Shard;  // one loop's listener and connections (tcp_server.cpp)
   void shard_stopped();
+  void finish_stop();
 
   std::vector<std::unique_ptr<Shard>> shards_;
   Address address_;
@@ -110,6 +112,8 @@ class TcpServer {
   std::atomic<std::size_t> open_connections_{0};
   std::atomic<std::size_t> shards_running_{0};
   Function<void()> on_stopped_;
+  // Tasks posted to the home loop hold a copy and find nullptr once the server is destroyed.
+  std::shared_ptr<TcpServer*> self_ = std::make_shared<TcpServer*>(this);
 };
 
 }  // namespace reactor

@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -428,6 +429,45 @@ TEST(TcpServer, StopWithoutConnectionsCompletesAndClosesThePort) {
   server.stop(1s, [&] { ++done; });
   ASSERT_TRUE(run_until(loop, [&] { return done > 0; }));
   EXPECT_EQ(connect_errno(address), ECONNREFUSED);
+}
+
+TEST(TcpServer, DestroyedRightAfterStopLeavesNothingBehindOnTheLoop) {
+  // The stop's "shard stopped" report is in flight to the loop when the server goes: it must
+  // find no server (ASan saw it read the freed one), and `done` is cancelled with the stop.
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  auto server = std::make_unique<TcpServer>(loop, Address::ipv4_loopback(0), handlers);
+  ASSERT_FALSE(server->start());
+  const Address address = server->address();
+  int done = 0;
+  server->stop(0s, [&] { ++done; });
+  server.reset();
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(done, 0);
+  EXPECT_EQ(connect_errno(address), ECONNREFUSED);
+}
+
+TEST(TcpServer, DestroyedDuringAGracefulStopDetachesItsConnections) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  int closes = 0;
+  handlers.on_close = [&](Connection&, CloseReason, std::error_code) { ++closes; };
+  auto server = std::make_unique<TcpServer>(loop, Address::ipv4_loopback(0), handlers);
+  ASSERT_FALSE(server->start());
+  int client = connect_to(server->address());
+  ASSERT_GE(client, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return server->stats().active == 1; }));
+  int done = 0;
+  server->stop(5s, [&] { ++done; });
+  server.reset();
+  // The connection's socket closed without callbacks; nothing of the server runs any more.
+  EXPECT_NE(read_until_closed(loop, client), PeerEnd::open);
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(done, 0);
+  EXPECT_EQ(closes, 0);
+  ::close(client);
 }
 
 // ---------------------------------------------------------------------------------------------
