@@ -5,17 +5,21 @@
 namespace reactor {
 
 // What one loop owns: its Listener and the connections it accepted (the slot table that ids
-// index). Touched only on that loop's thread, except the counters, which other threads read.
+// index). Touched only on that loop's thread, except the counters, which other threads read,
+// and `listener`, which the home loop sets before it posts start() here and resets after this
+// shard reported stopped.
 class TcpServer::Shard {
  public:
   Shard(TcpServer& server, EventLoop& loop, ConnectionHandlers& handlers, std::uint32_t index)
       : loop(loop), handlers_(handlers), server_(server), index_(index) {}
 
-  // The Listener's accept handler: a new connection for this shard (or refused).
+  // The Listener's handlers: a new connection for this shard (or refused), an accept error.
   void accept(Fd socket, const Address& peer);
+  void accept_failed(std::error_code ec);
   // The connection's owner callback, after its on_close: frees the slot.
   void finish(Connection& connection);
-  // Stops accepting and closes every connection; aborts what is left after `grace`.
+  // Stops accepting and closes every connection; aborts what is left after `grace`. Reports
+  // to the home loop once no connection is left.
   void stop(Duration grace);
   Connection* find(ConnectionId id) const noexcept;
   // For the server's destructor: drops every connection without callbacks.
@@ -35,9 +39,11 @@ class TcpServer::Shard {
   std::atomic<std::uint64_t> refused{0};
   std::atomic<std::uint64_t> fd_exhaustion{0};
   bool stopping = false;
-  bool accepting_now = false;  // inside accept() (debug check for destruction)
+  bool in_listener_callback = false;  // on_open or on_error running (debug check)
 
  private:
+  void report_stopped();
+
   struct Entry {
     std::unique_ptr<Connection> connection;
     std::uint32_t generation = 1;
@@ -85,9 +91,18 @@ void TcpServer::Shard::accept(Fd socket, const Address& peer) {
   bump(accepted, 1);
   bump(active, 1);
   if (server_.on_open_) {
-    accepting_now = true;
+    in_listener_callback = true;
     server_.on_open_(ref);
-    accepting_now = false;
+    in_listener_callback = false;
+  }
+}
+
+void TcpServer::Shard::accept_failed(std::error_code ec) {
+  bump(fd_exhaustion, 1);
+  if (server_.on_error_) {
+    in_listener_callback = true;
+    server_.on_error_(ec);
+    in_listener_callback = false;
   }
 }
 
@@ -103,7 +118,7 @@ void TcpServer::Shard::finish(Connection& connection) {
   if (stopping && active.load(std::memory_order_relaxed) == 0) {
     if (grace_timer_) loop.cancel(grace_timer_);
     grace_timer_ = TimerId{};
-    server_.shard_stopped();
+    report_stopped();
   }
 }
 
@@ -118,7 +133,7 @@ void TcpServer::Shard::stop(Duration grace) {
   stopping = true;
   if (listener) listener->stop();
   if (active.load(std::memory_order_relaxed) == 0) {
-    server_.shard_stopped();
+    report_stopped();
     return;
   }
   grace_timer_ = loop.after(grace, [this] {
@@ -131,6 +146,17 @@ void TcpServer::Shard::stop(Duration grace) {
   for (std::size_t i = 0; i < slots_.size(); ++i) {
     if (slots_[i].connection) slots_[i].connection->close();
   }
+}
+
+// Once the last shard's report arrives, the home loop runs `done`, which may destroy the
+// server: so the report leaves at the end of the dispatch round, when nothing on this loop
+// (the rest of stop(), a connection's own close path) still uses the shard.
+void TcpServer::Shard::report_stopped() {
+  loop.defer([home = &server_.home(), self = server_.self_] {
+    home->post([self] {
+      if (TcpServer* server = *self) server->shard_stopped();
+    });
+  });
 }
 
 void TcpServer::Shard::detach_all() noexcept {
@@ -173,19 +199,26 @@ TcpServer::TcpServer(std::vector<LoopAndHandlers> loops, const Address& address,
 }
 
 TcpServer::~TcpServer() {
+  assert(home().in_loop_thread() && "destroy a TcpServer on its home loop's thread");
   *self_ = nullptr;  // what is in flight to the home loop is cancelled
   for (auto& shard : shards_) {
-    assert(!shard->accepting_now && "TcpServer destroyed inside its own callback: defer() it");
     if (!shard->loop.in_loop_thread()) {
-      assert(shard->active.load() == 0 && !shard->listener &&
-             "destroy a multi-loop TcpServer only after stop() completed");
+      assert(phase_ == Phase::idle &&
+             "destroy a multi-loop TcpServer only before start() or after stop() completed");
       continue;
     }
+    assert(!shard->in_listener_callback &&
+           "TcpServer destroyed inside its own callback: defer() it");
     shard->detach_all();
   }
 }
 
+EventLoop& TcpServer::home() const noexcept {
+  return shards_[0]->loop;
+}
+
 std::error_code TcpServer::start() {
+  assert(home().in_loop_thread() && "start() on the home loop's thread");
   const bool per_loop = options_.listen.reuse_port && !address_.is_unix();
   const std::size_t count = per_loop ? shards_.size() : 1;
   Address address = address_;
@@ -209,10 +242,7 @@ std::error_code TcpServer::start() {
         shard.loop, socket,
         [&shard](Fd fd, const Address& peer) { shard.accept(std::move(fd), peer); },
         listener_options);
-    shard.listener->set_error_handler([this, &shard](std::error_code ec) {
-      Shard::bump(shard.fd_exhaustion, 1);
-      if (on_error_) on_error_(ec);
-    });
+    shard.listener->set_error_handler([&shard](std::error_code ec) { shard.accept_failed(ec); });
     if (shard.loop.in_loop_thread()) {
       // Fails only for want of memory or fds (epoll_ctl); keep the promise that nothing listens.
       if (auto ec = shard.listener->start()) {
@@ -226,6 +256,7 @@ std::error_code TcpServer::start() {
       shard.loop.post([&shard] { (void)shard.listener->start(); });
     }
   }
+  phase_ = Phase::listening;
   return {};
 }
 
@@ -235,9 +266,20 @@ Connection* TcpServer::find(ConnectionId id) const noexcept {
 }
 
 void TcpServer::stop(Duration grace, Function<void()> done) {
-  if (shards_running_.load() != 0 || shards_[0]->stopping) return;  // already stopping
+  if (home().in_loop_thread()) {
+    begin_stop(grace, std::move(done));
+    return;
+  }
+  home().post([self = self_, grace, done = std::move(done)]() mutable {
+    if (TcpServer* server = *self) server->begin_stop(grace, std::move(done));
+  });
+}
+
+void TcpServer::begin_stop(Duration grace, Function<void()> done) {
+  if (phase_ == Phase::stopping) return;
+  phase_ = Phase::stopping;
   on_stopped_ = std::move(done);
-  shards_running_.store(shards_.size());
+  shards_running_ = shards_.size();
   for (auto& shard_ptr : shards_) {
     Shard& shard = *shard_ptr;
     if (shard.loop.in_loop_thread()) {
@@ -249,20 +291,16 @@ void TcpServer::stop(Duration grace, Function<void()> done) {
 }
 
 void TcpServer::shard_stopped() {
-  if (shards_running_.fetch_sub(1) != 1) return;
-  // The last shard to stop hands `done` to the home loop, outside every callback of ours.
-  shards_[0]->loop.post([self = self_] {
-    if (TcpServer* server = *self) server->finish_stop();
-  });
-}
-
-void TcpServer::finish_stop() {
+  assert(phase_ == Phase::stopping && shards_running_ > 0);
+  if (--shards_running_ != 0) return;
+  // Every shard's listener is stopped: nothing uses them or the sockets any more.
   for (auto& shard : shards_)
     shard->listener.reset();
   sockets_.clear();  // new connections are refused now, and a Unix socket file goes away
+  phase_ = Phase::idle;
   if (on_stopped_) {
     auto done = std::move(on_stopped_);
-    done();
+    done();  // may destroy the server: nothing after this
   }
 }
 
