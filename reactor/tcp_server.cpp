@@ -219,9 +219,14 @@ EventLoop& TcpServer::home() const noexcept {
 
 std::error_code TcpServer::start() {
   assert(home().in_loop_thread() && "start() on the home loop's thread");
+  // Opening the address again would fail (or, with port 0, bind elsewhere) and its cleanup
+  // would close the socket the listeners use: refuse, and change nothing.
+  if (phase_ != Phase::idle) return std::make_error_code(std::errc::connection_already_in_progress);
+  assert(sockets_.empty() && "a completed stop closed them");
   const bool per_loop = options_.listen.reuse_port && !address_.is_unix();
   const std::size_t count = per_loop ? shards_.size() : 1;
   Address address = address_;
+  Address bound;
   for (std::size_t i = 0; i < count; ++i) {
     auto socket = ListenSocket::open(address, options_.listen);
     if (!socket) {
@@ -229,7 +234,7 @@ std::error_code TcpServer::start() {
       return socket.error();
     }
     // Port 0 with SO_REUSEPORT: the other loops join the port the first one got.
-    if (i == 0) address = bound_ = socket->address();
+    if (i == 0) address = bound = socket->address();
     sockets_.push_back(std::move(*socket));
   }
   Listener::Options listener_options;
@@ -237,25 +242,30 @@ std::error_code TcpServer::start() {
   listener_options.exclusive = shards_.size() > 1 && !per_loop;
   for (std::size_t i = 0; i < shards_.size(); ++i) {
     Shard& shard = *shards_[i];
-    const ListenSocket& socket = sockets_[per_loop ? i : 0];
     shard.listener = std::make_unique<Listener>(
-        shard.loop, socket,
+        shard.loop, sockets_[per_loop ? i : 0],
         [&shard](Fd fd, const Address& peer) { shard.accept(std::move(fd), peer); },
         listener_options);
     shard.listener->set_error_handler([&shard](std::error_code ec) { shard.accept_failed(ec); });
-    if (shard.loop.in_loop_thread()) {
-      // Fails only for want of memory or fds (epoll_ctl); keep the promise that nothing listens.
-      if (auto ec = shard.listener->start()) {
-        for (auto& s : shards_) {
-          if (s->loop.in_loop_thread()) s->listener.reset();
-        }
-        sockets_.clear();
-        return ec;
-      }
-    } else {
-      shard.loop.post([&shard] { (void)shard.listener->start(); });
+    if (!shard.loop.in_loop_thread()) continue;  // started below, on its own loop
+    shard.stopping = false;                      // a start after a completed stop
+    // Fails only for want of memory or fds (epoll_ctl); keep the promise that nothing listens.
+    if (auto ec = shard.listener->start()) {
+      for (auto& s : shards_)
+        s->listener.reset();
+      sockets_.clear();
+      return ec;
     }
   }
+  for (auto& shard_ptr : shards_) {
+    Shard& shard = *shard_ptr;
+    if (shard.loop.in_loop_thread()) continue;
+    shard.loop.post([&shard] {
+      shard.stopping = false;
+      (void)shard.listener->start();
+    });
+  }
+  bound_ = bound;
   phase_ = Phase::listening;
   return {};
 }

@@ -94,9 +94,13 @@ class TcpServer {
   void set_error_handler(Listener::ErrorHandler on_error) { on_error_ = std::move(on_error); }
 
   // Binds and starts accepting on every loop. Errors: those of ListenSocket::open
-  // (EADDRINUSE, EACCES, ...). On error nothing is listening.
+  // (EADDRINUSE, EACCES, ...), after which nothing listens; EALREADY
+  // (std::errc::connection_already_in_progress) while the server listens or a stop is under
+  // way, and then nothing changes. Once stop() has completed, start() listens again (on the
+  // address as given: port 0 gets a new port).
   std::error_code start();
-  // The bound address (the real port when port 0 was asked). Valid after start().
+  // The bound address (the real port when port 0 was asked). Valid after start(); after a stop,
+  // the address the server last listened on.
   const Address& address() const noexcept { return bound_; }
 
   // On the loop of id.shard only.
