@@ -4,34 +4,171 @@
 
 namespace reactor {
 
-// What one loop owns: its Listener and the connections it accepted. Touched only on that loop's
-// thread, except the counters, which other threads read.
-struct TcpServer::Shard {
-  struct Entry {
-    std::unique_ptr<Connection> connection;
-    std::uint32_t generation = 1;
-  };
+// What one loop owns: its Listener and the connections it accepted (the slot table that ids
+// index). Touched only on that loop's thread, except the counters, which other threads read,
+// and `listener`, which the home loop sets before it posts start() here and resets after this
+// shard reported stopped.
+class TcpServer::Shard {
+ public:
+  Shard(TcpServer& server, EventLoop& loop, ConnectionHandlers& handlers, std::uint32_t index)
+      : loop(loop), handlers_(handlers), server_(server), index_(index) {}
 
-  EventLoop* loop = nullptr;
-  ConnectionHandlers* handlers = nullptr;
-  std::uint32_t index = 0;
+  // The Listener's handlers: a new connection for this shard (or refused), an accept error.
+  void accept(Fd socket, const Address& peer);
+  void accept_failed(std::error_code ec);
+  // The connection's owner callback, after its on_close: frees the slot.
+  void finish(Connection& connection);
+  // Stops accepting and closes every connection; aborts what is left after `grace`. Reports
+  // to the home loop once no connection is left.
+  void stop(Duration grace);
+  Connection* find(ConnectionId id) const noexcept;
+  // For the server's destructor: drops every connection without callbacks.
+  void detach_all() noexcept;
+
+  // Single writer (this loop's thread), readable from any thread.
+  static void bump(std::atomic<std::uint64_t>& c, std::int64_t by) noexcept {
+    c.store(c.load(std::memory_order_relaxed) + static_cast<std::uint64_t>(by),
+            std::memory_order_relaxed);
+  }
+
+  EventLoop& loop;
   std::unique_ptr<Listener> listener;
-  std::vector<Entry> slots;
-  std::vector<std::uint32_t> free_slots;
   TrafficCounters traffic;
   std::atomic<std::uint64_t> accepted{0};
   std::atomic<std::uint64_t> active{0};
   std::atomic<std::uint64_t> refused{0};
   std::atomic<std::uint64_t> fd_exhaustion{0};
   bool stopping = false;
-  bool accepting_now = false;  // inside on_accept (debug check for destruction)
-  TimerId grace_timer;
+  bool in_listener_callback = false;  // on_open or on_error running (debug check)
 
-  static void bump(std::atomic<std::uint64_t>& c, std::int64_t by) noexcept {
-    c.store(c.load(std::memory_order_relaxed) + static_cast<std::uint64_t>(by),
-            std::memory_order_relaxed);
-  }
+ private:
+  void report_stopped();
+
+  struct Entry {
+    std::unique_ptr<Connection> connection;
+    std::uint32_t generation = 1;
+  };
+
+  ConnectionHandlers& handlers_;
+  TcpServer& server_;
+  std::uint32_t index_;
+  std::vector<Entry> slots_;
+  std::vector<std::uint32_t> free_slots_;
+  TimerId grace_timer_;
 };
+
+void TcpServer::Shard::accept(Fd socket, const Address& peer) {
+  if (stopping) {
+    bump(refused, 1);  // the socket closes here
+    return;
+  }
+  if (server_.options_.max_connections &&
+      server_.open_connections_.load(std::memory_order_relaxed) >=
+          server_.options_.max_connections) {
+    bump(refused, 1);
+    return;
+  }
+  auto connection = std::make_unique<Connection>(loop, std::move(socket), peer, handlers_,
+                                                 server_.options_.connection, &traffic);
+  std::uint32_t slot;
+  if (!free_slots_.empty()) {
+    slot = free_slots_.back();
+    free_slots_.pop_back();
+  } else {
+    slot = static_cast<std::uint32_t>(slots_.size());
+    slots_.emplace_back();
+  }
+  Entry& entry = slots_[slot];
+  connection->set_owner(ConnectionId{slot, entry.generation, index_},
+                        [this](Connection& c) { finish(c); });
+  if (connection->start()) {
+    free_slots_.push_back(slot);
+    return;
+  }
+  Connection& ref = *connection;
+  entry.connection = std::move(connection);
+  server_.open_connections_.fetch_add(1, std::memory_order_relaxed);
+  bump(accepted, 1);
+  bump(active, 1);
+  if (server_.on_open_) {
+    in_listener_callback = true;
+    server_.on_open_(ref);
+    in_listener_callback = false;
+  }
+}
+
+void TcpServer::Shard::accept_failed(std::error_code ec) {
+  bump(fd_exhaustion, 1);
+  if (server_.on_error_) {
+    in_listener_callback = true;
+    server_.on_error_(ec);
+    in_listener_callback = false;
+  }
+}
+
+void TcpServer::Shard::finish(Connection& connection) {
+  const ConnectionId id = connection.id();
+  Entry& entry = slots_[id.slot];
+  if (++entry.generation == 0) entry.generation = 1;  // stale ids find nothing from now on
+  free_slots_.push_back(id.slot);
+  server_.open_connections_.fetch_sub(1, std::memory_order_relaxed);
+  bump(active, -1);
+  // We are inside the connection's own call stack: destroy it after the dispatch round.
+  loop.defer([doomed = std::move(entry.connection)]() mutable { doomed.reset(); });
+  if (stopping && active.load(std::memory_order_relaxed) == 0) {
+    if (grace_timer_) loop.cancel(grace_timer_);
+    grace_timer_ = TimerId{};
+    report_stopped();
+  }
+}
+
+Connection* TcpServer::Shard::find(ConnectionId id) const noexcept {
+  assert(loop.in_loop_thread() && "find() on the connection's own loop only");
+  if (id.slot >= slots_.size()) return nullptr;
+  const Entry& entry = slots_[id.slot];
+  return entry.generation == id.generation ? entry.connection.get() : nullptr;
+}
+
+void TcpServer::Shard::stop(Duration grace) {
+  stopping = true;
+  if (listener) listener->stop();
+  if (active.load(std::memory_order_relaxed) == 0) {
+    report_stopped();
+    return;
+  }
+  grace_timer_ = loop.after(grace, [this] {
+    grace_timer_ = TimerId{};
+    for (auto& entry : slots_) {
+      if (entry.connection) entry.connection->abort();
+    }
+  });
+  // By index, and no slot is added while stopping: close() may finish a connection at once.
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    if (slots_[i].connection) slots_[i].connection->close();
+  }
+}
+
+// Once the last shard's report arrives, the home loop runs `done`, which may destroy the
+// server: so the report leaves at the end of the dispatch round, when nothing on this loop
+// (the rest of stop(), a connection's own close path) still uses the shard.
+void TcpServer::Shard::report_stopped() {
+  loop.defer([home = &server_.home(), self = server_.self_] {
+    home->post([self] {
+      if (TcpServer* server = *self) server->shard_stopped();
+    });
+  });
+}
+
+void TcpServer::Shard::detach_all() noexcept {
+  listener.reset();
+  for (auto& entry : slots_) {
+    if (!entry.connection) continue;
+    assert(!entry.connection->in_callback() &&
+           "TcpServer destroyed inside a connection's callback: defer() it");
+    entry.connection->detach();
+  }
+  if (grace_timer_) loop.cancel(grace_timer_);
+}
 
 namespace {
 std::vector<TcpServer::LoopAndHandlers> sharing(const std::vector<EventLoop*>& loops,
@@ -56,37 +193,40 @@ TcpServer::TcpServer(std::vector<LoopAndHandlers> loops, const Address& address,
     : address_(address), bound_(address), options_(options) {
   assert(!loops.empty() && "a TcpServer needs at least one loop");
   for (std::size_t i = 0; i < loops.size(); ++i) {
-    auto shard = std::make_unique<Shard>();
-    shard->loop = loops[i].loop;
-    shard->handlers = loops[i].handlers;
-    shard->index = static_cast<std::uint32_t>(i);
-    shards_.push_back(std::move(shard));
+    shards_.push_back(std::make_unique<Shard>(*this, *loops[i].loop, *loops[i].handlers,
+                                              static_cast<std::uint32_t>(i)));
   }
 }
 
 TcpServer::~TcpServer() {
+  assert(home().in_loop_thread() && "destroy a TcpServer on its home loop's thread");
+  *self_ = nullptr;  // what is in flight to the home loop is cancelled
   for (auto& shard : shards_) {
-    assert(!shard->accepting_now && "TcpServer destroyed inside its own callback: defer() it");
-    if (!shard->loop->in_loop_thread()) {
-      assert(shard->active.load() == 0 && !shard->listener &&
-             "destroy a multi-loop TcpServer only after stop() completed");
+    if (!shard->loop.in_loop_thread()) {
+      assert(phase_ == Phase::idle &&
+             "destroy a multi-loop TcpServer only before start() or after stop() completed");
       continue;
     }
-    shard->listener.reset();
-    for (auto& entry : shard->slots) {
-      if (!entry.connection) continue;
-      assert(!entry.connection->in_callback() &&
-             "TcpServer destroyed inside a connection's callback: defer() it");
-      entry.connection->detach();
-    }
-    if (shard->grace_timer) shard->loop->cancel(shard->grace_timer);
+    assert(!shard->in_listener_callback &&
+           "TcpServer destroyed inside its own callback: defer() it");
+    shard->detach_all();
   }
 }
 
+EventLoop& TcpServer::home() const noexcept {
+  return shards_[0]->loop;
+}
+
 std::error_code TcpServer::start() {
+  assert(home().in_loop_thread() && "start() on the home loop's thread");
+  // Opening the address again would fail (or, with port 0, bind elsewhere) and its cleanup
+  // would close the socket the listeners use: refuse, and change nothing.
+  if (phase_ != Phase::idle) return std::make_error_code(std::errc::connection_already_in_progress);
+  assert(sockets_.empty() && "a completed stop closed them");
   const bool per_loop = options_.listen.reuse_port && !address_.is_unix();
   const std::size_t count = per_loop ? shards_.size() : 1;
   Address address = address_;
+  Address bound;
   for (std::size_t i = 0; i < count; ++i) {
     auto socket = ListenSocket::open(address, options_.listen);
     if (!socket) {
@@ -94,149 +234,84 @@ std::error_code TcpServer::start() {
       return socket.error();
     }
     // Port 0 with SO_REUSEPORT: the other loops join the port the first one got.
-    if (i == 0) address = bound_ = socket->address();
+    if (i == 0) address = bound = socket->address();
     sockets_.push_back(std::move(*socket));
   }
   Listener::Options listener_options;
   listener_options.accepts_per_event = options_.accepts_per_event;
   listener_options.exclusive = shards_.size() > 1 && !per_loop;
-  for (auto& shard_ptr : shards_) {
-    Shard& shard = *shard_ptr;
-    const ListenSocket& socket = sockets_[per_loop ? shard.index : 0];
+  for (std::size_t i = 0; i < shards_.size(); ++i) {
+    Shard& shard = *shards_[i];
     shard.listener = std::make_unique<Listener>(
-        *shard.loop, socket,
-        [this, &shard](Fd fd, const Address& peer) { on_accept(shard, std::move(fd), peer); },
+        shard.loop, sockets_[per_loop ? i : 0],
+        [&shard](Fd fd, const Address& peer) { shard.accept(std::move(fd), peer); },
         listener_options);
-    shard.listener->set_error_handler([this, &shard](std::error_code ec) {
-      Shard::bump(shard.fd_exhaustion, 1);
-      if (on_error_) on_error_(ec);
-    });
-    if (shard.loop->in_loop_thread()) {
-      // Fails only for want of memory or fds (epoll_ctl); keep the promise that nothing listens.
-      if (auto ec = shard.listener->start()) {
-        for (auto& s : shards_) {
-          if (s->loop->in_loop_thread()) s->listener.reset();
-        }
-        sockets_.clear();
-        return ec;
-      }
-    } else {
-      shard.loop->post([&shard] { (void)shard.listener->start(); });
+    shard.listener->set_error_handler([&shard](std::error_code ec) { shard.accept_failed(ec); });
+    if (!shard.loop.in_loop_thread()) continue;  // started below, on its own loop
+    shard.stopping = false;                      // a start after a completed stop
+    // Fails only for want of memory or fds (epoll_ctl); keep the promise that nothing listens.
+    if (auto ec = shard.listener->start()) {
+      for (auto& s : shards_)
+        s->listener.reset();
+      sockets_.clear();
+      return ec;
     }
   }
+  for (auto& shard_ptr : shards_) {
+    Shard& shard = *shard_ptr;
+    if (shard.loop.in_loop_thread()) continue;
+    shard.loop.post([&shard] {
+      shard.stopping = false;
+      (void)shard.listener->start();
+    });
+  }
+  bound_ = bound;
+  phase_ = Phase::listening;
   return {};
-}
-
-void TcpServer::on_accept(Shard& shard, Fd socket, const Address& peer) {
-  if (shard.stopping) {
-    Shard::bump(shard.refused, 1);  // the socket closes here
-    return;
-  }
-  if (options_.max_connections &&
-      open_connections_.load(std::memory_order_relaxed) >= options_.max_connections) {
-    Shard::bump(shard.refused, 1);
-    return;
-  }
-  auto connection = std::make_unique<Connection>(
-      *shard.loop, std::move(socket), peer, *shard.handlers, options_.connection, &shard.traffic);
-  std::uint32_t slot;
-  if (!shard.free_slots.empty()) {
-    slot = shard.free_slots.back();
-    shard.free_slots.pop_back();
-  } else {
-    slot = static_cast<std::uint32_t>(shard.slots.size());
-    shard.slots.emplace_back();
-  }
-  Shard::Entry& entry = shard.slots[slot];
-  connection->set_owner(ConnectionId{slot, entry.generation, shard.index},
-                        [this, &shard](Connection& c) { on_finished(shard, c); });
-  if (connection->start()) {
-    shard.free_slots.push_back(slot);
-    return;
-  }
-  Connection& ref = *connection;
-  entry.connection = std::move(connection);
-  open_connections_.fetch_add(1, std::memory_order_relaxed);
-  Shard::bump(shard.accepted, 1);
-  Shard::bump(shard.active, 1);
-  if (on_open_) {
-    shard.accepting_now = true;
-    on_open_(ref);
-    shard.accepting_now = false;
-  }
-}
-
-void TcpServer::on_finished(Shard& shard, Connection& connection) {
-  const ConnectionId id = connection.id();
-  Shard::Entry& entry = shard.slots[id.slot];
-  if (++entry.generation == 0) entry.generation = 1;  // stale ids find nothing from now on
-  shard.free_slots.push_back(id.slot);
-  open_connections_.fetch_sub(1, std::memory_order_relaxed);
-  Shard::bump(shard.active, -1);
-  // We are inside the connection's own call stack: destroy it after the dispatch round.
-  shard.loop->defer([doomed = std::move(entry.connection)]() mutable { doomed.reset(); });
-  if (shard.stopping && shard.active.load(std::memory_order_relaxed) == 0) {
-    if (shard.grace_timer) shard.loop->cancel(shard.grace_timer);
-    shard.grace_timer = TimerId{};
-    shard_stopped();
-  }
 }
 
 Connection* TcpServer::find(ConnectionId id) const noexcept {
   if (id.shard >= shards_.size()) return nullptr;
-  const Shard& shard = *shards_[id.shard];
-  assert(shard.loop->in_loop_thread() && "find() on the connection's own loop only");
-  if (id.slot >= shard.slots.size()) return nullptr;
-  const Shard::Entry& entry = shard.slots[id.slot];
-  return entry.generation == id.generation ? entry.connection.get() : nullptr;
+  return shards_[id.shard]->find(id);
 }
 
 void TcpServer::stop(Duration grace, Function<void()> done) {
-  if (shards_running_.load() != 0 || shards_[0]->stopping) return;  // already stopping
-  on_stopped_ = std::move(done);
-  shards_running_.store(shards_.size());
-  for (auto& shard_ptr : shards_) {
-    Shard& shard = *shard_ptr;
-    if (shard.loop->in_loop_thread()) {
-      stop_shard(shard, grace);
-    } else {
-      shard.loop->post([this, &shard, grace] { stop_shard(shard, grace); });
-    }
-  }
-}
-
-void TcpServer::stop_shard(Shard& shard, Duration grace) {
-  shard.stopping = true;
-  if (shard.listener) shard.listener->stop();
-  if (shard.active.load(std::memory_order_relaxed) == 0) {
-    shard_stopped();
+  if (home().in_loop_thread()) {
+    begin_stop(grace, std::move(done));
     return;
   }
-  shard.grace_timer = shard.loop->after(grace, [&shard] {
-    shard.grace_timer = TimerId{};
-    for (auto& entry : shard.slots) {
-      if (entry.connection) entry.connection->abort();
-    }
+  home().post([self = self_, grace, done = std::move(done)]() mutable {
+    if (TcpServer* server = *self) server->begin_stop(grace, std::move(done));
   });
-  // By index, and no slot is added while stopping: close() may finish a connection at once.
-  for (std::size_t i = 0; i < shard.slots.size(); ++i) {
-    if (shard.slots[i].connection) shard.slots[i].connection->close();
+}
+
+void TcpServer::begin_stop(Duration grace, Function<void()> done) {
+  if (phase_ == Phase::stopping) return;
+  phase_ = Phase::stopping;
+  on_stopped_ = std::move(done);
+  shards_running_ = shards_.size();
+  for (auto& shard_ptr : shards_) {
+    Shard& shard = *shard_ptr;
+    if (shard.loop.in_loop_thread()) {
+      shard.stop(grace);
+    } else {
+      shard.loop.post([&shard, grace] { shard.stop(grace); });
+    }
   }
 }
 
 void TcpServer::shard_stopped() {
-  if (shards_running_.fetch_sub(1) != 1) return;
-  // The last shard to stop hands `done` to the home loop, outside every callback of ours.
-  EventLoop* home = shards_[0]->loop;
-  home->post([this] {
-    for (auto& shard : shards_)
-      shard->listener.reset();
-    sockets_.clear();  // new connections are refused now, and a Unix socket file goes away
-    if (on_stopped_) {
-      auto done = std::move(on_stopped_);
-      done();
-    }
-  });
+  assert(phase_ == Phase::stopping && shards_running_ > 0);
+  if (--shards_running_ != 0) return;
+  // Every shard's listener is stopped: nothing uses them or the sockets any more.
+  for (auto& shard : shards_)
+    shard->listener.reset();
+  sockets_.clear();  // new connections are refused now, and a Unix socket file goes away
+  phase_ = Phase::idle;
+  if (on_stopped_) {
+    auto done = std::move(on_stopped_);
+    done();  // may destroy the server: nothing after this
+  }
 }
 
 ServerStats TcpServer::stats() const noexcept {

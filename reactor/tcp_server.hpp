@@ -6,15 +6,29 @@
 // Connections close themselves (close(), abort(), peer, errors) and are destroyed at the end
 // of the dispatch round; the server never destroys one under a running callback.
 //
-// Threads and loops. `loops[0]` is the home loop: construct, start(), stop() and destroy the
-// server on its thread. With several loops, each one accepts from the listening socket (shared
-// with EPOLLEXCLUSIVE by default, or one SO_REUSEPORT socket per loop with
-// ListenOptions::reuse_port) and owns the connections it accepted: callbacks for a connection
-// run on its loop's thread, and find() must be called there (ConnectionId::shard names the
-// loop: post to loops[id.shard]). The other loops must be running while the server starts and
-// stops; destroy the server only after stop() completed (or, with one loop, at any time on its
-// thread outside the server's own callbacks: destroying it inside one is a programmer error,
-// asserted in debug builds; defer() it instead).
+// Loops. `loops[0]` is the home loop. With several loops, each one accepts from the listening
+// socket (shared with EPOLLEXCLUSIVE by default, or one SO_REUSEPORT socket per loop with
+// ListenOptions::reuse_port) and owns the connections it accepted (ConnectionId::shard names
+// its loop). The other loops must be running from start() until stop() has completed.
+//
+// Threads. Who may call what; with one loop, all of it is that loop's thread:
+//   constructor, set_open_handler(), set_error_handler() (before start()), start(), destructor:
+//       the home loop's thread.
+//   stop(): any thread; a callback of the server on any of its loops may call it. It takes
+//       effect on the home loop (a call from another thread is posted there), which alone keeps
+//       the stop's state: each loop stops its own listener and connections and reports to the
+//       home loop, which runs `done` once the last loop has reported.
+//   find(id): the thread of loops[id.shard] only (from elsewhere, post to that loop).
+//   address(): the home loop's thread, or a callback of the server.
+//   stats(), loop_count(): any thread.
+//   Callbacks: on_open and the connection's handlers run on the loop that accepted the
+//   connection, on_error on the loop whose accept failed, `done` on the home loop.
+//
+// Destruction, on the home loop's thread and outside the server's own callbacks (asserted in
+// debug builds; defer() it instead; `done` itself may destroy the server). With one loop, at
+// any time: destroying the server during a stop cancels the stop (its `done` never runs), and
+// open connections are dropped without callbacks. With several loops, only before start() or
+// once stop() has completed (other threads still run the server's code until then).
 //
 // Limits. max_connections caps open connections (over it, a new connection is accepted and
 // closed at once, and counted as refused). Fd exhaustion is handled by the Listener (see
@@ -80,9 +94,13 @@ class TcpServer {
   void set_error_handler(Listener::ErrorHandler on_error) { on_error_ = std::move(on_error); }
 
   // Binds and starts accepting on every loop. Errors: those of ListenSocket::open
-  // (EADDRINUSE, EACCES, ...). On error nothing is listening.
+  // (EADDRINUSE, EACCES, ...), after which nothing listens; EALREADY
+  // (std::errc::connection_already_in_progress) while the server listens or a stop is under
+  // way, and then nothing changes. Once stop() has completed, start() listens again (on the
+  // address as given: port 0 gets a new port).
   std::error_code start();
-  // The bound address (the real port when port 0 was asked). Valid after start().
+  // The bound address (the real port when port 0 was asked). Valid after start(); after a stop,
+  // the address the server last listened on.
   const Address& address() const noexcept { return bound_; }
 
   // On the loop of id.shard only.
@@ -90,17 +108,20 @@ class TcpServer {
 
   // Graceful shutdown: stop accepting, close() every connection (flush, FIN, wait for the
   // peer's EOF), abort what is still open after `grace`, then run `done` on the home loop.
-  // Any callback of the server may call it.
+  // Any thread (see above). While a stop is under way another stop() is ignored (its `done` is
+  // destroyed without running); on a server that does not listen (not started, or stopped) the
+  // stop completes at once and `done` runs.
   void stop(Duration grace, Function<void()> done = nullptr);
 
   ServerStats stats() const noexcept;
   std::size_t loop_count() const noexcept { return shards_.size(); }
 
  private:
-  struct Shard;
-  void on_accept(Shard& shard, Fd socket, const Address& peer);
-  void on_finished(Shard& shard, Connection& connection);
-  void stop_shard(Shard& shard, Duration grace);
+  class Shard;  // one loop's listener and connections (tcp_server.cpp)
+  enum class Phase { idle, listening, stopping };
+  EventLoop& home() const noexcept;
+  // The home loop's side of the stop: begins it, and counts the shards' reports.
+  void begin_stop(Duration grace, Function<void()> done);
   void shard_stopped();
 
   std::vector<std::unique_ptr<Shard>> shards_;
@@ -109,10 +130,14 @@ class TcpServer {
   ServerOptions options_;
   OpenHandler on_open_;
   Listener::ErrorHandler on_error_;
-  std::vector<ListenSocket> sockets_;  // one shared, or one per loop with reuse_port
-  std::atomic<std::size_t> open_connections_{0};
-  std::atomic<std::size_t> shards_running_{0};
+  std::vector<ListenSocket> sockets_;             // one shared, or one per loop with reuse_port
+  std::atomic<std::size_t> open_connections_{0};  // all shards: the max_connections cap
+  // The stop's state, home loop's thread only.
+  Phase phase_ = Phase::idle;
+  std::size_t shards_running_ = 0;  // shards that have not reported stopped
   Function<void()> on_stopped_;
+  // Tasks posted to the home loop hold a copy and find nullptr once the server is destroyed.
+  std::shared_ptr<TcpServer*> self_ = std::make_shared<TcpServer*>(this);
 };
 
 }  // namespace reactor

@@ -1,17 +1,25 @@
-// Cross-thread use of the loop: post() and stop() from other threads, LoopThread. Suite
-// 'threads', which CI also runs under ThreadSanitizer.
+// Cross-thread use of the loop: post() and stop() from other threads, LoopThread, and a
+// TcpServer's stop() racing between its loops. Suite 'threads', which CI also runs under
+// ThreadSanitizer.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
+#include <cstdlib>
+#include <functional>
 #include <future>
+#include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "loopback.hpp"
 #include "reactor/event_loop.hpp"
 #include "reactor/loop_thread.hpp"
+#include "reactor/tcp_server.hpp"
 
 namespace reactor {
 namespace {
@@ -177,6 +185,180 @@ TEST(EventLoopThreads, PostFromATaskOnAnotherLoopThreadRoundTrips) {
   });
   ASSERT_EQ(future.wait_for(kDeadline), std::future_status::ready);
   EXPECT_EQ(future.get(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// TcpServer::stop() from two loops at once
+
+// Holds a loop's thread in a posted task (it cannot accept) until release() or destruction.
+class LoopBlocker {
+ public:
+  explicit LoopBlocker(EventLoop& loop) {
+    // The task may still read `released` after this object is gone: it holds the flags too.
+    loop.post([flags = flags_] {
+      flags->entered.store(true, std::memory_order_release);
+      wait_for_flag(flags->released);
+    });
+    wait_for_flag(flags_->entered);
+  }
+  ~LoopBlocker() { release(); }
+  void release() { flags_->released.store(true, std::memory_order_release); }
+
+ private:
+  struct Flags {
+    std::atomic<bool> entered{false};
+    std::atomic<bool> released{false};
+  };
+  std::shared_ptr<Flags> flags_ = std::make_shared<Flags>();
+};
+
+// Calls server.stop(grace, done) at about the same moment from a SIGTERM handler on the home
+// loop and from a task on the other loop (a signal and a protocol command asking for shutdown
+// together). Both threads spin at a rendezvous and then call stop(): the pair of calls lands
+// within a few hundred nanoseconds, which is what a check-then-store across threads needs.
+class StopRace {
+ public:
+  StopRace(EventLoop& home, EventLoop& other) : home_(home), other_(other) {
+    EXPECT_FALSE(home.on_signal(SIGTERM, [this](int) { stop_here(); }));
+  }
+
+  // Returns once both calls returned (false at the deadline).
+  bool run(TcpServer& server, Duration grace, std::function<void()> done) {
+    server_ = &server;
+    grace_ = grace;
+    done_ = std::move(done);
+    arrived_.store(0);
+    returned_.store(0);
+    other_.post([this] { stop_here(); });
+    if (::kill(::getpid(), SIGTERM) != 0) return false;
+    return run_until(
+        home_, [&] { return returned_.load() == 2; }, kDeadline);
+  }
+
+ private:
+  void stop_here() {
+    if (meet()) server_->stop(grace_, [done = done_] { done(); });
+    returned_.fetch_add(1);
+  }
+  // Spins (yielding only now and then, so that the two leave it together) until both threads
+  // arrived, or the deadline passed.
+  bool meet() {
+    arrived_.fetch_add(1);
+    const auto give_up = std::chrono::steady_clock::now() + kDeadline;
+    for (std::uint32_t spins = 1; arrived_.load() < 2; ++spins) {
+      if (spins % 4096 == 0) {
+        if (std::chrono::steady_clock::now() >= give_up) return false;
+        std::this_thread::yield();
+      }
+    }
+    return true;
+  }
+
+  EventLoop& home_;
+  EventLoop& other_;
+  TcpServer* server_ = nullptr;
+  Duration grace_{};
+  std::function<void()> done_;
+  std::atomic<int> arrived_{0};
+  std::atomic<int> returned_{0};
+};
+
+// Posts a round trip through `other` and runs `home` until it is back: whatever either loop
+// had in flight for the other before has run.
+bool flush(EventLoop& home, EventLoop& other) {
+  std::atomic<bool> back{false};
+  other.post([&] { home.post([&] { back.store(true); }); });
+  return run_until(
+      home, [&] { return back.load(); }, kDeadline);
+}
+
+TEST(TcpServerThreads, SigtermOnHomeRacingStopFromLoopOneRunsDoneOnceAfterBothShardsStopped) {
+  constexpr int kRounds = 10;
+  constexpr int kPerShard = 2;
+  EventLoop home;
+  LoopThread other;
+  StopRace race(home, other.loop());
+  for (int round = 0; round < kRounds && !HasFailure(); ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    std::atomic<int> opened[2] = {0, 0};
+    std::atomic<int> closed{0};
+    ConnectionHandlers handlers = test::echo_handlers();
+    handlers.on_close = [&](Connection&, CloseReason, std::error_code) { ++closed; };
+    TcpServer server(std::vector<EventLoop*>{&home, &other.loop()}, Address::ipv4_loopback(0),
+                     handlers);
+    server.set_open_handler([&](Connection& c) { ++opened[c.id().shard]; });
+    ASSERT_FALSE(server.start());
+
+    // Connections on both shards, so that neither stops at once: the home loop takes the
+    // first ones while loop 1 is held, loop 1 the others while the home loop is not run.
+    std::vector<int> clients;
+    {
+      LoopBlocker held(other.loop());
+      for (int i = 0; i < kPerShard; ++i)
+        clients.push_back(test::connect_to(server.address()));
+      ASSERT_TRUE(run_until(
+          home, [&] { return opened[0].load() == kPerShard; }, kDeadline));
+    }
+    for (int i = 0; i < kPerShard; ++i)
+      clients.push_back(test::connect_to(server.address()));
+    for (int fd : clients)
+      ASSERT_GE(fd, 0);
+    const auto give_up = std::chrono::steady_clock::now() + kDeadline;
+    while (opened[1].load() < kPerShard && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::yield();
+    ASSERT_EQ(opened[1].load(), kPerShard);
+
+    // What `done` saw; written on the home thread only.
+    struct AtDone {
+      int calls = 0;
+      int closed = -1;
+      std::uint64_t active = ~std::uint64_t{0};
+      bool on_home_thread = false;
+    } at_done;
+    ASSERT_TRUE(race.run(server, kDeadline, [&] {
+      ++at_done.calls;
+      at_done.closed = closed.load();
+      at_done.active = server.stats().active;
+      at_done.on_home_thread = home.in_loop_thread();
+    }));
+
+    // The server closes its side of every connection; `done` waits for the clients' EOF.
+    for (int fd : clients)
+      EXPECT_EQ(test::read_until_closed(home, fd), test::PeerEnd::eof);
+    EXPECT_EQ(at_done.calls, 0) << "done ran before the connections finished";
+    for (int fd : clients)
+      ::close(fd);
+    ASSERT_TRUE(run_until(
+        home, [&] { return at_done.calls > 0; }, kDeadline));
+    ASSERT_TRUE(flush(home, other.loop()));
+    EXPECT_EQ(at_done.calls, 1);
+    EXPECT_EQ(at_done.closed, 2 * kPerShard) << "done ran before every shard stopped";
+    EXPECT_EQ(at_done.active, 0u);
+    EXPECT_TRUE(at_done.on_home_thread);
+  }
+}
+
+TEST(TcpServerThreads, StopsFromBothLoopsAtOnceRunDoneExactlyOnce) {
+  // Many rounds, no connections: each a fresh server whose two stop() calls collide. Before
+  // the stop was routed through the home loop, both could pass its check: ThreadSanitizer
+  // reported the races and `done` could run before loop 1's shard stopped.
+  constexpr int kRounds = 3000;
+  EventLoop home;
+  LoopThread other;
+  StopRace race(home, other.loop());
+  ConnectionHandlers handlers = test::echo_handlers();
+  for (int round = 0; round < kRounds && !HasFailure(); ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    TcpServer server(std::vector<EventLoop*>{&home, &other.loop()}, Address::ipv4_loopback(0),
+                     handlers);
+    ASSERT_FALSE(server.start());
+    int done = 0;  // home thread only
+    ASSERT_TRUE(race.run(server, 1s, [&] { ++done; }));
+    ASSERT_TRUE(run_until(
+        home, [&] { return done > 0; }, kDeadline));
+    ASSERT_TRUE(flush(home, other.loop()));
+    EXPECT_EQ(done, 1);
+  }
 }
 
 }  // namespace
