@@ -14,10 +14,10 @@
 // Threads. Who may call what; with one loop, all of it is that loop's thread:
 //   constructor, set_open_handler(), set_error_handler() (before start()), start(), destructor:
 //       the home loop's thread.
-//   stop(): any thread; a callback of the server on any of its loops may call it. It takes
-//       effect on the home loop (a call from another thread is posted there), which alone keeps
-//       the stop's state: each loop stops its own listener and connections and reports to the
-//       home loop, which runs `done` once the last loop has reported.
+//   stop(): any thread (the server must outlive the call); a callback of the server on any of
+//       its loops may call it. It takes effect on the home loop (a call from another thread is
+//       posted there), which alone keeps the stop's state: each loop stops its own listener and
+//       connections and reports to the home loop, which runs `done` once the last loop has.
 //   find(id): the thread of loops[id.shard] only (from elsewhere, post to that loop).
 //   address(): the home loop's thread, or a callback of the server.
 //   stats(), loop_count(): any thread.
@@ -103,14 +103,14 @@ class TcpServer {
   // the address the server last listened on.
   const Address& address() const noexcept { return bound_; }
 
-  // On the loop of id.shard only.
+  // The connection with this id; nullptr when it has finished (a stale id) or never existed.
   Connection* find(ConnectionId id) const noexcept;
 
   // Graceful shutdown: stop accepting, close() every connection (flush, FIN, wait for the
-  // peer's EOF), abort what is still open after `grace`, then run `done` on the home loop.
-  // Any thread (see above). While a stop is under way another stop() is ignored (its `done` is
-  // destroyed without running); on a server that does not listen (not started, or stopped) the
-  // stop completes at once and `done` runs.
+  // peer's EOF), abort what is still open after `grace`, then run `done` on the home loop
+  // (from a task of its own, never inside stop()). While a stop is under way another stop() is
+  // ignored (its `done` is destroyed without running); on a server that does not listen (not
+  // started, or stopped) the stop has nothing to wait for and `done` runs.
   void stop(Duration grace, Function<void()> done = nullptr);
 
   ServerStats stats() const noexcept;

@@ -484,6 +484,21 @@ TEST(TcpServer, SecondStopIsIgnored) {
   EXPECT_EQ(second, 0);
 }
 
+TEST(TcpServer, StopOnAServerThatDoesNotListenRunsDone) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  int done = 0;
+  server.stop(1s, [&] { ++done; });  // never started
+  EXPECT_EQ(done, 0) << "done runs from the loop, not inside stop()";
+  ASSERT_TRUE(run_until(loop, [&] { return done == 1; }));
+  ASSERT_FALSE(server.start());
+  server.stop(1s, [&] { ++done; });
+  ASSERT_TRUE(run_until(loop, [&] { return done == 2; }));
+  server.stop(1s, [&] { ++done; });  // already stopped
+  ASSERT_TRUE(run_until(loop, [&] { return done == 3; }));
+}
+
 TEST(TcpServer, StopWithoutConnectionsCompletesAndClosesThePort) {
   EventLoop loop;
   ConnectionHandlers handlers = echo_handlers();
