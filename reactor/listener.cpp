@@ -27,8 +27,30 @@ bool is_stale_unix_socket(const Address& address) {
   return errno == ECONNREFUSED;
 }
 
+// accept4 failed for the one connection it took off the queue, or was interrupted: the next call
+// may succeed at once. Linux passes a new connection's pending network errors on through accept
+// (accept(2)), and each of those dequeues that connection, so retrying cannot spin.
+bool lost_one_connection(int err) noexcept {
+  switch (err) {
+    case EINTR:
+    case ECONNABORTED:
+    case EPROTO:
+    case EPERM:  // a firewall rule
+    case ENETDOWN:
+    case ENOPROTOOPT:
+    case EHOSTDOWN:
+    case ENONET:
+    case EHOSTUNREACH:
+    case EOPNOTSUPP:
+    case ENETUNREACH:
+      return true;
+    default:
+      return false;
+  }
+}
+
 bool fd_exhausted(int err) noexcept {
-  return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+  return err == EMFILE || err == ENFILE;
 }
 
 }  // namespace
@@ -100,6 +122,8 @@ Listener::~Listener() {
 
 std::error_code Listener::start() {
   if (io_id_) return {};
+  if (retry_timer_) loop_.cancel(retry_timer_);
+  retry_timer_ = TimerId{};
   if (!spare_) spare_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   const std::uint32_t interest = io::readable | (options_.exclusive ? io::exclusive : 0);
   auto id = loop_.add(listen_fd_, interest, [this](std::uint32_t) { on_readable(); });
@@ -124,20 +148,27 @@ void Listener::on_readable() {
     if (fd < 0) {
       const int err = errno;
       if (err == EAGAIN || err == EWOULDBLOCK) return;
+      if (lost_one_connection(err)) continue;
+      if (fd_exhausted(err)) ++fd_exhaustion_;
+      if (on_error_) on_error_(std::error_code(err, std::system_category()));
       if (fd_exhausted(err)) {
-        ++fd_exhaustion_;
-        if (on_error_) on_error_(std::error_code(err, std::system_category()));
-        // accept4 reports EMFILE before looking at the backlog: once shed_one finds it empty,
-        // stop, or each readiness would spin through accepts_per_event failed accepts.
-        if (!shed_one()) {
-          if (!spare_) pause();
-          return;
+        switch (shed_one()) {
+          case Shed::one:
+            continue;
+          case Shed::none_pending:
+            // accept4 reports EMFILE before looking at the queue: once it is empty, stop, or
+            // each readiness would spin through accepts_per_event failed accepts.
+            return;
+          case Shed::failed:
+            break;
         }
-        continue;
       }
-      // ECONNABORTED, EPROTO, EPERM (firewall), EINTR, and the network errors Linux passes
-      // through accept: that connection is lost, the listener is fine.
-      continue;
+      // The connection is still queued and the readiness level-triggered: retrying now would
+      // fail the same way in every iteration. Memory pressure (ENOMEM, ENOBUFS) passes with
+      // time, so does fd exhaustion the spare cannot relieve; an error not listed above is
+      // unknown here, and a pause keeps it from spinning too.
+      pause();
+      return;
     }
     Fd socket(fd);
     ++accepted_;
@@ -146,23 +177,35 @@ void Listener::on_readable() {
   }
 }
 
-bool Listener::shed_one() {
+Listener::Shed Listener::shed_one() {
   if (!spare_) spare_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-  if (!spare_) return false;
+  if (!spare_) return Shed::failed;
   spare_.reset();
   int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  const int err = errno;
   if (fd >= 0) ::close(fd);  // the peer sees the connection closed at once, not a hang
   spare_.reset(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-  return fd >= 0;
+  if (fd >= 0 || lost_one_connection(err)) return Shed::one;
+  if (err == EAGAIN || err == EWOULDBLOCK) return Shed::none_pending;
+  return Shed::failed;  // the fd went elsewhere at once (ENFILE), or another error
 }
 
 void Listener::pause() {
   if (!io_id_) return;
   loop_.remove(io_id_);
   io_id_ = IoId{};
+  resume_later();
+}
+
+void Listener::resume_later() {
   retry_timer_ = loop_.after(options_.pause_on_exhaustion, [this] {
     retry_timer_ = TimerId{};
-    (void)start();
+    // epoll_ctl may fail under the same memory pressure: say so and try again, rather than
+    // leave the listener silently deregistered for good.
+    if (auto ec = start()) {
+      if (on_error_) on_error_(ec);
+      resume_later();
+    }
   });
 }
 

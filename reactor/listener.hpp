@@ -12,12 +12,21 @@
 // its Listeners.
 //
 // Accepting: accept4(SOCK_NONBLOCK | SOCK_CLOEXEC) in a loop, at most accepts_per_event per
-// readiness so that a connection storm cannot starve established connections. ECONNABORTED,
-// EPROTO, EPERM and friends skip the one connection. EMFILE/ENFILE (no fd for the new
-// connection): a reserved spare fd is closed, the pending connection accepted and closed at
-// once, and the spare reopened, so the backlog drains instead of the loop spinning on a
-// readiness it cannot clear; on_error reports it and fd_exhaustion() counts it. Should the spare
-// be gone too (ENFILE), accepting pauses and retries after pause_on_exhaustion.
+// readiness so that a connection storm cannot starve established connections. The readiness is
+// level-triggered, so no accept error may leave a connection queued and the listener
+// registered: the loop would spin on it. By errno:
+// - EINTR, ECONNABORTED, EPROTO, EPERM (a firewall) and the network errors Linux passes on
+//   through accept (ENETDOWN, ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP,
+//   ENETUNREACH): that one connection is lost, accepting goes on; not reported.
+// - EMFILE/ENFILE (no fd for the new connection): a reserved spare fd is closed, the pending
+//   connection accepted and closed at once, and the spare reopened, so the backlog drains; on_error
+//   reports it and fd_exhaustion() counts it. Should the spare not relieve it (no spare, or its
+//   fd taken at once), accepting pauses.
+// - ENOMEM, ENOBUFS (memory pressure), and any error not listed here: on_error reports it and
+//   accepting pauses.
+// A pause deregisters the listener for pause_on_exhaustion, then registers it again (accept4 is
+// tried once more when a connection is queued, and fails or succeeds as above). Should that
+// registration fail (epoll_ctl, ENOMEM), on_error reports it and another pause follows.
 #pragma once
 
 #include <sys/socket.h>
@@ -80,18 +89,25 @@ class Listener {
   std::error_code start();
   void stop() noexcept;  // deregisters; start() may register again
 
-  // EMFILE, ENFILE, ENOBUFS, ENOMEM while accepting, once per occurrence.
+  // Each accept4 error that shed a connection or paused accepting (see above), once per
+  // occurrence, and a failed re-registration at the end of a pause (then another pause follows).
+  // Not the errors that lose one connection (ECONNABORTED, ...).
   void set_error_handler(ErrorHandler handler) { on_error_ = std::move(handler); }
 
   std::uint64_t accepted() const noexcept { return accepted_; }
+  // EMFILE/ENFILE only; memory errors are not fd exhaustion.
   std::uint64_t fd_exhaustion() const noexcept { return fd_exhaustion_; }
 
  private:
   void on_readable();
-  // The spare-fd trick: true when a pending connection was accepted and closed; false when
-  // none was pending, or when no spare is available (then spare_ is empty).
-  bool shed_one();
+  enum class Shed { one, none_pending, failed };
+  // The spare-fd trick: close the spare, accept the pending connection on its fd and close it,
+  // reopen the spare. `one` when a pending connection left the queue; `failed` when none could
+  // (no spare, or accept4 failed again other than with EAGAIN).
+  Shed shed_one();
+  // Deregisters until pause_on_exhaustion has passed.
   void pause();
+  void resume_later();
 
   EventLoop& loop_;
   int listen_fd_;

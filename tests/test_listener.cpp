@@ -1,10 +1,12 @@
 // ListenSocket (bind, SO_REUSEPORT, Unix socket files) and Listener (accepting on a loop,
-// the per-readiness bound, fd exhaustion in a child process under a low RLIMIT_NOFILE).
+// the per-readiness bound, every accept4 error injected through the seam of injected_fault.hpp,
+// fd exhaustion in a child process under a low RLIMIT_NOFILE).
 #include "reactor/listener.hpp"
 
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -23,10 +25,21 @@
 
 #include <gtest/gtest.h>
 
+#include "injected_fault.hpp"
 #include "loopback.hpp"
 #include "reactor/connection.hpp"
 #include "reactor/event_loop.hpp"
 #include "reactor/tcp_server.hpp"
+
+// Every accept4 the library makes in this executable comes here first (libfiu's preload wraps
+// accept but not accept4).
+reactor::test::InjectedFault accept_fault;
+REACTOR_INJECTABLE(accept_fault, accept4, (int fd, sockaddr* addr, socklen_t* len, int flags),
+                   (fd, addr, len, flags))
+// And every epoll_ctl (glibc declares it noexcept, so the interposer is too).
+reactor::test::InjectedFault epoll_ctl_fault;
+REACTOR_INJECTABLE(epoll_ctl_fault, epoll_ctl,
+                   (int epfd, int op, int fd, epoll_event* event) noexcept, (epfd, op, fd, event))
 
 namespace reactor {
 namespace {
@@ -37,9 +50,11 @@ using Deadline = std::chrono::steady_clock::time_point;
 using test::connect_errno;
 using test::connect_to;
 using test::echo_handlers;
+using test::InjectedFault;
 using test::run_until;
 using test::TempDir;
 using test::unix_address;
+using test::with_clock;
 
 Deadline deadline_in(std::chrono::milliseconds d) {
   return std::chrono::steady_clock::now() + d;
@@ -324,6 +339,212 @@ TEST(Listener, DestroyingTheListenerDeregistersIt) {
   loop.run_once(0ms);
   EXPECT_TRUE(accepted.sockets.empty());
   ::close(client);
+}
+
+// ---------------------------------------------------------------------------------------------
+// accept4 errors, injected. Each test disarms the fault when it ends, whatever happened.
+
+struct DisarmAtExit {
+  ~DisarmAtExit() {
+    accept_fault.disarm();
+    epoll_ctl_fault.disarm();
+  }
+};
+
+// A listener on a loop whose timers move only with `clock`, one connection pending in the
+// kernel's queue, and the errors the listener reported.
+struct PendingConnection {
+  explicit PendingConnection(ManualClock& clock)
+      : socket(ListenSocket::open(Address::ipv4_loopback(0))), loop(with_clock(clock)) {
+    if (!socket.ok()) return;
+    Listener::Options options;
+    options.pause_on_exhaustion = kPause;
+    before = loop.registrations();
+    listener.emplace(loop, *socket, collect_into(accepted), options);
+    listener->set_error_handler([this](std::error_code ec) { errors.push_back(ec); });
+    client = connect_to(socket->address());
+  }
+  ~PendingConnection() {
+    if (client >= 0) ::close(client);
+  }
+  bool ready() { return socket.ok() && client >= 0 && !listener->start(); }
+  bool registered() const { return loop.registrations() == before + 1; }
+  // Iterations with the connection pending: a listener that cannot clear its readiness would be
+  // called in each of them.
+  void spin_for(int iterations) {
+    for (int i = 0; i < iterations; ++i)
+      loop.run_once(std::chrono::milliseconds(1));
+  }
+
+  static constexpr Duration kPause = std::chrono::milliseconds(100);
+  Result<ListenSocket> socket;
+  EventLoop loop;
+  std::size_t before = 0;
+  Accepted accepted;
+  std::vector<std::error_code> errors;
+  std::optional<Listener> listener;
+  int client = -1;
+};
+
+constexpr int kIterations = 50;
+
+class AcceptPausingError : public ::testing::TestWithParam<int> {};
+
+// ENOMEM and ENOBUFS (memory pressure, which only time relieves) and errors the listener does
+// not know: accepting pauses for pause_on_exhaustion, on_error reports the error once, and the
+// pending connection does not make the loop call accept4 again and again; when the pause ends
+// the connection is accepted.
+TEST_P(AcceptPausingError, PausesAcceptingOnceInsteadOfSpinningThenAccepts) {
+  const int err = GetParam();
+  DisarmAtExit disarm;
+  ManualClock clock;
+  PendingConnection p(clock);
+  ASSERT_TRUE(p.ready()) << std::strerror(errno);
+
+  accept_fault.arm(err, -1);
+  p.spin_for(kIterations);
+  EXPECT_EQ(accept_fault.injected.load(), 1) << "accept4 calls, one failed per iteration";
+  ASSERT_EQ(p.errors.size(), 1u) << "on_error calls in " << kIterations << " iterations";
+  EXPECT_EQ(p.errors[0], std::error_code(err, std::system_category()));
+  EXPECT_FALSE(p.registered()) << "the listener is still registered: not paused";
+  EXPECT_EQ(p.listener->fd_exhaustion(), 0u) << "a memory error is not fd exhaustion";
+  EXPECT_TRUE(p.accepted.sockets.empty());
+
+  // Still failing when the pause ends: one more try, one more report, paused again.
+  clock.advance(PendingConnection::kPause);
+  p.spin_for(kIterations);
+  EXPECT_EQ(accept_fault.injected.load(), 2);
+  EXPECT_EQ(p.errors.size(), 2u);
+  EXPECT_FALSE(p.registered());
+
+  accept_fault.disarm();
+  clock.advance(PendingConnection::kPause);
+  ASSERT_TRUE(run_until(p.loop, [&] { return p.accepted.sockets.size() == 1; }));
+  EXPECT_TRUE(p.registered());
+  EXPECT_EQ(p.listener->accepted(), 1u);
+  EXPECT_EQ(p.errors.size(), 2u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Listener, AcceptPausingError,
+                         ::testing::Values(ENOMEM, ENOBUFS, EBADF, EINVAL, ENOTSOCK, EFAULT),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return std::string(strerrorname_np(info.param));
+                         });
+
+class AcceptSkipOneError : public ::testing::TestWithParam<int> {};
+
+// ECONNABORTED, EPROTO, EPERM (a firewall) and the network errors Linux passes on through
+// accept: that one connection is lost, the next accept4 goes on at once, nothing is reported.
+TEST_P(AcceptSkipOneError, SkipsOneAndAcceptsTheNextInTheSameReadiness) {
+  DisarmAtExit disarm;
+  ManualClock clock;
+  PendingConnection p(clock);
+  ASSERT_TRUE(p.ready()) << std::strerror(errno);
+
+  accept_fault.arm(GetParam(), 1);
+  EXPECT_EQ(p.loop.run_once(std::chrono::seconds(10)), 1u);
+  EXPECT_EQ(accept_fault.injected.load(), 1);
+  EXPECT_EQ(p.accepted.sockets.size(), 1u);
+  EXPECT_TRUE(p.errors.empty());
+  EXPECT_TRUE(p.registered());
+}
+
+INSTANTIATE_TEST_SUITE_P(Listener, AcceptSkipOneError,
+                         ::testing::Values(ECONNABORTED, EPROTO, EPERM, EINTR, ENETDOWN,
+                                           ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP,
+                                           ENETUNREACH),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return std::string(strerrorname_np(info.param));
+                         });
+
+// EMFILE with the spare: the pending connection is accepted on the spare's fd and closed at
+// once (the client reads EOF), counted and reported once.
+TEST(Listener, EmfileShedsThePendingConnectionThroughTheSpare) {
+  DisarmAtExit disarm;
+  ManualClock clock;
+  PendingConnection p(clock);
+  ASSERT_TRUE(p.ready()) << std::strerror(errno);
+
+  accept_fault.arm(EMFILE, 1);
+  p.spin_for(kIterations);
+  EXPECT_EQ(accept_fault.injected.load(), 1);
+  EXPECT_TRUE(p.accepted.sockets.empty());
+  EXPECT_EQ(p.listener->fd_exhaustion(), 1u);
+  ASSERT_EQ(p.errors.size(), 1u);
+  EXPECT_EQ(p.errors[0], std::errc::too_many_files_open);
+  EXPECT_TRUE(p.registered());
+  char c;
+  EXPECT_EQ(::recv(p.client, &c, 1, MSG_DONTWAIT), 0) << "the shed connection was not closed";
+}
+
+// EMFILE again on the spare's turn (another thread took the fd the spare gave back): the
+// connection stays pending, so the listener pauses rather than try again every iteration.
+TEST(Listener, EmfileThatTheSpareCannotRelievePausesInsteadOfSpinning) {
+  DisarmAtExit disarm;
+  ManualClock clock;
+  PendingConnection p(clock);
+  ASSERT_TRUE(p.ready()) << std::strerror(errno);
+
+  accept_fault.arm(EMFILE, -1);
+  p.spin_for(kIterations);
+  EXPECT_EQ(accept_fault.injected.load(), 2) << "accept4 calls: the first and the spare's";
+  EXPECT_EQ(p.errors.size(), 1u);
+  EXPECT_FALSE(p.registered());
+
+  accept_fault.disarm();
+  clock.advance(PendingConnection::kPause);
+  ASSERT_TRUE(run_until(p.loop, [&] { return p.accepted.sockets.size() == 1; }));
+  EXPECT_TRUE(p.registered());
+}
+
+// A memory error on the spare's turn pauses too.
+TEST(Listener, MemoryErrorOnTheSparesTurnPauses) {
+  DisarmAtExit disarm;
+  ManualClock clock;
+  PendingConnection p(clock);
+  ASSERT_TRUE(p.ready()) << std::strerror(errno);
+
+  accept_fault.arm(EMFILE, 1);
+  // The spare's accept4 is the next call: fail it with ENOMEM, then nothing.
+  p.listener->set_error_handler([&p](std::error_code ec) {
+    p.errors.push_back(ec);
+    if (ec == std::errc::too_many_files_open) accept_fault.arm(ENOMEM, 1);
+  });
+  p.spin_for(kIterations);
+  EXPECT_EQ(p.errors.size(), 1u);
+  EXPECT_FALSE(p.registered());
+  EXPECT_TRUE(p.accepted.sockets.empty());
+
+  clock.advance(PendingConnection::kPause);
+  ASSERT_TRUE(run_until(p.loop, [&] { return p.accepted.sockets.size() == 1; }));
+}
+
+// The registration at the end of a pause can fail under the same memory pressure (epoll_ctl
+// ENOMEM): reported, and tried again after another pause rather than left undone for good.
+TEST(Listener, RegistrationFailingAfterAPauseIsReportedAndRetried) {
+  DisarmAtExit disarm;
+  ManualClock clock;
+  PendingConnection p(clock);
+  ASSERT_TRUE(p.ready()) << std::strerror(errno);
+
+  accept_fault.arm(ENOMEM, 1);
+  p.spin_for(kIterations);
+  ASSERT_EQ(p.errors.size(), 1u);
+  ASSERT_FALSE(p.registered());
+
+  epoll_ctl_fault.arm(ENOMEM, 1);
+  clock.advance(PendingConnection::kPause);
+  p.spin_for(kIterations);
+  EXPECT_EQ(epoll_ctl_fault.injected.load(), 1);
+  ASSERT_EQ(p.errors.size(), 2u);
+  EXPECT_EQ(p.errors[1], std::errc::not_enough_memory);
+  EXPECT_FALSE(p.registered());
+  EXPECT_TRUE(p.accepted.sockets.empty());
+
+  clock.advance(PendingConnection::kPause);
+  ASSERT_TRUE(run_until(p.loop, [&] { return p.accepted.sockets.size() == 1; }));
+  EXPECT_TRUE(p.registered());
+  EXPECT_EQ(p.errors.size(), 2u);
 }
 
 // ---------------------------------------------------------------------------------------------
