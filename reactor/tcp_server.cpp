@@ -98,7 +98,10 @@ void TcpServer::Shard::accept(Fd socket, const Address& peer) {
 }
 
 void TcpServer::Shard::accept_failed(std::error_code ec) {
-  bump(fd_exhaustion, 1);
+  // The Listener reports memory and unknown accept errors too (it pauses for those); only a
+  // full fd table is fd exhaustion.
+  if (ec == std::errc::too_many_files_open || ec == std::errc::too_many_files_open_in_system)
+    bump(fd_exhaustion, 1);
   if (server_.on_error_) {
     in_listener_callback = true;
     server_.on_error_(ec);

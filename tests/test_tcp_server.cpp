@@ -21,10 +21,16 @@
 
 #include <gtest/gtest.h>
 
+#include "injected_fault.hpp"
 #include "loopback.hpp"
 #include "reactor/listener.hpp"
 #include "reactor/loop_thread.hpp"
 #include "reactor/timer_queue.hpp"
+
+// Every accept4 the library makes in this executable comes here first.
+reactor::test::InjectedFault accept_fault;
+REACTOR_INJECTABLE(accept_fault, accept4, (int fd, sockaddr* addr, socklen_t* len, int flags),
+                   (fd, addr, len, flags))
 
 namespace reactor {
 namespace {
@@ -841,6 +847,25 @@ TEST(TcpServerTwoLoops, GracefulStopDrainsBothLoops) {
   EXPECT_EQ(done.load(), 1);
   EXPECT_EQ(log.closed.load(), 2);
   EXPECT_EQ(connect_errno(address), ECONNREFUSED);
+}
+
+// The Listener reports every accept error through on_error; only a full fd table counts as fd
+// exhaustion in the server's stats.
+TEST(TcpServerStats, MemoryErrorsWhileAcceptingAreReportedButAreNotFdExhaustion) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  std::vector<std::error_code> errors;
+  server.set_error_handler([&](std::error_code ec) { errors.push_back(ec); });
+  ASSERT_FALSE(server.start());
+  accept_fault.arm(ENOMEM, 1);
+  const int client = connect_to(server.address());
+  ASSERT_GE(client, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return !errors.empty(); }));
+  accept_fault.disarm();
+  EXPECT_EQ(errors[0], std::errc::not_enough_memory) << errors[0].message();
+  EXPECT_EQ(server.stats().fd_exhaustion, 0u) << "ENOMEM counted as fd exhaustion";
+  ::close(client);
 }
 
 }  // namespace
