@@ -143,22 +143,27 @@ void Connection::handle_read() {
 }
 
 void Connection::handle_hangup() {
-  // Queued output first: a send to a peer that is gone reports why (EPIPE, ECONNRESET).
+  if (!peer_eof_) {
+    // Paused: a reset ends the connection, its unread bytes with it. A clean hangup leaves the
+    // peer's last bytes in the socket, unread, until resume_reading(); the hangup is reported
+    // on every wait whatever the interest, so the registration goes until then.
+    if (const std::error_code ec = pending_socket_error(fd_.get())) {
+      finish(reason_for(ec), ec);
+      return;
+    }
+    loop_.remove(io_id_);
+    io_id_ = IoId{};
+    hangup_parked_ = true;
+    return;
+  }
+  // After the peer's EOF: queued output first, so that a send to a peer that is gone says why
+  // (EPIPE, ECONNRESET); then the socket's pending error, or a clean end.
   if (!output_.empty()) {
     handle_write();
     if (state_ == State::closed) return;
   }
   const std::error_code ec = pending_socket_error(fd_.get());
-  if (ec || peer_eof_) {
-    finish(ec ? reason_for(ec) : CloseReason::peer_closed, ec);
-    return;
-  }
-  // A clean hangup while paused: the peer's last bytes stay in the socket, unread, until
-  // resume_reading(). The hangup is reported on every wait, whatever the interest, so the
-  // registration goes until then.
-  loop_.remove(io_id_);
-  io_id_ = IoId{};
-  hangup_parked_ = true;
+  finish(ec ? reason_for(ec) : CloseReason::peer_closed, ec);
 }
 
 void Connection::handle_eof() {
@@ -168,8 +173,9 @@ void Connection::handle_eof() {
     return;
   }
   if (state_ == State::open) state_ = State::peer_shut;
-  update_interest();     // stop reading: EOF stays readable, level-triggered
-  if (closing_) return;  // flushing; finishes after the write side is shut
+  update_interest();  // stop reading: EOF stays readable, level-triggered
+  // Closing: flushing, finishes after the write side is shut. Closed: epoll_ctl failed.
+  if (closing_ || state_ == State::closed) return;
   if (handlers_.on_peer_shutdown) {
     handlers_.on_peer_shutdown(*this);
   } else {
@@ -334,6 +340,7 @@ bool Connection::after_output_queued() {
     if (options_.pause_reading_at_high_water) water_paused_ = true;
     if (handlers_.on_high_water) {
       update_interest();
+      if (state_ == State::closed) return false;  // epoll_ctl failed
       DepthGuard guard(callback_depth_);
       handlers_.on_high_water(*this, output_.size());
       if (state_ == State::closed) return true;  // the bytes were taken; the callback ended it
@@ -394,7 +401,10 @@ void Connection::begin_close(CloseReason reason) {
   if (state_ == State::closed || closing_) return;
   closing_ = true;
   close_reason_ = reason;
-  if (hangup_parked_) unpark();  // close() reads (and discards) to the peer's EOF
+  if (hangup_parked_) {
+    unpark();  // close() reads (and discards) to the peer's EOF
+    if (state_ == State::closed) return;
+  }
   if (options_.linger > Duration::zero()) {
     linger_timer_ = loop_.after(options_.linger, [this] {
       linger_timer_ = TimerId{};

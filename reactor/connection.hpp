@@ -10,7 +10,8 @@
 // Unix socket): construct it with the fd, then start().
 //
 // Threads. Every method must be called on the connection's loop thread (debug builds assert
-// it). To send from another thread, post to the loop and look the connection up by id there:
+// it in each method that acts: send, close, abort, shutdown_write, pause and resume, timeouts). To
+// send from another thread, post to the loop and look the connection up by id there:
 //     loop.post([&server, id, msg = std::move(msg)] {
 //       if (Connection* c = server.find(id)) c->send(msg);   // a stale id finds nothing
 //     });
@@ -24,17 +25,20 @@
 //                             until output drains below low_water_mark. It runs inside the
 //                             send() that crossed the mark: the one callback a call of yours
 //                             can run. It may close or abort any connection.
-//   on_peer_shutdown(conn)    the peer half-closed (EOF), at most once; you may still send,
-//                             then close(). Without this callback the connection closes
-//                             gracefully at once, possibly in the same dispatch round as the
-//                             on_data before it: replies held back for later (say, to the end of
-//                             the round) must be sent from here. Should the peer then go away
-//                             altogether (a hangup, a reset), the connection ends (on_close).
+//   on_peer_shutdown(conn)    the peer half-closed (EOF), at most once; you may still send
+//                             (unless you shut the write side first), then close(). Without this
+//                             callback the connection closes gracefully at once, possibly in the
+//                             same dispatch round as the on_data before it: replies held back for
+//                             later (say, to the end of the round) must be sent from here. Should
+//                             the peer then go away altogether (a hangup, a reset), the connection
+//                             ends (on_close).
 //   on_close(conn, reason, ec) exactly once, last; no callback follows it. It never runs inside
 //                             a call you made (close, abort, send, shutdown_write, ...): it runs
 //                             from the loop, after the connection ended (in that iteration's
 //                             timer phase or the next iteration's), as libuv's close callback.
-//                             Until then the object stays valid and is_closed() is true.
+//                             Until then the object stays valid and is_closed() is true. An
+//                             owner that drops the connection first (a ConnectionHandle reset,
+//                             a TcpServer destroyed) cancels it: then no callback runs at all.
 // A callback may send, close or abort this or any other connection.
 //
 // State. One lifecycle state, plus the facts it does not cover (the peer's EOF; close() asked,
@@ -49,11 +53,14 @@
 //   open       -- shutdown_write()/close() --> flushing, or write_shut when nothing is queued
 //   peer_shut  -- shutdown_write()/close() --> flushing, or closed when nothing is queued
 //   peer_shut  -- hangup or error reported --> closed (SO_ERROR: reset/error, else peer_closed)
+//   flushing   -- peer EOF --> flushing (reading stops; on_peer_shutdown unless close() asked)
 //   flushing   -- output drained --> write_shut, or closed after the peer's EOF
 //   write_shut -- peer EOF --> closed (peer_closed, or close()'s reason)
 //   any        -- reset, socket error, abort(), linger, output limit --> closed
-// While reading is paused, a hangup is not read: a reset ends the connection (the unread
-// bytes go with it); a clean hangup leaves the bytes in the socket until resume_reading().
+// While reading is paused (and close() is not draining input), a hangup is not read: a reset
+// ends the connection (the unread bytes go with it); a clean hangup parks the connection, in
+// whatever state it is, off the loop with the bytes left in the socket, until resume_reading()
+// or close() (the idle timeout and linger still run).
 //
 // Input. `input` in on_data is valid only during the call. While a connection has no unread
 // input it reads into its loop's shared buffer, and keeps only what on_data leaves unconsumed

@@ -9,8 +9,9 @@
 // Connector. Loop thread only.
 //
 // ConnectionHandle owns the Connection: move-only. Dropping it (destroying or assigning over it)
-// closes the socket at once without further callbacks (unsent output is lost; for a graceful
-// close call close() and keep the handle until on_close) and destroys the Connection at the end
+// closes the socket at once without further callbacks, an on_close still due included (unsent
+// output is lost; for a graceful close, or to hear on_close after abort(), keep the handle
+// until on_close) and destroys the Connection at the end
 // of the dispatch round, so dropping it from inside its own callback is safe.
 #pragma once
 

@@ -145,7 +145,8 @@ void TcpServer::Shard::stop(Duration grace) {
       if (entry.connection) entry.connection->abort();
     }
   });
-  // By index, and no slot is added while stopping: close() may finish a connection at once.
+  // By index, and no slot is added while stopping (close() no longer edits the table: on_close
+  // and the slot's release come later, from the loop).
   for (std::size_t i = 0; i < slots_.size(); ++i) {
     if (slots_[i].connection) slots_[i].connection->close();
   }

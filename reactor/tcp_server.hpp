@@ -27,7 +27,8 @@
 // Destruction, on the home loop's thread and outside the server's own callbacks (asserted in
 // debug builds; defer() it instead; `done` itself may destroy the server). With one loop, at
 // any time: destroying the server during a stop cancels the stop (its `done` never runs), and
-// open connections are dropped without callbacks. With several loops, only before start() or
+// open connections, and ended ones whose on_close is still due, are dropped without callbacks.
+// With several loops, only before start() or
 // once stop() has completed (other threads still run the server's code until then).
 //
 // Limits. max_connections caps open connections (over it, a new connection is accepted and

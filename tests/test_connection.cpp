@@ -30,9 +30,23 @@
 
 #include <gtest/gtest.h>
 
+#include "injected_fault.hpp"
 #include "loopback.hpp"
 #include "reactor/connector.hpp"
 #include "reactor/tcp_server.hpp"
+
+// A seam for send errors the kernel gives only under pressure (ENOBUFS): armed, the next send()
+// in this executable fails. Arm it right before the server's send, with no other send between.
+reactor::test::InjectedFault send_fault;
+extern "C" ssize_t send(int fd, const void* buf, size_t len, int flags) {
+  if (const int err = send_fault.take()) {
+    errno = err;
+    return -1;
+  }
+  using Real = ssize_t (*)(int, const void*, size_t, int);
+  static const Real real = reactor::test::real_function<Real>("send");
+  return real(fd, buf, len, flags);
+}
 
 namespace reactor {
 namespace {
@@ -1345,7 +1359,10 @@ class FanOutTest : public ConnectionTest {
   }
 
   // Broadcasts until the slow peer is gone (or `rounds` ran); the fast one reads as it goes.
-  void broadcast(const Address& bound, std::size_t* max_queued = nullptr) {
+  // `max_queued`: the most output queued after a send() that was taken; `refused_at`: what was
+  // queued before the send() that returned false.
+  void broadcast(const Address& bound, std::size_t* max_queued = nullptr,
+                 std::size_t* refused_at = nullptr) {
     RawClient slow(bound, 64 * 1024);
     RawClient fast(bound);
     ASSERT_TRUE(run_until_open(2));
@@ -1354,8 +1371,12 @@ class FanOutTest : public ConnectionTest {
     for (int round = 0; round < 256 && registry_.size() == 2; ++round) {
       broadcasting_ = true;
       for (auto& [slot, conn] : registry_) {
-        conn->send(chunk);
-        if (max_queued) *max_queued = std::max(*max_queued, conn->queued_bytes());
+        const std::size_t before = conn->queued_bytes();
+        if (!conn->send(chunk)) {
+          if (refused_at && *refused_at == SIZE_MAX) *refused_at = before;
+        } else if (max_queued) {
+          *max_queued = std::max(*max_queued, conn->queued_bytes());
+        }
       }
       broadcasting_ = false;
       expected += chunk;
@@ -1391,10 +1412,53 @@ TEST_F(FanOutTest, OutputPastMaxQueuedBytesAbortsTheConnection) {
   ServerOptions options;
   options.connection.max_queued_bytes = 1 << 20;
   std::size_t max_queued = 0;
-  broadcast(start_server(Address::ipv4_loopback(0), options), &max_queued);
+  std::size_t refused_at = SIZE_MAX;
+  broadcast(start_server(Address::ipv4_loopback(0), options), &max_queued, &refused_at);
   EXPECT_EQ(slow_.reason, CloseReason::output_limit) << to_string(slow_.reason);
   EXPECT_EQ(slow_.ec, std::errc::no_buffer_space) << slow_.ec.message();
-  EXPECT_LE(max_queued, options.connection.max_queued_bytes);
+  EXPECT_LE(max_queued, options.connection.max_queued_bytes) << "a send over the limit was taken";
+  // The send that crossed the limit (everything it carried was queued behind earlier output)
+  // is the one that ended the connection: not one before it, not one after.
+  ASSERT_NE(refused_at, SIZE_MAX) << "no send() returned false";
+  EXPECT_LE(refused_at, options.connection.max_queued_bytes);
+  EXPECT_GT(refused_at + (64 << 10), options.connection.max_queued_bytes);
+}
+
+TEST_F(ConnectionTest, CloseOfAParkedConnectionDrainsToThePeersEofWithoutOnData) {
+  test::TempDir dir;
+  on_open_ = [](Connection& c, Record&) { c.pause_reading(); };
+  const Address bound = start_server(test::unix_address(dir.file("s")));
+  {
+    RawClient client(bound);
+    ASSERT_TRUE(run_until_open());
+    ASSERT_EQ(client.send_some("last words"), 10u);
+  }  // writes and closes while the server does not read: a clean hangup, parked
+  EXPECT_LE(iterations_over(*loop_, 50ms), kQuietIterations);
+  ASSERT_EQ(records_[0].close_calls, 0);
+  Connection* conn = server_side(records_[0]);
+  ASSERT_NE(conn, nullptr);
+  conn->close();  // discards input to the peer's EOF, whatever the pause
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].data_calls, 0);
+  EXPECT_EQ(records_[0].reason, CloseReason::local_close) << to_string(records_[0].reason);
+}
+
+TEST_F(ConnectionTest, SendErrorOnAUsableSocketEndsTheConnectionOnceFromTheLoop) {
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Connection* conn = server_side(records_[0]);
+  ASSERT_NE(conn, nullptr);
+  send_fault.arm(ENOBUFS, 1);
+  const bool sent = conn->send("x");
+  send_fault.disarm();
+  EXPECT_FALSE(sent);
+  EXPECT_EQ(records_[0].close_calls, 0) << "on_close ran inside send()";
+  EXPECT_TRUE(conn->is_closed());
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].reason, CloseReason::error) << to_string(records_[0].reason);
+  EXPECT_EQ(records_[0].ec, std::errc::no_buffer_space) << records_[0].ec.message();
+  EXPECT_EQ(send_fault.injected.load(), 1);
 }
 
 #ifndef NDEBUG
