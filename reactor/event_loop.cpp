@@ -22,6 +22,23 @@ std::uint64_t token_of(IoId id) noexcept {
   return (std::uint64_t{id.generation} << 32) | id.slot;
 }
 
+// now + delay, saturated: a deadline past what TimePoint can hold is TimePoint::max(), "never".
+TimePoint deadline_after(TimePoint now, Duration delay) noexcept {
+  if (delay <= Duration::zero()) return now;
+  if (now >= TimePoint{} && delay > TimePoint::max() - now) return TimePoint::max();
+  return now + delay;
+}
+
+// deadline - now, saturated: zero once due, Duration::max() when too far to represent (only
+// possible with a clock before its epoch: a test clock).
+Duration time_until(TimePoint deadline, TimePoint now) noexcept {
+  if (deadline <= now) return Duration::zero();
+  const Duration since_epoch = now.time_since_epoch();
+  if (since_epoch < Duration::zero() && deadline.time_since_epoch() > Duration::max() + since_epoch)
+    return Duration::max();
+  return deadline - now;
+}
+
 // Rounds up, so a timer is never woken for before its deadline.
 int to_epoll_ms(Duration d) noexcept {
   if (d <= Duration::zero()) return 0;
@@ -100,8 +117,11 @@ std::size_t EventLoop::run_once(std::optional<Duration> timeout) {
   if (!deferred_.empty() || stop_requested_.load(std::memory_order_relaxed)) {
     timeout = Duration::zero();
   } else if (!timers_.empty() && !options_.clock) {
-    Duration until_timer = std::max(Duration::zero(), *timers_.next_deadline() - clock_now());
-    if (!timeout || until_timer < *timeout) timeout = until_timer;
+    // TimePoint::max() is "never" (a saturated deadline): it does not bound the wait.
+    if (const TimePoint next = *timers_.next_deadline(); next != TimePoint::max()) {
+      const Duration until_timer = time_until(next, clock_now());
+      if (!timeout || until_timer < *timeout) timeout = until_timer;
+    }
   }
 
   const int n = wait(timeout);
@@ -284,15 +304,14 @@ std::uint32_t EventLoop::interest(IoId id) const noexcept {
 
 TimerId EventLoop::after(Duration delay, Function<void()> fn) {
   assert_in_loop();
-  return timers_.add(clock_now() + std::max(Duration::zero(), delay), Duration::zero(),
-                     std::move(fn));
+  return timers_.add(deadline_after(clock_now(), delay), Duration::zero(), std::move(fn));
 }
 
 TimerId EventLoop::every(Duration period, Function<void()> fn) {
   assert_in_loop();
   assert(period > Duration::zero() && "every() needs a positive period");
   period = std::max(period, Duration{1});
-  return timers_.add(clock_now() + period, period, std::move(fn));
+  return timers_.add(deadline_after(clock_now(), period), period, std::move(fn));
 }
 
 bool EventLoop::cancel(TimerId id) noexcept {

@@ -8,9 +8,9 @@
 // being destroyed (LoopThread keeps its loop alive until join() has stopped it).
 //
 // One iteration, in order:
-//   1. wait for I/O (epoll_pwait2, nanosecond timeout: until the next timer, or not at all when
-//      deferred tasks are pending; falls back to epoll_wait at run time where the kernel lacks
-//      it),
+//   1. wait for I/O (epoll_pwait2, nanosecond timeout: until the next timer that can fire, or
+//      not at all when deferred tasks are pending; falls back to epoll_wait at run time where
+//      the kernel lacks it),
 //   2. dispatch: each ready fd's handler is called with its event mask,
 //   3. timers whose deadline is <= now(), in deadline order,
 //   4. deferred tasks (defer()), then posted tasks (post()), in the order they were queued,
@@ -131,7 +131,9 @@ class EventLoop {
 
   // Timers: `fn` runs no earlier than (a fresh clock read at the call) + delay. every() stays on
   // its period grid and skips the periods it missed during a stall. Cancelling a fired or
-  // cancelled timer is a harmless no-op (returns false).
+  // cancelled timer is a harmless no-op (returns false). A delay or period that takes the
+  // deadline past what the clock can represent (Duration::max(): "never") saturates: the timer
+  // never fires and never shortens the wait, and stays pending until cancelled.
   TimerId after(Duration delay, Function<void()> fn);
   TimerId every(Duration period, Function<void()> fn);
   bool cancel(TimerId id) noexcept;

@@ -15,9 +15,12 @@
 // If a callback throws, the exception leaves run_due(); the queue stays consistent (a repeating
 // timer keeps its callback and stays scheduled).
 //
+// Never. A deadline of TimePoint::max() never fires (it is what a saturated "now + forever"
+// gives): the timer stays pending, counted by size(), until cancelled or destroyed.
+//
 // Repeating timers stay on their period grid: the next deadline is the previous one plus the
 // period, and after a stall they fire once and skip to the first grid point after `now`
-// instead of firing a burst. One whose next grid point is not representable stops.
+// instead of firing a burst. One whose next grid point is not before TimePoint::max() stops.
 //
 // Allocation and cost. Storage is a 4-ary min-heap of {deadline, seq, slot} plus a vector of
 // slots holding the callbacks, recycled through a free list. Vectors only grow, so a queue in

@@ -65,6 +65,31 @@ struct Counted {
   int* live_;
 };
 
+// Runs `loop` as run() does, with waits that no caller bounds (run_once() without a timeout),
+// until `done()` holds. A wait that nothing ends is woken by a post from a guard thread after
+// kDeadline, so a broken loop fails the test instead of hanging it. True when `done()` held
+// without the guard's help.
+template <class Pred>
+bool run_unbounded_until(EventLoop& loop, Pred&& done) {
+  std::atomic<bool> finished{false};
+  std::atomic<bool> gave_up{false};
+  std::thread guard([&] {
+    const auto give_up = std::chrono::steady_clock::now() + test::kDeadline;
+    while (!finished.load() && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (!finished.load()) {
+      gave_up = true;
+      loop.post([] {});
+    }
+  });
+  bool held;
+  while (!(held = done()) && !gave_up.load())
+    loop.run_once();
+  finished = true;
+  guard.join();
+  return held && !gave_up.load();
+}
+
 // ---- readiness ----
 
 TEST(EventLoop, PipeBecomesReadableWhenWrittenTo) {
@@ -657,6 +682,63 @@ TEST(EventLoopTimers, ManualClockDoesNotShortenTheWait) {
   loop.run_once(0ns);
   EXPECT_EQ(fired, 1);
   EXPECT_EQ(loop.now(), clock.now());
+}
+
+// ---- timers: "never" (a deadline past what TimePoint can hold) ----
+
+TEST(EventLoopTimers, AfterWithMaxDelayNeverFiresAndDoesNotHoldBackAShortTimer) {
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  int never = 0;
+  int soon = 0;
+  loop.after(Duration::max(), [&] { ++never; });
+  loop.after(50ms, [&] { ++soon; });
+  loop.run_once(0ns);
+  EXPECT_EQ(never, 0) << "Duration::max() wrapped to a deadline in the past";
+  clock.advance(50ms);
+  loop.run_once(0ns);
+  EXPECT_EQ(soon, 1);
+  clock.advance(24h * 365 * 200);
+  loop.run_once(0ns);
+  EXPECT_EQ(never, 0);
+}
+
+// The reported case on the real clock, with waits as run() makes them: the short timer must end
+// the wait (the "never" one wrapped, ahead of it, made the wait ~292 years), and the "never"
+// timer must not fire once something woke the loop.
+TEST(EventLoopTimers, AfterWithMaxDelayOnTheRealClockLetsAShortTimerFire) {
+  EventLoop loop;
+  int never = 0;
+  bool soon = false;
+  loop.after(Duration::max(), [&] { ++never; });
+  loop.after(1ms, [&] { soon = true; });
+  EXPECT_TRUE(run_unbounded_until(loop, [&] { return soon; }))
+      << "the wait went on past the short timer";
+  loop.run_once(0ns);
+  EXPECT_EQ(never, 0);
+}
+
+TEST(EventLoopTimers, AfterWithADelayPastTheClocksRangeNeverFires) {
+  ManualClock clock(TimePoint::max() - 1h);
+  EventLoop loop(with_clock(clock));
+  int never = 0;
+  loop.after(2h, [&] { ++never; });
+  loop.run_once(0ns);
+  clock.advance(1h);  // now TimePoint::max(): only "never" is left
+  loop.run_once(0ns);
+  EXPECT_EQ(never, 0);
+}
+
+TEST(EventLoopTimers, EveryWithMaxPeriodNeverFires) {
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  int never = 0;
+  const TimerId id = loop.every(Duration::max(), [&] { ++never; });
+  loop.run_once(0ns);
+  clock.advance(24h * 365 * 200);
+  loop.run_once(0ns);
+  EXPECT_EQ(never, 0);
+  EXPECT_TRUE(loop.cancel(id)) << "still pending";
 }
 
 // ---- signals ----

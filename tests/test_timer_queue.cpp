@@ -317,6 +317,17 @@ TEST(TimerQueue, RepeatingTimerWithoutARepresentableNextDeadlineStops) {
   EXPECT_FALSE(q.cancel(id));
 }
 
+TEST(TimerQueue, DeadlineAtTimePointMaxNeverFires) {
+  TimerQueue q;
+  int calls = 0;
+  const TimerId never = q.add(TimePoint::max(), kOnce, [&] { calls += 100; });
+  q.add(TimePoint::max() - nanoseconds(1), kOnce, [&] { ++calls; });
+  EXPECT_EQ(q.run_due(TimePoint::max()), 1u);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(q.next_deadline(), TimePoint::max());
+  EXPECT_TRUE(q.cancel(never)) << "still pending";
+}
+
 TEST(TimerQueue, DestructorDestroysPendingCallbacksWithoutCalling) {
   auto token = std::make_shared<int>(0);
   bool called = false;
