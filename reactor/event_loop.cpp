@@ -77,6 +77,22 @@ EventLoop::EventLoop(const Options& options)
 }
 
 EventLoop::~EventLoop() {
+  // What is queued may own objects whose destructors use this loop (a ConnectionHandle cancels
+  // its connection's timers, removes its registration and defers its destruction), so it is
+  // destroyed while every member is whole, and what those destructors queue in turn with it.
+  // Each queue is swapped out before its tasks are destroyed: a destructor may push to it.
+  std::vector<Task> doomed;
+  for (;;) {
+    timers_.clear();
+    doomed.swap(deferred_);
+    if (doomed.empty()) doomed.swap(posted_run_);
+    if (doomed.empty()) {
+      std::lock_guard lock(posted_mutex_);
+      doomed.swap(posted_);
+    }
+    if (doomed.empty()) break;
+    doomed.clear();
+  }
   if (signal_fd_ >= 0) ::close(signal_fd_);
   ::close(wake_fd_);
   ::close(epoll_fd_);

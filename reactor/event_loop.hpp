@@ -23,6 +23,9 @@
 // token, not the fd. The removed handler object itself lives until step 5, so a handler may
 // remove itself and keep using its captures until it returns.
 //
+// Destruction. Timers and tasks still queued are destroyed without running, while the loop is
+// still whole: their destructors may use it (a pending timer that owns a ConnectionHandle).
+//
 // Errors are returned as std::error_code. Callbacks must not throw. The constructor throws
 // std::system_error only when the loop cannot get its own fds (epoll, eventfd): EMFILE at start-up.
 //
@@ -103,8 +106,12 @@ class EventLoop {
 
   EventLoop();
   explicit EventLoop(const Options& options);
-  // Pending timers, deferred and posted tasks are destroyed without running. Registered fds are
-  // not closed: they belong to whoever registered them.
+  // Pending timers, deferred and posted tasks are destroyed without running, first, while the
+  // loop is whole: their destructors may use it (cancel, defer, post, after, remove), and what
+  // they queue is destroyed in turn, until nothing is left (timers, then deferred, then posted
+  // tasks, repeated). A ConnectionHandle held by a pending timer or task is therefore safe.
+  // Registered fds are not closed: they belong to whoever registered them; their handlers (and
+  // signal handlers) are destroyed after that, with the loop, and must not use it.
   ~EventLoop();
   EventLoop(const EventLoop&) = delete;
   EventLoop& operator=(const EventLoop&) = delete;

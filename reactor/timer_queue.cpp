@@ -154,6 +154,16 @@ std::size_t TimerQueue::run_due(TimePoint now) {
   return fired;
 }
 
+void TimerQueue::clear() noexcept {
+  assert(!running_ && "TimerQueue::clear from inside run_due");
+  // From the back, where erasing moves nothing; cancel() destroys each callback once the queue
+  // is consistent again, so its destructor may use the queue.
+  while (!heap_.empty()) {
+    const std::uint32_t slot = heap_.back().slot;
+    cancel(TimerId{slot, slots_[slot].generation});
+  }
+}
+
 void TimerQueue::reserve(std::size_t n) {
   heap_.reserve(n);
   slots_.reserve(n);

@@ -670,6 +670,63 @@ TEST(ConnectionHandle, MaxIdleTimeoutNeitherClosesNorWakesTheLoop) {
   ::close(peer);
 }
 
+// The loop destroyed (server side and Connector already gone, as the contract asks) while a
+// pending timer or a queued task owns a ConnectionHandle: dropping the handle detaches the
+// connection (cancels its timers, removes its registration) and defers its destruction, all
+// into a loop that must still be whole. Before, the timers were destroyed last, and the defer
+// wrote into the destroyed task vector: the connection leaked, its socket stayed open.
+enum class HeldBy { timer, repeating_timer, deferred_task, posted_task };
+
+void destroy_loop_while_a_handle_is_held_by(HeldBy holder) {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok());
+  const int fds_before = open_fd_count();
+  Client client;  // its handlers outlive the loop and the connection
+  int peer = -1;
+  {
+    EventLoop loop;
+    {
+      Connector connector(loop);
+      Outcome outcome;
+      ASSERT_FALSE(
+          connector.connect(socket->address(), 10s, client.handlers, record_into(outcome)));
+      ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+      ASSERT_TRUE(outcome.handle) << outcome.error.message();
+      peer = accept_with_deadline(*socket);
+      ASSERT_GE(peer, 0) << std::strerror(errno);
+      auto task = [handle = std::move(outcome.handle)] { ADD_FAILURE() << "ran"; };
+      switch (holder) {
+        case HeldBy::timer:
+          loop.after(1h, std::move(task));
+          break;
+        case HeldBy::repeating_timer:
+          loop.every(1h, std::move(task));
+          break;
+        case HeldBy::deferred_task:
+          loop.defer(std::move(task));
+          break;
+        case HeldBy::posted_task:
+          loop.post(std::move(task));
+          break;
+      }
+    }
+  }
+  EXPECT_TRUE(peer_sees_close(peer)) << "the connection's socket was not closed";
+  ::close(peer);
+  EXPECT_EQ(open_fd_count(), fds_before);
+  EXPECT_EQ(client.closes, 0) << "a dropped handle's connection makes no callbacks";
+}
+
+TEST(ConnectionHandle, LoopDestroyedWithATimerOwningAHandleClosesTheConnection) {
+  destroy_loop_while_a_handle_is_held_by(HeldBy::timer);
+  destroy_loop_while_a_handle_is_held_by(HeldBy::repeating_timer);
+}
+
+TEST(ConnectionHandle, LoopDestroyedWithATaskOwningAHandleClosesTheConnection) {
+  destroy_loop_while_a_handle_is_held_by(HeldBy::deferred_task);
+  destroy_loop_while_a_handle_is_held_by(HeldBy::posted_task);
+}
+
 TEST(ConnectionHandle, MovingTransfersOwnership) {
   EventLoop loop;
   EchoServer echo(loop, Address::ipv4_loopback(0));

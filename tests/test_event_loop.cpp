@@ -893,5 +893,55 @@ TEST(EventLoop, DestroyingTheLoopDestroysQueuedTasksWithoutRunningThem) {
   EXPECT_EQ(live, 0);
 }
 
+// A queued callable whose destructor uses the loop, as a ConnectionHandle's does (it cancels
+// the connection's timers and defers the connection's destruction): it defers, posts, schedules
+// and cancels, each with a Counted capture, so the test sees whether those were destroyed too.
+struct UsesTheLoopWhenDestroyed {
+  UsesTheLoopWhenDestroyed(EventLoop& loop, int* live) : loop_(&loop), live_(live) {}
+  UsesTheLoopWhenDestroyed(UsesTheLoopWhenDestroyed&& other) noexcept
+      : loop_(std::exchange(other.loop_, nullptr)), live_(other.live_) {}
+  UsesTheLoopWhenDestroyed& operator=(UsesTheLoopWhenDestroyed&&) = delete;
+  ~UsesTheLoopWhenDestroyed() {
+    if (!loop_) return;  // moved from
+    loop_->defer([c = Counted(live_)] {});
+    loop_->post([c = Counted(live_)] {});
+    const TimerId id = loop_->after(1h, [c = Counted(live_)] {});
+    loop_->after(2h, [c = Counted(live_)] {});
+    loop_->cancel(id);
+    loop_->cancel(id);  // already gone: a no-op
+  }
+  void operator()() const { ADD_FAILURE() << "a queued callable ran during destruction"; }
+  EventLoop* loop_;
+  int* live_;
+};
+
+// The loop destroys what is queued while it is still whole: those destructors may defer, post,
+// schedule and cancel, and what they queue is destroyed in turn. (Before, timers were destroyed
+// after the task vectors: a defer from a timer's destructor wrote into a destroyed vector.)
+TEST(EventLoop, DestroyingTheLoopLetsQueuedCallablesUseItFromTheirDestructors) {
+  int live = 0;
+  {
+    EventLoop loop;
+    loop.after(1h, UsesTheLoopWhenDestroyed(loop, &live));
+    loop.every(1h, UsesTheLoopWhenDestroyed(loop, &live));
+    loop.defer(UsesTheLoopWhenDestroyed(loop, &live));
+    loop.post(UsesTheLoopWhenDestroyed(loop, &live));
+  }
+  EXPECT_EQ(live, 0);
+}
+
+TEST(EventLoop, DestroyingTheLoopWithATaskQueuedInEachWayDestroysThemAll) {
+  for (int which = 0; which < 3; ++which) {
+    int live = 0;
+    {
+      EventLoop loop;
+      if (which == 0) loop.after(1h, UsesTheLoopWhenDestroyed(loop, &live));
+      if (which == 1) loop.defer(UsesTheLoopWhenDestroyed(loop, &live));
+      if (which == 2) loop.post(UsesTheLoopWhenDestroyed(loop, &live));
+    }
+    EXPECT_EQ(live, 0) << "queued by " << (which == 0 ? "after" : which == 1 ? "defer" : "post");
+  }
+}
+
 }  // namespace
 }  // namespace reactor

@@ -341,6 +341,63 @@ TEST(TimerQueue, DestructorDestroysPendingCallbacksWithoutCalling) {
   EXPECT_EQ(token.use_count(), 1);
 }
 
+// Counts live instances, to see which callbacks were destroyed.
+struct Live {
+  explicit Live(int* n) : n_(n) { ++*n_; }
+  Live(Live&& other) noexcept : n_(other.n_) { ++*n_; }
+  Live(const Live&) = delete;
+  Live& operator=(const Live&) = delete;
+  Live& operator=(Live&&) = delete;
+  ~Live() { --*n_; }
+  int* n_;
+};
+
+// A callback whose destructor uses the queue: cancels `victim` and adds a timer.
+struct TouchesTheQueueWhenDestroyed {
+  TouchesTheQueueWhenDestroyed(TimerQueue& q, TimerId* victim, int* live)
+      : q_(&q), victim_(victim), live_(live) {}
+  TouchesTheQueueWhenDestroyed(TouchesTheQueueWhenDestroyed&& other) noexcept
+      : q_(std::exchange(other.q_, nullptr)), victim_(other.victim_), live_(other.live_) {}
+  TouchesTheQueueWhenDestroyed& operator=(TouchesTheQueueWhenDestroyed&&) = delete;
+  ~TouchesTheQueueWhenDestroyed() {
+    if (!q_) return;  // moved from
+    q_->cancel(*victim_);
+    q_->add(at(5), kOnce, [l = Live(live_)] {});
+  }
+  void operator()() {}
+  TimerQueue* q_;
+  TimerId* victim_;
+  int* live_;
+};
+
+TEST(TimerQueue, DestroyedCallbacksMayCancelAndAddTimers) {
+  int live = 0;
+  {
+    TimerQueue q;
+    TimerId victim;
+    q.add(at(10), kOnce, TouchesTheQueueWhenDestroyed(q, &victim, &live));
+    victim = q.add(at(20), kOnce, [l = Live(&live)] {});
+    q.add(at(30), nanoseconds(5), TouchesTheQueueWhenDestroyed(q, &victim, &live));
+    EXPECT_EQ(live, 1);
+  }
+  EXPECT_EQ(live, 0) << "a timer added by a destructor was not destroyed";
+}
+
+TEST(TimerQueue, ClearCancelsEveryPendingTimer) {
+  TimerQueue q;
+  auto token = std::make_shared<int>(0);
+  bool called = false;
+  const TimerId a = q.add(at(10), kOnce, [token, &called] { called = true; });
+  q.add(at(20), nanoseconds(5), [token, &called] { called = true; });
+  q.clear();
+  EXPECT_TRUE(q.empty());
+  EXPECT_EQ(q.size(), 0u);
+  EXPECT_EQ(token.use_count(), 1);
+  EXPECT_FALSE(q.cancel(a));
+  EXPECT_EQ(q.run_due(at(100)), 0u);
+  EXPECT_FALSE(called);
+}
+
 TEST(TimerQueue, OneShotCallbackDestroyedAfterFiring) {
   TimerQueue q;
   auto token = std::make_shared<int>(0);
