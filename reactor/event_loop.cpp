@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <stdexcept>
 
@@ -37,6 +38,24 @@ Duration time_until(TimePoint deadline, TimePoint now) noexcept {
   if (since_epoch < Duration::zero() && deadline.time_since_epoch() > Duration::max() + since_epoch)
     return Duration::max();
   return deadline - now;
+}
+
+// A failed wait: EINTR (a signal handled with sigaction) is an empty iteration. Anything else
+// (EBADF, EFAULT, EINVAL: the epoll fd was closed under the loop, or memory is corrupt) would
+// fail again at once on every iteration: stop the process with the cause, rather than spin.
+[[gnu::cold]] int wait_failed(const char* call) noexcept {
+  const int err = errno;
+  if (err == EINTR) return 0;
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+  const char* name = ::strerrorname_np(err);
+#else
+  const char* name = nullptr;
+#endif
+  std::fprintf(stderr,
+               "reactor::EventLoop: %s failed: %s (errno %d: %s); the loop cannot wait for "
+               "events, aborting\n",
+               call, name ? name : "unknown errno", err, std::strerror(err));
+  std::abort();
 }
 
 // Rounds up, so a timer is never woken for before its deadline.
@@ -74,6 +93,16 @@ EventLoop::EventLoop(const Options& options)
     throw std::system_error(id.error(), "epoll_ctl(eventfd)");
   }
   wake_id_ = *id;
+  // The first epoll_pwait2 is made here, so whether this loop may use it is settled before it
+  // runs: ENOSYS (a kernel before 5.11, valgrind) or EPERM (a seccomp profile that does not
+  // know the call) mean epoll_wait from now on. It reports nothing: nothing is readable yet.
+  if (stats_.epoll_pwait2) {
+    const timespec zero{};
+    if (epoll_pwait2(epoll_fd_, events_.data(), 1, &zero, nullptr) < 0 &&
+        (errno == ENOSYS || errno == EPERM)) {
+      stats_.epoll_pwait2 = false;
+    }
+  }
 }
 
 EventLoop::~EventLoop() {
@@ -181,9 +210,9 @@ inline int EventLoop::wait(std::optional<Duration> timeout) {
             : epoll_wait(epoll_fd_, events_.data(), options_.max_events, -1);
     if (n >= 0) [[likely]]
       return n;
-    if (errno != ENOSYS) return 0;  // EINTR: an empty iteration
+    return wait_failed(stats_.epoll_pwait2 ? "epoll_pwait2" : "epoll_wait");
   }
-  return wait_slow(timeout);  // also the fallback from epoll_pwait2
+  return wait_slow(timeout);
 }
 
 int EventLoop::wait_slow(std::optional<Duration> timeout) {
@@ -194,13 +223,13 @@ int EventLoop::wait_slow(std::optional<Duration> timeout) {
     const TimePoint spin_until =
         Clock::now() + std::min<Duration>(options_.busy_poll, timeout.value_or(Duration::max()));
     do {
-      int n = epoll_wait(epoll_fd_, events, max, 0);
-      if (n != 0) return n < 0 ? 0 : n;
+      const int n = epoll_wait(epoll_fd_, events, max, 0);
+      if (n > 0) return n;
+      if (n < 0) return wait_failed("epoll_wait");
     } while (Clock::now() < spin_until);
     if (timeout) timeout = std::max(Duration::zero(), *timeout - options_.busy_poll);
   }
 
-  int n;
   if (stats_.epoll_pwait2) {
     timespec ts{};
     timespec* tsp = nullptr;
@@ -210,12 +239,11 @@ int EventLoop::wait_slow(std::optional<Duration> timeout) {
       ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
       tsp = &ts;
     }
-    n = epoll_pwait2(epoll_fd_, events, max, tsp, nullptr);
-    if (n >= 0 || errno != ENOSYS) return n < 0 ? 0 : n;  // EINTR: an empty iteration
-    stats_.epoll_pwait2 = false;  // old kernel or valgrind: fall back for good
+    const int n = epoll_pwait2(epoll_fd_, events, max, tsp, nullptr);
+    return n >= 0 ? n : wait_failed("epoll_pwait2");
   }
-  n = epoll_wait(epoll_fd_, events, max, timeout ? to_epoll_ms(*timeout) : -1);
-  return n < 0 ? 0 : n;
+  const int n = epoll_wait(epoll_fd_, events, max, timeout ? to_epoll_ms(*timeout) : -1);
+  return n >= 0 ? n : wait_failed("epoll_wait");
 }
 
 void EventLoop::run_tasks() {

@@ -9,8 +9,9 @@
 //
 // One iteration, in order:
 //   1. wait for I/O (epoll_pwait2, nanosecond timeout: until the next timer that can fire, or
-//      not at all when deferred tasks are pending; falls back to epoll_wait at run time where
-//      the kernel lacks it),
+//      not at all when deferred tasks are pending; epoll_wait, millisecond timeout rounded up,
+//      where the constructor's first epoll_pwait2 failed with ENOSYS, an old kernel, or EPERM,
+//      a seccomp profile that does not know the call),
 //   2. dispatch: each ready fd's handler is called with its event mask,
 //   3. timers whose deadline is <= now(), in deadline order,
 //   4. deferred tasks (defer()), then posted tasks (post()), in the order they were queued,
@@ -28,6 +29,10 @@
 //
 // Errors are returned as std::error_code. Callbacks must not throw. The constructor throws
 // std::system_error only when the loop cannot get its own fds (epoll, eventfd): EMFILE at start-up.
+// A wait that fails is an empty iteration when a signal interrupted it (EINTR, a handler
+// installed with sigaction); any other error (EBADF: the loop's epoll fd was closed under it;
+// EFAULT, EINVAL) would recur on every iteration, so the loop aborts the process (std::abort)
+// after one line on stderr naming the call and the errno, instead of spinning.
 //
 // Allocation. Handlers, timers and tasks are reactor::Function: a lambda capturing up to four
 // pointers is stored inline. Registration slots (in fixed chunks), the timer heap and the task
@@ -101,7 +106,7 @@ class EventLoop {
     std::uint64_t stale_events = 0;  // events dropped: their registration was removed
     std::uint64_t epoll_ctl_calls = 0;
     std::uint64_t wakeups = 0;  // eventfd reads (each covers any number of posts)
-    bool epoll_pwait2 = true;   // false once the fallback to epoll_wait was taken
+    bool epoll_pwait2 = true;   // false: epoll_wait is used (option, ENOSYS or EPERM)
   };
 
   EventLoop();
@@ -121,7 +126,8 @@ class EventLoop {
   void run();
   // One iteration; waits at most `timeout` for I/O (nullopt: until a timer is due or an event
   // arrives; zero: does not block). Returns the number of events epoll reported
-  // (stale ones, dropped because their registration was removed, included).
+  // (stale ones, dropped because their registration was removed, included): 0 after EINTR.
+  // Aborts when the wait fails otherwise (see Errors above).
   std::size_t run_once(std::optional<Duration> timeout = std::nullopt);
   // Any thread, or a callback: run() returns at the end of the current iteration.
   void stop() noexcept;

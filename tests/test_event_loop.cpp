@@ -20,8 +20,22 @@
 #include <utility>
 #include <vector>
 
+#include "injected_fault.hpp"
 #include "loopback.hpp"
 #include "reactor/socket.hpp"
+
+// The loop's waits, failable on demand (this executable's definitions take the library's calls).
+namespace {
+reactor::test::InjectedFault pwait2_fault;
+reactor::test::InjectedFault epoll_wait_fault;
+}  // namespace
+REACTOR_INJECTABLE(pwait2_fault, epoll_pwait2,
+                   (int epfd, epoll_event* events, int max, const timespec* timeout,
+                    const sigset_t* mask),
+                   (epfd, events, max, timeout, mask))
+REACTOR_INJECTABLE(epoll_wait_fault, epoll_wait,
+                   (int epfd, epoll_event* events, int max, int timeout),
+                   (epfd, events, max, timeout))
 
 namespace reactor {
 namespace {
@@ -424,6 +438,143 @@ TEST(EventLoop, EpollPwait2NeverFiresASubMillisecondTimerEarly) {
   const auto waited = time_to_fire(loop, kDelay);
   ASSERT_TRUE(waited);
   EXPECT_GE(*waited, kDelay);
+}
+
+// ---- waiting: errors (injected) ----
+//
+// EINTR is an empty iteration; ENOSYS or EPERM (a seccomp filter) from the first epoll_pwait2
+// switches to epoll_wait for good; any other error means the loop cannot wait: it aborts with
+// a message naming the call and the errno, rather than spin on an error that will not go away.
+
+// Disarms both faults when a test ends, however it ends.
+struct Disarm {
+  ~Disarm() {
+    pwait2_fault.disarm();
+    epoll_wait_fault.disarm();
+  }
+};
+
+EventLoop::Options fallback_options() {
+  EventLoop::Options options;
+  options.use_epoll_pwait2 = false;
+  return options;
+}
+
+EventLoop::Options busy_poll_options() {
+  EventLoop::Options options;
+  options.busy_poll = 1ms;
+  return options;
+}
+
+TEST(EventLoopWaitErrors, EintrOnEachWaitIsAnEmptyIteration) {
+  const Disarm disarm;
+  EventLoop loop;
+  pwait2_fault.arm(EINTR);
+  EXPECT_EQ(loop.run_once(), 0u);  // the inline wait (no timeout)
+  pwait2_fault.arm(EINTR);
+  EXPECT_EQ(loop.run_once(1s), 0u);  // wait_slow
+  EXPECT_EQ(pwait2_fault.injected.load(), 1);
+  EXPECT_TRUE(loop.stats().epoll_pwait2);
+
+  EventLoop fallback(fallback_options());
+  epoll_wait_fault.arm(EINTR);
+  EXPECT_EQ(fallback.run_once(), 0u);
+  epoll_wait_fault.arm(EINTR);
+  EXPECT_EQ(fallback.run_once(1s), 0u);
+  EXPECT_EQ(epoll_wait_fault.injected.load(), 1);
+}
+
+// Delivers one byte through a pipe on `loop`: true if its handler ran.
+bool delivers_io(EventLoop& loop) {
+  FdPair p = make_pipe();
+  if (!p.a) return false;
+  int calls = 0;
+  auto id = loop.add(p.a.get(), io::readable, [&](std::uint32_t) { ++calls; });
+  if (!id) return false;
+  write_byte(p.b.get());
+  const bool ran = run_until(loop, [&] { return calls > 0; });
+  loop.remove(*id);
+  return ran;
+}
+
+// As under a seccomp profile that denies epoll_pwait2 (every call fails with EPERM).
+TEST(EventLoopWaitErrors, EpermFromTheFirstEpollPwait2FallsBackToEpollWait) {
+  const Disarm disarm;
+  pwait2_fault.arm(EPERM, -1);
+  EventLoop loop;
+  ASSERT_TRUE(delivers_io(loop)) << "EPERM was taken for EINTR: the loop spun";
+  EXPECT_FALSE(loop.stats().epoll_pwait2);
+  EXPECT_EQ(pwait2_fault.injected.load(), 1) << "epoll_pwait2 was tried again";
+}
+
+// As on a kernel older than 5.11, or under valgrind.
+TEST(EventLoopWaitErrors, EnosysFromTheFirstEpollPwait2FallsBackToEpollWait) {
+  const Disarm disarm;
+  pwait2_fault.arm(ENOSYS, -1);
+  EventLoop loop;
+  ASSERT_TRUE(delivers_io(loop));
+  EXPECT_FALSE(loop.stats().epoll_pwait2);
+  EXPECT_EQ(pwait2_fault.injected.load(), 1) << "epoll_pwait2 was tried again";
+}
+
+// The fatal errors: each path that waits aborts, naming the call and the errno. Each statement
+// runs in a child process (the fault is armed there); before, each returned an empty
+// iteration, and a caller's loop spun on it.
+TEST(EventLoopWaitErrorsDeathTest, EbadfOnTheInlineWaitAborts) {
+  EventLoop loop;
+  EXPECT_DEATH(
+      {
+        pwait2_fault.arm(EBADF);
+        loop.run_once();
+      },
+      "epoll_pwait2 failed: EBADF");
+}
+
+TEST(EventLoopWaitErrorsDeathTest, EinvalOnTheWaitWithATimeoutAborts) {
+  EventLoop loop;
+  EXPECT_DEATH(
+      {
+        pwait2_fault.arm(EINVAL);
+        loop.run_once(1s);
+      },
+      "epoll_pwait2 failed: EINVAL");
+}
+
+TEST(EventLoopWaitErrorsDeathTest, EpermAfterTheFirstEpollPwait2Aborts) {
+  EventLoop loop;
+  loop.run_once(0ns);
+  EXPECT_DEATH(
+      {
+        pwait2_fault.arm(EPERM);
+        loop.run_once();
+      },
+      "epoll_pwait2 failed: EPERM");
+}
+
+TEST(EventLoopWaitErrorsDeathTest, EfaultOnTheEpollWaitFallbackAborts) {
+  EventLoop loop(fallback_options());
+  EXPECT_DEATH(
+      {
+        epoll_wait_fault.arm(EFAULT);
+        loop.run_once();
+      },
+      "epoll_wait failed: EFAULT");
+  EXPECT_DEATH(
+      {
+        epoll_wait_fault.arm(EFAULT);
+        loop.run_once(1s);
+      },
+      "epoll_wait failed: EFAULT");
+}
+
+TEST(EventLoopWaitErrorsDeathTest, EbadfWhileBusyPollingAborts) {
+  EventLoop loop(busy_poll_options());
+  EXPECT_DEATH(
+      {
+        epoll_wait_fault.arm(EBADF);
+        loop.run_once();
+      },
+      "epoll_wait failed: EBADF");
 }
 
 // ---- defer ----
