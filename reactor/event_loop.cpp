@@ -157,6 +157,16 @@ void EventLoop::wake() noexcept {
 
 std::size_t EventLoop::run_once(std::optional<Duration> timeout) {
   assert_in_loop();
+#ifndef NDEBUG
+  // A nested wait would overwrite events_ while the outer dispatch walks it, and the task and
+  // timer rounds are not re-entrant either.
+  assert(!in_run_once_ && "EventLoop::run_once() called from a callback: not re-entrant");
+  in_run_once_ = true;
+  struct Leave {
+    bool& flag;
+    ~Leave() { flag = false; }
+  } leave{in_run_once_};
+#endif
   ++stats_.iterations;
 
   if (!deferred_.empty() || stop_requested_.load(std::memory_order_relaxed)) {

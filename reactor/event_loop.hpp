@@ -17,8 +17,10 @@
 //   4. deferred tasks (defer()), then posted tasks (post()), in the order they were queued,
 //   5. handlers of registrations removed during this iteration are destroyed.
 //
-// Callbacks. A callback may do anything with the loop: add or remove registrations (its own
-// included), schedule or cancel timers, defer, post, stop. After remove(id) returns, the
+// Callbacks. A callback may do anything with the loop but run it: add or remove registrations
+// (its own included), schedule or cancel timers, defer, post, stop. run() and run_once() are
+// not re-entrant: calling them from a callback is a programmer error (asserted in debug
+// builds). After remove(id) returns, the
 // handler of `id` is never called again, even if the fd was already reported ready in the
 // current batch, and even if the fd number is reused at once: events carry a generation-checked
 // token, not the fd. The removed handler object itself lives until step 5, so a handler may
@@ -122,7 +124,7 @@ class EventLoop {
   EventLoop& operator=(const EventLoop&) = delete;
 
   // Runs iterations until stop(). A stop() that came before run() makes it return after one
-  // iteration.
+  // iteration. Neither run() nor run_once() may be called from a callback (not re-entrant).
   void run();
   // One iteration; waits at most `timeout` for I/O (nullopt: until a timer is due or an event
   // arrives; zero: does not block). Returns the number of events epoll reported
@@ -179,7 +181,8 @@ class EventLoop {
   // For Connection: one input buffer shared by the loop's connections. A connection with no
   // unread input reads into it and keeps only what its on_data leaves unconsumed, so an idle
   // connection holds no input memory and reads land in bytes that stay warm in cache. Lent to
-  // one reader at a time: nullptr while lent (a nested run_once()); give it back cleared.
+  // one reader at a time (reads do not nest: run_once() is not re-entrant), nullptr while lent;
+  // give it back cleared.
   Buffer* lend_read_buffer() noexcept { return std::exchange(read_buffer_free_, nullptr); }
   void return_read_buffer(Buffer* buffer) {
     buffer->clear();
@@ -231,6 +234,9 @@ class EventLoop {
   mutable bool now_valid_ = false;  // now_ was read after the last wait
   Stats stats_;
   std::atomic<bool> stop_requested_{false};
+  // Set while run_once() runs, in debug builds only (the re-entrance assert); present in every
+  // build so the class has one layout whatever NDEBUG the includer has.
+  [[maybe_unused]] bool in_run_once_ = false;
 
   std::vector<epoll_event> events_;
   std::vector<std::unique_ptr<Slot[]>> slot_chunks_;

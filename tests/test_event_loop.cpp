@@ -965,6 +965,33 @@ TEST(EventLoopSignals, SecondHandlerForTheSameSignalIsRejectedWithEexist) {
   EXPECT_EQ(loop.on_signal(SIGUSR2, [](int) {}), std::errc::file_exists);
 }
 
+// ---- re-entrance ----
+
+// run() and run_once() are not re-entrant: the inner wait would overwrite the batch the outer
+// dispatch is walking. Asserted in debug builds; before, nothing stopped it.
+TEST(EventLoopDeathTest, RunOnceFromInsideRunOnceIsAssertedInDebugBuilds) {
+#ifdef NDEBUG
+  GTEST_SKIP() << "the assertion is compiled out (NDEBUG)";
+#else
+  EventLoop loop;
+  EXPECT_DEATH(
+      {
+        loop.after(0ns, [&] { loop.run_once(0ns); });
+        loop.run_once(0ns);
+      },
+      "not re-entrant");
+  EXPECT_DEATH(
+      {
+        loop.defer([&] {
+          loop.stop();  // so that, unasserted, the inner run() returns after one iteration
+          loop.run();
+        });
+        loop.run_once(0ns);
+      },
+      "not re-entrant");
+#endif
+}
+
 // ---- stop ----
 
 TEST(EventLoop, StopFromACallbackEndsRun) {
