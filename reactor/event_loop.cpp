@@ -1,5 +1,6 @@
 #include "reactor/event_loop.hpp"
 
+#include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <ctime>
 #include <stdexcept>
+#include <string>
 
 namespace reactor {
 
@@ -389,11 +391,73 @@ void EventLoop::post(Task fn) {
   if (need_wake) wake();
 }
 
+namespace {
+
+// The error on_signal() returns when a thread does not block the signal: its value is the
+// thread's id; it compares equal to std::errc::invalid_argument.
+class SignalMaskCategory final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "reactor.signal_mask"; }
+  std::string message(int tid) const override {
+    std::string text = "thread " + std::to_string(tid);
+    // Its name, if the thread still runs: the one a debugger or `ps -L` shows.
+    if (std::FILE* f =
+            std::fopen(("/proc/self/task/" + std::to_string(tid) + "/comm").c_str(), "re")) {
+      char comm[64] = {};
+      if (std::fgets(comm, sizeof comm, f)) {
+        comm[std::strcspn(comm, "\n")] = '\0';
+        text += std::string(" (") + comm + ")";
+      }
+      std::fclose(f);
+    }
+    return text + " does not block the signal (block it before starting threads)";
+  }
+  std::error_condition default_error_condition(int) const noexcept override {
+    return std::errc::invalid_argument;
+  }
+};
+
+// The id of a thread of this process that does not block `signo` (1..64), or 0 when all block
+// it. Every thread's mask is in /proc/self/task/*/status (SigBlk, hex, bit signo - 1); where
+// /proc cannot be read, the calling thread's mask alone decides.
+pid_t thread_not_blocking(int signo) {
+  DIR* tasks = ::opendir("/proc/self/task");
+  if (!tasks) {
+    sigset_t blocked;
+    pthread_sigmask(SIG_BLOCK, nullptr, &blocked);
+    return sigismember(&blocked, signo) == 1 ? 0 : ::gettid();
+  }
+  pid_t found = 0;
+  while (const dirent* task = ::readdir(tasks)) {
+    if (task->d_name[0] == '.') continue;
+    const std::string path = std::string("/proc/self/task/") + task->d_name + "/status";
+    std::FILE* status = std::fopen(path.c_str(), "re");
+    if (!status) continue;  // the thread ended meanwhile
+    char line[512];
+    while (std::fgets(line, sizeof line, status)) {
+      if (std::strncmp(line, "SigBlk:", 7) != 0) continue;
+      const unsigned long long mask = std::strtoull(line + 7, nullptr, 16);
+      if (((mask >> (signo - 1)) & 1) == 0) found = static_cast<pid_t>(std::atoi(task->d_name));
+      break;
+    }
+    std::fclose(status);
+    if (found) break;
+  }
+  ::closedir(tasks);
+  return found;
+}
+
+}  // namespace
+
+const std::error_category& signal_mask_category() noexcept {
+  static const SignalMaskCategory category;
+  return category;
+}
+
 std::error_code EventLoop::on_signal(int signo, SignalHandler handler) {
   assert_in_loop();
-  sigset_t blocked;
-  pthread_sigmask(SIG_BLOCK, nullptr, &blocked);
-  if (sigismember(&blocked, signo) != 1) return std::make_error_code(std::errc::invalid_argument);
+  if (signo < 1 || signo > 64) return std::make_error_code(std::errc::invalid_argument);
+  if (const pid_t tid = thread_not_blocking(signo)) return {tid, signal_mask_category()};
   for (auto& [s, h] : signal_handlers_) {
     if (s == signo) return std::make_error_code(std::errc::file_exists);
   }

@@ -174,8 +174,12 @@ class EventLoop {
 
   // Handles `signo` on this loop through a signalfd. A signal reaches a signalfd only while
   // every thread blocks it: call block_signals() in main() before starting any thread (and
-  // child processes must unblock what they need before exec). Returns EINVAL when the calling
-  // thread does not block `signo`, EEXIST when it is already handled here.
+  // child processes must unblock what they need before exec). Returns EEXIST when `signo` is
+  // already handled here, and EINVAL when a thread of the process does not block it (every
+  // thread is checked, in /proc/self/task; without /proc, only the calling thread): that error
+  // compares equal to std::errc::invalid_argument, is of signal_mask_category(), its value()
+  // is the thread's id (gettid) and its message() names it ("thread 4242 (worker) does not
+  // block the signal ..."). Reads /proc: call it at set-up, not per event.
   std::error_code on_signal(int signo, SignalHandler handler);
 
   // For Connection: one input buffer shared by the loop's connections. A connection with no
@@ -263,6 +267,10 @@ class EventLoop {
   IoId wake_id_;
   IoId signal_id_;
 };
+
+// The category of on_signal()'s "a thread does not block this signal" error: value() is the
+// thread's id, message() names the thread, and it compares equal to std::errc::invalid_argument.
+const std::error_category& signal_mask_category() noexcept;
 
 // Blocks `signals` in the calling thread (and the threads it starts later). Call it in main()
 // before starting threads, for every signal a loop will handle with on_signal().

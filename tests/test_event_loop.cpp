@@ -959,6 +959,38 @@ TEST(EventLoopSignals, UnblockedSignalIsRejectedWithEinval) {
   EXPECT_EQ(loop.on_signal(SIGWINCH, [](int) {}), std::errc::invalid_argument);
 }
 
+// A signal reaches a signalfd only while every thread blocks it: one thread that does not
+// would take it (its default action kills the process). Before, only the calling thread's mask
+// was checked.
+TEST(EventLoopSignals, SignalAnotherThreadDoesNotBlockIsRejectedNamingThatThread) {
+  EventLoop loop;
+  std::atomic<pid_t> tid{0};
+  std::atomic<bool> finish{false};
+  std::thread unblocker([&] {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGUSR2);
+    ::pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+    ::pthread_setname_np(::pthread_self(), "unblocker");
+    tid = ::gettid();
+    const auto give_up = std::chrono::steady_clock::now() + kDeadline;
+    while (!finish.load() && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::sleep_for(1ms);
+  });
+  while (tid.load() == 0)
+    std::this_thread::sleep_for(1ms);
+
+  const std::error_code ec = loop.on_signal(SIGUSR2, [](int) {});
+  EXPECT_EQ(ec, std::errc::invalid_argument) << ec.message();
+  EXPECT_EQ(ec.value(), tid.load());
+  EXPECT_NE(ec.message().find(std::to_string(tid.load())), std::string::npos) << ec.message();
+  EXPECT_NE(ec.message().find("unblocker"), std::string::npos) << ec.message();
+
+  finish = true;
+  unblocker.join();
+  EXPECT_FALSE(loop.on_signal(SIGUSR2, [](int) {})) << "every thread left blocks it now";
+}
+
 TEST(EventLoopSignals, SecondHandlerForTheSameSignalIsRejectedWithEexist) {
   EventLoop loop;
   ASSERT_FALSE(loop.on_signal(SIGUSR2, [](int) {}));
