@@ -38,8 +38,9 @@
 //
 // Allocation. Handlers, timers and tasks are reactor::Function: a lambda capturing up to four
 // pointers is stored inline. Registration slots (in fixed chunks), the timer heap and the task
-// queues only grow, so a loop in steady state does not allocate. The loop's shared read buffer
-// (lend_read_buffer) is 64 KiB, allocated once with the loop.
+// queues only grow, so a loop in steady state does not allocate. The read buffer the loop's
+// connections share (Connection's, not part of this API) is 64 KiB, allocated once with the
+// loop.
 #pragma once
 
 #include <sys/epoll.h>
@@ -182,11 +183,18 @@ class EventLoop {
   // block the signal ..."). Reads /proc: call it at set-up, not per event.
   std::error_code on_signal(int signo, SignalHandler handler);
 
-  // For Connection: one input buffer shared by the loop's connections. A connection with no
-  // unread input reads into it and keeps only what its on_data leaves unconsumed, so an idle
-  // connection holds no input memory and reads land in bytes that stay warm in cache. Lent to
-  // one reader at a time (reads do not nest: run_once() is not re-entrant), nullptr while lent;
-  // give it back cleared.
+  bool in_loop_thread() const noexcept { return std::this_thread::get_id() == owner_; }
+  const Stats& stats() const noexcept { return stats_; }
+  std::size_t registrations() const noexcept { return live_registrations_; }
+
+ private:
+  friend class Connection;
+
+  // Connection's internals (a friend): one input buffer shared by the loop's connections. A
+  // connection with no unread input reads into it and keeps only what its on_data leaves
+  // unconsumed, so an idle connection holds no input memory and reads land in bytes that stay warm
+  // in cache. Lent to one reader at a time (reads do not nest: run_once() is not re-entrant),
+  // nullptr while lent; give it back cleared.
   Buffer* lend_read_buffer() noexcept { return std::exchange(read_buffer_free_, nullptr); }
   void return_read_buffer(Buffer* buffer) {
     buffer->clear();
@@ -196,11 +204,6 @@ class EventLoop {
     read_buffer_free_ = buffer;
   }
 
-  bool in_loop_thread() const noexcept { return std::this_thread::get_id() == owner_; }
-  const Stats& stats() const noexcept { return stats_; }
-  std::size_t registrations() const noexcept { return live_registrations_; }
-
- private:
   struct Slot {
     // What epoll carries for this registration (generation << 32 | slot) while it is live, 0
     // otherwise: dispatch checks liveness and generation with one compare.

@@ -104,6 +104,19 @@ bool run_unbounded_until(EventLoop& loop, Pred&& done) {
   return held && !gave_up.load();
 }
 
+// ---- the API ----
+
+// The shared read buffer is Connection's internal (a friend), not part of the loop's API.
+template <class Loop>
+concept LendsItsReadBuffer = requires(Loop& loop, Buffer* buffer) {
+  loop.lend_read_buffer();
+  loop.return_read_buffer(buffer);
+};
+
+TEST(EventLoop, ReadBufferIsNotPartOfThePublicApi) {
+  static_assert(!LendsItsReadBuffer<EventLoop>, "lend/return_read_buffer must stay private");
+}
+
 // ---- readiness ----
 
 TEST(EventLoop, PipeBecomesReadableWhenWrittenTo) {
