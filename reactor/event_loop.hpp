@@ -13,18 +13,19 @@
 //      where the constructor's first epoll_pwait2 failed with ENOSYS, an old kernel, or EPERM,
 //      a seccomp profile that does not know the call),
 //   2. dispatch: each ready fd's handler is called with its event mask,
-//   3. timers whose deadline is <= now(), in deadline order,
+//   3. timers whose deadline is <= now(), in deadline order (a delay too long for the clock,
+//      Duration::max() say, saturates to "never"),
 //   4. deferred tasks (defer()), then posted tasks (post()), in the order they were queued,
 //   5. handlers of registrations removed during this iteration are destroyed.
 //
 // Callbacks. A callback may do anything with the loop but run it: add or remove registrations
 // (its own included), schedule or cancel timers, defer, post, stop. run() and run_once() are
 // not re-entrant: calling them from a callback is a programmer error (asserted in debug
-// builds). After remove(id) returns, the
-// handler of `id` is never called again, even if the fd was already reported ready in the
-// current batch, and even if the fd number is reused at once: events carry a generation-checked
-// token, not the fd. The removed handler object itself lives until step 5, so a handler may
-// remove itself and keep using its captures until it returns.
+// builds). After remove(id) returns, the handler of `id` is never called again, even if the fd
+// was already reported ready in the current batch, and even if the fd number is reused at
+// once: events carry a generation-checked token, not the fd. The removed handler object itself
+// lives until step 5, so a handler may remove itself and keep using its captures until it
+// returns.
 //
 // Destruction. Timers and tasks still queued are destroyed without running, while the loop is
 // still whole: their destructors may use it (a pending timer that owns a ConnectionHandle).
