@@ -25,6 +25,8 @@
 #include "reactor/socket.hpp"
 
 // The loop's waits, failable on demand (this executable's definitions take the library's calls).
+// x86_64 glibc exports plain epoll_pwait2; a 32-bit build with 64-bit time_t would call
+// __epoll_pwait2_time64 instead, which this does not catch.
 namespace {
 reactor::test::InjectedFault pwait2_fault;
 reactor::test::InjectedFault epoll_wait_fault;
