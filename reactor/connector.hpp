@@ -4,9 +4,9 @@
 // Connector::connect() starts connecting to an IPv4, IPv6 or Unix address. The handler runs
 // exactly once, later, on the loop: with a ConnectionHandle on success, or with an error
 // (ECONNREFUSED, ETIMEDOUT when `timeout` ran out, ENETUNREACH, EAGAIN for a Unix listener
-// whose backlog is full, ...) and an empty handle. cancel() or destroying the Connector before
-// then cancels: the handler is not called and the socket is closed. One connect at a time per
-// Connector. Loop thread only.
+// whose backlog is full, ...) and an empty handle. A `timeout` of Duration::max() never runs
+// out. cancel() or destroying the Connector before then cancels: the handler is not called and
+// the socket is closed. One connect at a time per Connector. Loop thread only.
 //
 // ConnectionHandle owns the Connection: move-only. Dropping it (destroying or assigning over it)
 // closes the socket at once without further callbacks, an on_close still due included (unsent

@@ -1,5 +1,6 @@
 #include "reactor/event_loop.hpp"
 
+#include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -11,8 +12,10 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <stdexcept>
+#include <string>
 
 namespace reactor {
 
@@ -20,6 +23,41 @@ namespace {
 
 std::uint64_t token_of(IoId id) noexcept {
   return (std::uint64_t{id.generation} << 32) | id.slot;
+}
+
+// now + delay, saturated: a deadline past what TimePoint can hold is TimePoint::max(), "never".
+TimePoint deadline_after(TimePoint now, Duration delay) noexcept {
+  if (delay <= Duration::zero()) return now;
+  if (now >= TimePoint{} && delay > TimePoint::max() - now) return TimePoint::max();
+  return now + delay;
+}
+
+// deadline - now, saturated: zero once due, Duration::max() when too far to represent (only
+// possible with a clock before its epoch: a test clock).
+Duration time_until(TimePoint deadline, TimePoint now) noexcept {
+  if (deadline <= now) return Duration::zero();
+  const Duration since_epoch = now.time_since_epoch();
+  if (since_epoch < Duration::zero() && deadline.time_since_epoch() > Duration::max() + since_epoch)
+    return Duration::max();
+  return deadline - now;
+}
+
+// A failed wait: EINTR (a signal handled with sigaction) is an empty iteration. Anything else
+// (EBADF, EFAULT, EINVAL: the epoll fd was closed under the loop, or memory is corrupt) would
+// fail again at once on every iteration: stop the process with the cause, rather than spin.
+[[gnu::cold]] int wait_failed(const char* call) noexcept {
+  const int err = errno;
+  if (err == EINTR) return 0;
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+  const char* name = ::strerrorname_np(err);
+#else
+  const char* name = nullptr;
+#endif
+  std::fprintf(stderr,
+               "reactor::EventLoop: %s failed: %s (errno %d: %s); the loop cannot wait for "
+               "events, aborting\n",
+               call, name ? name : "unknown errno", err, std::strerror(err));
+  std::abort();
 }
 
 // Rounds up, so a timer is never woken for before its deadline.
@@ -57,9 +95,35 @@ EventLoop::EventLoop(const Options& options)
     throw std::system_error(id.error(), "epoll_ctl(eventfd)");
   }
   wake_id_ = *id;
+  // The first epoll_pwait2 is made here, so whether this loop may use it is settled before it
+  // runs: ENOSYS (a kernel before 5.11, valgrind) or EPERM (a seccomp profile that does not
+  // know the call) mean epoll_wait from now on. It reports nothing: nothing is readable yet.
+  if (stats_.epoll_pwait2) {
+    const timespec zero{};
+    if (epoll_pwait2(epoll_fd_, events_.data(), 1, &zero, nullptr) < 0 &&
+        (errno == ENOSYS || errno == EPERM)) {
+      stats_.epoll_pwait2 = false;
+    }
+  }
 }
 
 EventLoop::~EventLoop() {
+  // What is queued may own objects whose destructors use this loop (a ConnectionHandle cancels
+  // its connection's timers, removes its registration and defers its destruction), so it is
+  // destroyed while every member is whole, and what those destructors queue in turn with it.
+  // Each queue is swapped out before its tasks are destroyed: a destructor may push to it.
+  std::vector<Task> doomed;
+  for (;;) {
+    timers_.clear();
+    doomed.swap(deferred_);
+    if (doomed.empty()) doomed.swap(posted_run_);
+    if (doomed.empty()) {
+      std::lock_guard lock(posted_mutex_);
+      doomed.swap(posted_);
+    }
+    if (doomed.empty()) break;
+    doomed.clear();
+  }
   if (signal_fd_ >= 0) ::close(signal_fd_);
   ::close(wake_fd_);
   ::close(epoll_fd_);
@@ -95,13 +159,26 @@ void EventLoop::wake() noexcept {
 
 std::size_t EventLoop::run_once(std::optional<Duration> timeout) {
   assert_in_loop();
+#ifndef NDEBUG
+  // A nested wait would overwrite events_ while the outer dispatch walks it, and the task and
+  // timer rounds are not re-entrant either.
+  assert(!in_run_once_ && "EventLoop::run_once() called from a callback: not re-entrant");
+  in_run_once_ = true;
+  struct Leave {
+    bool& flag;
+    ~Leave() { flag = false; }
+  } leave{in_run_once_};
+#endif
   ++stats_.iterations;
 
   if (!deferred_.empty() || stop_requested_.load(std::memory_order_relaxed)) {
     timeout = Duration::zero();
   } else if (!timers_.empty() && !options_.clock) {
-    Duration until_timer = std::max(Duration::zero(), *timers_.next_deadline() - clock_now());
-    if (!timeout || until_timer < *timeout) timeout = until_timer;
+    // TimePoint::max() is "never" (a saturated deadline): it does not bound the wait.
+    if (const TimePoint next = *timers_.next_deadline(); next != TimePoint::max()) {
+      const Duration until_timer = time_until(next, clock_now());
+      if (!timeout || until_timer < *timeout) timeout = until_timer;
+    }
   }
 
   const int n = wait(timeout);
@@ -145,9 +222,9 @@ inline int EventLoop::wait(std::optional<Duration> timeout) {
             : epoll_wait(epoll_fd_, events_.data(), options_.max_events, -1);
     if (n >= 0) [[likely]]
       return n;
-    if (errno != ENOSYS) return 0;  // EINTR: an empty iteration
+    return wait_failed(stats_.epoll_pwait2 ? "epoll_pwait2" : "epoll_wait");
   }
-  return wait_slow(timeout);  // also the fallback from epoll_pwait2
+  return wait_slow(timeout);
 }
 
 int EventLoop::wait_slow(std::optional<Duration> timeout) {
@@ -158,13 +235,13 @@ int EventLoop::wait_slow(std::optional<Duration> timeout) {
     const TimePoint spin_until =
         Clock::now() + std::min<Duration>(options_.busy_poll, timeout.value_or(Duration::max()));
     do {
-      int n = epoll_wait(epoll_fd_, events, max, 0);
-      if (n != 0) return n < 0 ? 0 : n;
+      const int n = epoll_wait(epoll_fd_, events, max, 0);
+      if (n > 0) return n;
+      if (n < 0) return wait_failed("epoll_wait");
     } while (Clock::now() < spin_until);
     if (timeout) timeout = std::max(Duration::zero(), *timeout - options_.busy_poll);
   }
 
-  int n;
   if (stats_.epoll_pwait2) {
     timespec ts{};
     timespec* tsp = nullptr;
@@ -174,12 +251,11 @@ int EventLoop::wait_slow(std::optional<Duration> timeout) {
       ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
       tsp = &ts;
     }
-    n = epoll_pwait2(epoll_fd_, events, max, tsp, nullptr);
-    if (n >= 0 || errno != ENOSYS) return n < 0 ? 0 : n;  // EINTR: an empty iteration
-    stats_.epoll_pwait2 = false;  // old kernel or valgrind: fall back for good
+    const int n = epoll_pwait2(epoll_fd_, events, max, tsp, nullptr);
+    return n >= 0 ? n : wait_failed("epoll_pwait2");
   }
-  n = epoll_wait(epoll_fd_, events, max, timeout ? to_epoll_ms(*timeout) : -1);
-  return n < 0 ? 0 : n;
+  const int n = epoll_wait(epoll_fd_, events, max, timeout ? to_epoll_ms(*timeout) : -1);
+  return n >= 0 ? n : wait_failed("epoll_wait");
 }
 
 void EventLoop::run_tasks() {
@@ -284,15 +360,14 @@ std::uint32_t EventLoop::interest(IoId id) const noexcept {
 
 TimerId EventLoop::after(Duration delay, Function<void()> fn) {
   assert_in_loop();
-  return timers_.add(clock_now() + std::max(Duration::zero(), delay), Duration::zero(),
-                     std::move(fn));
+  return timers_.add(deadline_after(clock_now(), delay), Duration::zero(), std::move(fn));
 }
 
 TimerId EventLoop::every(Duration period, Function<void()> fn) {
   assert_in_loop();
   assert(period > Duration::zero() && "every() needs a positive period");
   period = std::max(period, Duration{1});
-  return timers_.add(clock_now() + period, period, std::move(fn));
+  return timers_.add(deadline_after(clock_now(), period), period, std::move(fn));
 }
 
 bool EventLoop::cancel(TimerId id) noexcept {
@@ -316,11 +391,73 @@ void EventLoop::post(Task fn) {
   if (need_wake) wake();
 }
 
+namespace {
+
+// The error on_signal() returns when a thread does not block the signal: its value is the
+// thread's id; it compares equal to std::errc::invalid_argument.
+class SignalMaskCategory final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "reactor.signal_mask"; }
+  std::string message(int tid) const override {
+    std::string text = "thread " + std::to_string(tid);
+    // Its name, if the thread still runs: the one a debugger or `ps -L` shows.
+    if (std::FILE* f =
+            std::fopen(("/proc/self/task/" + std::to_string(tid) + "/comm").c_str(), "re")) {
+      char comm[64] = {};
+      if (std::fgets(comm, sizeof comm, f)) {
+        comm[std::strcspn(comm, "\n")] = '\0';
+        text += std::string(" (") + comm + ")";
+      }
+      std::fclose(f);
+    }
+    return text + " does not block the signal (block it before starting threads)";
+  }
+  std::error_condition default_error_condition(int) const noexcept override {
+    return std::errc::invalid_argument;
+  }
+};
+
+// The id of a thread of this process that does not block `signo` (1..64), or 0 when all block
+// it. Every thread's mask is in /proc/self/task/*/status (SigBlk, hex, bit signo - 1); where
+// /proc cannot be read, the calling thread's mask alone decides.
+pid_t thread_not_blocking(int signo) {
+  DIR* tasks = ::opendir("/proc/self/task");
+  if (!tasks) {
+    sigset_t blocked;
+    pthread_sigmask(SIG_BLOCK, nullptr, &blocked);
+    return sigismember(&blocked, signo) == 1 ? 0 : ::gettid();
+  }
+  pid_t found = 0;
+  while (const dirent* task = ::readdir(tasks)) {
+    if (task->d_name[0] == '.') continue;
+    const std::string path = std::string("/proc/self/task/") + task->d_name + "/status";
+    std::FILE* status = std::fopen(path.c_str(), "re");
+    if (!status) continue;  // the thread ended meanwhile
+    char line[512];
+    while (std::fgets(line, sizeof line, status)) {
+      if (std::strncmp(line, "SigBlk:", 7) != 0) continue;
+      const unsigned long long mask = std::strtoull(line + 7, nullptr, 16);
+      if (((mask >> (signo - 1)) & 1) == 0) found = static_cast<pid_t>(std::atoi(task->d_name));
+      break;
+    }
+    std::fclose(status);
+    if (found) break;
+  }
+  ::closedir(tasks);
+  return found;
+}
+
+}  // namespace
+
+const std::error_category& signal_mask_category() noexcept {
+  static const SignalMaskCategory category;
+  return category;
+}
+
 std::error_code EventLoop::on_signal(int signo, SignalHandler handler) {
   assert_in_loop();
-  sigset_t blocked;
-  pthread_sigmask(SIG_BLOCK, nullptr, &blocked);
-  if (sigismember(&blocked, signo) != 1) return std::make_error_code(std::errc::invalid_argument);
+  if (signo < 1 || signo > 64) return std::make_error_code(std::errc::invalid_argument);
+  if (const pid_t tid = thread_not_blocking(signo)) return {tid, signal_mask_category()};
   for (auto& [s, h] : signal_handlers_) {
     if (s == signo) return std::make_error_code(std::errc::file_exists);
   }

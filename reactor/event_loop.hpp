@@ -8,28 +8,40 @@
 // being destroyed (LoopThread keeps its loop alive until join() has stopped it).
 //
 // One iteration, in order:
-//   1. wait for I/O (epoll_pwait2, nanosecond timeout: until the next timer, or not at all when
-//      deferred tasks are pending; falls back to epoll_wait at run time where the kernel lacks
-//      it),
+//   1. wait for I/O (epoll_pwait2, nanosecond timeout: until the next timer that can fire, or
+//      not at all when deferred tasks are pending; epoll_wait, millisecond timeout rounded up,
+//      where the constructor's first epoll_pwait2 failed with ENOSYS, an old kernel, or EPERM,
+//      a seccomp profile that does not know the call),
 //   2. dispatch: each ready fd's handler is called with its event mask,
-//   3. timers whose deadline is <= now(), in deadline order,
+//   3. timers whose deadline is <= now(), in deadline order (a delay too long for the clock,
+//      Duration::max() say, saturates to "never"),
 //   4. deferred tasks (defer()), then posted tasks (post()), in the order they were queued,
 //   5. handlers of registrations removed during this iteration are destroyed.
 //
-// Callbacks. A callback may do anything with the loop: add or remove registrations (its own
-// included), schedule or cancel timers, defer, post, stop. After remove(id) returns, the
-// handler of `id` is never called again, even if the fd was already reported ready in the
-// current batch, and even if the fd number is reused at once: events carry a generation-checked
-// token, not the fd. The removed handler object itself lives until step 5, so a handler may
-// remove itself and keep using its captures until it returns.
+// Callbacks. A callback may do anything with the loop but run it: add or remove registrations
+// (its own included), schedule or cancel timers, defer, post, stop. run() and run_once() are
+// not re-entrant: calling them from a callback is a programmer error (asserted in debug
+// builds). After remove(id) returns, the handler of `id` is never called again, even if the fd
+// was already reported ready in the current batch, and even if the fd number is reused at
+// once: events carry a generation-checked token, not the fd. The removed handler object itself
+// lives until step 5, so a handler may remove itself and keep using its captures until it
+// returns.
+//
+// Destruction. Timers and tasks still queued are destroyed without running, while the loop is
+// still whole: their destructors may use it (a pending timer that owns a ConnectionHandle).
 //
 // Errors are returned as std::error_code. Callbacks must not throw. The constructor throws
 // std::system_error only when the loop cannot get its own fds (epoll, eventfd): EMFILE at start-up.
+// A wait that fails is an empty iteration when a signal interrupted it (EINTR, a handler
+// installed with sigaction); any other error (EBADF: the loop's epoll fd was closed under it;
+// EFAULT, EINVAL) would recur on every iteration, so the loop aborts the process (std::abort)
+// after one line on stderr naming the call and the errno, instead of spinning.
 //
 // Allocation. Handlers, timers and tasks are reactor::Function: a lambda capturing up to four
 // pointers is stored inline. Registration slots (in fixed chunks), the timer heap and the task
-// queues only grow, so a loop in steady state does not allocate. The loop's shared read buffer
-// (lend_read_buffer) is 64 KiB, allocated once with the loop.
+// queues only grow, so a loop in steady state does not allocate. The read buffer the loop's
+// connections share (Connection's, not part of this API) is 64 KiB, allocated once with the
+// loop.
 #pragma once
 
 #include <sys/epoll.h>
@@ -98,23 +110,28 @@ class EventLoop {
     std::uint64_t stale_events = 0;  // events dropped: their registration was removed
     std::uint64_t epoll_ctl_calls = 0;
     std::uint64_t wakeups = 0;  // eventfd reads (each covers any number of posts)
-    bool epoll_pwait2 = true;   // false once the fallback to epoll_wait was taken
+    bool epoll_pwait2 = true;   // false: epoll_wait is used (option, ENOSYS or EPERM)
   };
 
   EventLoop();
   explicit EventLoop(const Options& options);
-  // Pending timers, deferred and posted tasks are destroyed without running. Registered fds are
-  // not closed: they belong to whoever registered them.
+  // Pending timers, deferred and posted tasks are destroyed without running, first, while the
+  // loop is whole: their destructors may use it (cancel, defer, post, after, remove), and what
+  // they queue is destroyed in turn, until nothing is left (timers, then deferred, then posted
+  // tasks, repeated). A ConnectionHandle held by a pending timer or task is therefore safe.
+  // Registered fds are not closed: they belong to whoever registered them; their handlers (and
+  // signal handlers) are destroyed after that, with the loop, and must not use it.
   ~EventLoop();
   EventLoop(const EventLoop&) = delete;
   EventLoop& operator=(const EventLoop&) = delete;
 
   // Runs iterations until stop(). A stop() that came before run() makes it return after one
-  // iteration.
+  // iteration. Neither run() nor run_once() may be called from a callback (not re-entrant).
   void run();
   // One iteration; waits at most `timeout` for I/O (nullopt: until a timer is due or an event
   // arrives; zero: does not block). Returns the number of events epoll reported
-  // (stale ones, dropped because their registration was removed, included).
+  // (stale ones, dropped because their registration was removed, included): 0 after EINTR.
+  // Aborts when the wait fails otherwise (see Errors above).
   std::size_t run_once(std::optional<Duration> timeout = std::nullopt);
   // Any thread, or a callback: run() returns at the end of the current iteration.
   void stop() noexcept;
@@ -131,7 +148,9 @@ class EventLoop {
 
   // Timers: `fn` runs no earlier than (a fresh clock read at the call) + delay. every() stays on
   // its period grid and skips the periods it missed during a stall. Cancelling a fired or
-  // cancelled timer is a harmless no-op (returns false).
+  // cancelled timer is a harmless no-op (returns false). A delay or period that takes the
+  // deadline past what the clock can represent (Duration::max(): "never") saturates: the timer
+  // never fires and never shortens the wait, and stays pending until cancelled.
   TimerId after(Duration delay, Function<void()> fn);
   TimerId every(Duration period, Function<void()> fn);
   bool cancel(TimerId id) noexcept;
@@ -157,14 +176,26 @@ class EventLoop {
 
   // Handles `signo` on this loop through a signalfd. A signal reaches a signalfd only while
   // every thread blocks it: call block_signals() in main() before starting any thread (and
-  // child processes must unblock what they need before exec). Returns EINVAL when the calling
-  // thread does not block `signo`, EEXIST when it is already handled here.
+  // child processes must unblock what they need before exec). Returns EEXIST when `signo` is
+  // already handled here, and EINVAL when a thread of the process does not block it (every
+  // thread is checked, in /proc/self/task; without /proc, only the calling thread): that error
+  // compares equal to std::errc::invalid_argument, is of signal_mask_category(), its value()
+  // is the thread's id (gettid) and its message() names it ("thread 4242 (worker) does not
+  // block the signal ..."). Reads /proc: call it at set-up, not per event.
   std::error_code on_signal(int signo, SignalHandler handler);
 
-  // For Connection: one input buffer shared by the loop's connections. A connection with no
-  // unread input reads into it and keeps only what its on_data leaves unconsumed, so an idle
-  // connection holds no input memory and reads land in bytes that stay warm in cache. Lent to
-  // one reader at a time: nullptr while lent (a nested run_once()); give it back cleared.
+  bool in_loop_thread() const noexcept { return std::this_thread::get_id() == owner_; }
+  const Stats& stats() const noexcept { return stats_; }
+  std::size_t registrations() const noexcept { return live_registrations_; }
+
+ private:
+  friend class Connection;
+
+  // Connection's internals (a friend): one input buffer shared by the loop's connections. A
+  // connection with no unread input reads into it and keeps only what its on_data leaves
+  // unconsumed, so an idle connection holds no input memory and reads land in bytes that stay warm
+  // in cache. Lent to one reader at a time (reads do not nest: run_once() is not re-entrant),
+  // nullptr while lent; give it back cleared.
   Buffer* lend_read_buffer() noexcept { return std::exchange(read_buffer_free_, nullptr); }
   void return_read_buffer(Buffer* buffer) {
     buffer->clear();
@@ -174,11 +205,6 @@ class EventLoop {
     read_buffer_free_ = buffer;
   }
 
-  bool in_loop_thread() const noexcept { return std::this_thread::get_id() == owner_; }
-  const Stats& stats() const noexcept { return stats_; }
-  std::size_t registrations() const noexcept { return live_registrations_; }
-
- private:
   struct Slot {
     // What epoll carries for this registration (generation << 32 | slot) while it is live, 0
     // otherwise: dispatch checks liveness and generation with one compare.
@@ -216,6 +242,9 @@ class EventLoop {
   mutable bool now_valid_ = false;  // now_ was read after the last wait
   Stats stats_;
   std::atomic<bool> stop_requested_{false};
+  // Set while run_once() runs, in debug builds only (the re-entrance assert); present in every
+  // build so the class has one layout whatever NDEBUG the includer has.
+  [[maybe_unused]] bool in_run_once_ = false;
 
   std::vector<epoll_event> events_;
   std::vector<std::unique_ptr<Slot[]>> slot_chunks_;
@@ -242,6 +271,10 @@ class EventLoop {
   IoId wake_id_;
   IoId signal_id_;
 };
+
+// The category of on_signal()'s "a thread does not block this signal" error: value() is the
+// thread's id, message() names the thread, and it compares equal to std::errc::invalid_argument.
+const std::error_category& signal_mask_category() noexcept;
 
 // Blocks `signals` in the calling thread (and the threads it starts later). Call it in main()
 // before starting threads, for every signal a loop will handle with on_signal().

@@ -9,6 +9,8 @@ namespace reactor {
 
 namespace {
 
+constexpr TimePoint kNever = TimePoint::max();
+
 // Geometric growth done up front, so the push that follows cannot throw and no state has to be
 // rolled back; reserve(size + 1) alone would make growth quadratic.
 template <class T>
@@ -17,11 +19,11 @@ void grow_for(std::vector<T>& v, std::size_t n) {
 }
 
 // The first point of the grid deadline + k * period strictly after `now`, or nullopt for a
-// one-shot timer, or when that point is past TimePoint::max().
+// one-shot timer, or when that point is not before TimePoint::max() ("never").
 std::optional<TimePoint> next_grid_point(TimePoint deadline, Duration period, TimePoint now) {
   if (period <= Duration::zero()) return std::nullopt;
   const auto steps = (now - deadline) / period + 1;
-  if (steps > (TimePoint::max() - deadline) / period) return std::nullopt;
+  if (steps > (kNever - Duration{1} - deadline) / period) return std::nullopt;
   return deadline + steps * period;
 }
 
@@ -127,10 +129,12 @@ std::size_t TimerQueue::run_due(TimePoint now) {
     }
   };
 
+  // A deadline of TimePoint::max() never comes, even to a clock that reads TimePoint::max().
+  const TimePoint due_by = std::min(now, kNever - Duration{1});
   std::size_t fired = 0;
   // Only heap entries are candidates: everything added by the callbacks waits in staged_, and
   // a re-armed repeating timer's deadline is past `now`, so the loop ends.
-  while (!heap_.empty() && heap_.front().deadline <= now) {
+  while (!heap_.empty() && heap_.front().deadline <= due_by) {
     const Entry top = heap_.front();
     Slot& s = slots_[top.slot];
     // Moved out so the callback may cancel its own timer, or add timers that grow slots_.
@@ -148,6 +152,16 @@ std::size_t TimerQueue::run_due(TimePoint now) {
     }
   }
   return fired;
+}
+
+void TimerQueue::clear() noexcept {
+  assert(!running_ && "TimerQueue::clear from inside run_due");
+  // From the back, where erasing moves nothing; cancel() destroys each callback once the queue
+  // is consistent again, so its destructor may use the queue.
+  while (!heap_.empty()) {
+    const std::uint32_t slot = heap_.back().slot;
+    cancel(TimerId{slot, slots_[slot].generation});
+  }
 }
 
 void TimerQueue::reserve(std::size_t n) {

@@ -11,13 +11,21 @@
 // queue, so a callback may do anything with the queue except call run_due() again: cancel
 // itself or any other timer, add timers. A timer added during run_due() never fires in that same
 // call, even when already due, so a callback that re-arms itself with zero delay cannot loop
-// forever. A callback's destructor must not touch the queue while the queue is being destroyed.
+// forever.
+//
+// Destruction. clear() and the destructor destroy the pending callbacks one at a time, with the
+// queue consistent around each: a callback's destructor may cancel timers and add new ones,
+// which are destroyed in turn (one that adds a timer every time it is destroyed never lets the
+// queue empty).
 // If a callback throws, the exception leaves run_due(); the queue stays consistent (a repeating
 // timer keeps its callback and stays scheduled).
 //
+// Never. A deadline of TimePoint::max() never fires (it is what a saturated "now + forever"
+// gives): the timer stays pending, counted by size(), until cancelled or destroyed.
+//
 // Repeating timers stay on their period grid: the next deadline is the previous one plus the
 // period, and after a stall they fire once and skip to the first grid point after `now`
-// instead of firing a burst. One whose next grid point is not representable stops.
+// instead of firing a burst. One whose next grid point is not before TimePoint::max() stops.
 //
 // Allocation and cost. Storage is a 4-ary min-heap of {deadline, seq, slot} plus a vector of
 // slots holding the callbacks, recycled through a free list. Vectors only grow, so a queue in
@@ -72,7 +80,7 @@ class TimerQueue {
   using Callback = Function<void()>;
 
   TimerQueue() = default;
-  ~TimerQueue() = default;
+  ~TimerQueue() { clear(); }
   TimerQueue(const TimerQueue&) = delete;
   TimerQueue& operator=(const TimerQueue&) = delete;
 
@@ -99,6 +107,10 @@ class TimerQueue {
   // Fires every timer whose deadline <= now, in deadline order, equal deadlines in the order
   // they were scheduled. Returns how many callbacks were called. Not reentrant.
   std::size_t run_due(TimePoint now);
+
+  // Cancels every pending timer: their callbacks are destroyed without being called, those
+  // added by the destructors too. Not from inside run_due().
+  void clear() noexcept;
 
   // Pre-sizes for `n` live timers, so add() does not allocate until there are more.
   void reserve(std::size_t n);

@@ -8,11 +8,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -57,15 +59,17 @@ struct Client {
   std::string received;
   int closes = 0;
   CloseReason reason = CloseReason::error;
+  std::error_code close_error;
 
   Client() {
     handlers.on_data = [this](Connection&, Buffer& input) {
       received.append(input.view());
       input.consume(input.size());
     };
-    handlers.on_close = [this](Connection&, CloseReason r, std::error_code) {
+    handlers.on_close = [this](Connection&, CloseReason r, std::error_code ec) {
       ++closes;
       reason = r;
+      close_error = ec;
     };
   }
 };
@@ -81,6 +85,31 @@ struct EchoServer {
     EXPECT_FALSE(ec) << ec.message();
   }
 };
+
+// Runs `loop` as run() does, with waits that no caller bounds (run_once() without a timeout),
+// until `done()` holds. A wait that nothing ends is woken by a post from a guard thread after
+// kDeadline, so a broken loop fails the test instead of hanging it. True when `done()` held
+// without the guard's help.
+template <class Pred>
+bool run_unbounded_until(EventLoop& loop, Pred&& done) {
+  std::atomic<bool> finished{false};
+  std::atomic<bool> gave_up{false};
+  std::thread guard([&] {
+    const auto give_up = std::chrono::steady_clock::now() + test::kDeadline;
+    while (!finished.load() && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (!finished.load()) {
+      gave_up = true;
+      loop.post([] {});
+    }
+  });
+  bool held;
+  while (!(held = done()) && !gave_up.load())
+    loop.run_once();
+  finished = true;
+  guard.join();
+  return held && !gave_up.load();
+}
 
 // A port that was bound and closed again: connecting to it is refused.
 Address closed_port() {
@@ -317,6 +346,41 @@ TEST(Connector, FullBacklogTimesOutOnTheLoopClock) {
   EXPECT_FALSE(connector.pending());
 }
 
+// Duration::max() means "never": it must not wrap to a deadline in the past.
+TEST(Connector, MaxTimeoutLeavesAPendingConnectPending) {
+  FullBacklog backlog;
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(
+      connector.connect(backlog.address(), Duration::max(), client.handlers, record_into(outcome)));
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(1ms);
+  EXPECT_EQ(outcome.calls, 0) << "failed at once: " << outcome.error.message();
+  clock.advance(24h * 365 * 200);
+  loop.run_once(0ms);
+  EXPECT_EQ(outcome.calls, 0) << outcome.error.message();
+  EXPECT_TRUE(connector.pending());
+}
+
+TEST(Connector, MaxTimeoutConnectsToAListeningSocket) {
+  EventLoop loop;
+  EchoServer echo(loop, Address::ipv4_loopback(0));
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(connector.connect(echo.server.address(), Duration::max(), client.handlers,
+                                 record_into(outcome)));
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  EXPECT_EQ(outcome.calls, 1);
+  ASSERT_FALSE(outcome.error) << outcome.error.message();
+  ASSERT_TRUE(outcome.handle);
+  ASSERT_TRUE(outcome.handle->send("never times out"));
+  ASSERT_TRUE(run_until(loop, [&] { return client.received.size() >= 15; }));
+}
+
 TEST(Connector, CancelBeforeCompletionNeverCallsTheHandlerAndClosesTheSocket) {
   FullBacklog backlog;
   ManualClock clock;
@@ -540,6 +604,127 @@ TEST(ConnectionHandle, DroppingItOutsideCallbacksClosesTheSocket) {
   EXPECT_TRUE(peer_sees_close(peer));
   EXPECT_EQ(client.closes, 0);
   ::close(peer);
+}
+
+// ConnectionOptions::linger = Duration::max(): a graceful close waits for the peer's EOF as long
+// as it takes, instead of aborting at once.
+TEST(ConnectionHandle, MaxLingerWaitsForThePeersEof) {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok());
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  Connector connector(loop);
+  Client client;
+  ConnectionOptions options;
+  options.linger = Duration::max();
+  Outcome outcome;
+  ASSERT_FALSE(
+      connector.connect(socket->address(), 10s, client.handlers, record_into(outcome), options));
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  ASSERT_TRUE(outcome.handle) << outcome.error.message();
+  int peer = accept_with_deadline(*socket);
+  ASSERT_GE(peer, 0) << std::strerror(errno);
+
+  outcome.handle->close();
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(1ms);
+  clock.advance(24h * 365 * 200);
+  loop.run_once(0ms);
+  EXPECT_EQ(client.closes, 0) << "linger ran out: " << to_string(client.reason) << ", "
+                              << client.close_error.message();
+
+  ::close(peer);  // the peer's EOF completes the close
+  ASSERT_TRUE(run_until(loop, [&] { return client.closes > 0; }));
+  EXPECT_EQ(client.closes, 1);
+  EXPECT_EQ(client.reason, CloseReason::local_close);
+  EXPECT_FALSE(client.close_error) << client.close_error.message();
+}
+
+// ConnectionOptions::idle_timeout = Duration::max(): never times out, and its timer neither
+// holds back other timers nor wakes the loop. With nothing else to do until a 100 ms timer, the
+// loop sleeps until that timer (a wrapped deadline made the wait ~292 years instead).
+TEST(ConnectionHandle, MaxIdleTimeoutNeitherClosesNorWakesTheLoop) {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok());
+  EventLoop loop;
+  Connector connector(loop);
+  Client client;
+  ConnectionOptions options;
+  options.idle_timeout = Duration::max();
+  Outcome outcome;
+  ASSERT_FALSE(
+      connector.connect(socket->address(), 10s, client.handlers, record_into(outcome), options));
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  ASSERT_TRUE(outcome.handle) << outcome.error.message();
+  int peer = accept_with_deadline(*socket);
+  ASSERT_GE(peer, 0) << std::strerror(errno);
+
+  const auto before = loop.stats().iterations;
+  bool later = false;
+  loop.after(100ms, [&] { later = true; });
+  EXPECT_TRUE(run_unbounded_until(loop, [&] { return later; }))
+      << "the idle timer held the wait past the 100 ms timer";
+  EXPECT_LE(loop.stats().iterations - before, 3u) << "the loop spun on the idle timer";
+  EXPECT_EQ(client.closes, 0) << to_string(client.reason);
+  EXPECT_TRUE(outcome.handle->is_open());
+  ::close(peer);
+}
+
+// The loop destroyed (server side and Connector already gone, as the contract asks) while a
+// pending timer or a queued task owns a ConnectionHandle: dropping the handle detaches the
+// connection (cancels its timers, removes its registration) and defers its destruction, all
+// into a loop that must still be whole. Before, the timers were destroyed last, and the defer
+// wrote into the destroyed task vector: the connection leaked, its socket stayed open.
+enum class HeldBy { timer, repeating_timer, deferred_task, posted_task };
+
+void destroy_loop_while_a_handle_is_held_by(HeldBy holder) {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok());
+  const int fds_before = open_fd_count();
+  Client client;  // its handlers outlive the loop and the connection
+  int peer = -1;
+  {
+    EventLoop loop;
+    {
+      Connector connector(loop);
+      Outcome outcome;
+      ASSERT_FALSE(
+          connector.connect(socket->address(), 10s, client.handlers, record_into(outcome)));
+      ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+      ASSERT_TRUE(outcome.handle) << outcome.error.message();
+      peer = accept_with_deadline(*socket);
+      ASSERT_GE(peer, 0) << std::strerror(errno);
+      auto task = [handle = std::move(outcome.handle)] { ADD_FAILURE() << "ran"; };
+      switch (holder) {
+        case HeldBy::timer:
+          loop.after(1h, std::move(task));
+          break;
+        case HeldBy::repeating_timer:
+          loop.every(1h, std::move(task));
+          break;
+        case HeldBy::deferred_task:
+          loop.defer(std::move(task));
+          break;
+        case HeldBy::posted_task:
+          loop.post(std::move(task));
+          break;
+      }
+    }
+  }
+  EXPECT_TRUE(peer_sees_close(peer)) << "the connection's socket was not closed";
+  ::close(peer);
+  EXPECT_EQ(open_fd_count(), fds_before);
+  EXPECT_EQ(client.closes, 0) << "a dropped handle's connection makes no callbacks";
+}
+
+TEST(ConnectionHandle, LoopDestroyedWithATimerOwningAHandleClosesTheConnection) {
+  destroy_loop_while_a_handle_is_held_by(HeldBy::timer);
+  destroy_loop_while_a_handle_is_held_by(HeldBy::repeating_timer);
+}
+
+TEST(ConnectionHandle, LoopDestroyedWithATaskOwningAHandleClosesTheConnection) {
+  destroy_loop_while_a_handle_is_held_by(HeldBy::deferred_task);
+  destroy_loop_while_a_handle_is_held_by(HeldBy::posted_task);
 }
 
 TEST(ConnectionHandle, MovingTransfersOwnership) {

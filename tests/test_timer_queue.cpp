@@ -317,6 +317,17 @@ TEST(TimerQueue, RepeatingTimerWithoutARepresentableNextDeadlineStops) {
   EXPECT_FALSE(q.cancel(id));
 }
 
+TEST(TimerQueue, DeadlineAtTimePointMaxNeverFires) {
+  TimerQueue q;
+  int calls = 0;
+  const TimerId never = q.add(TimePoint::max(), kOnce, [&] { calls += 100; });
+  q.add(TimePoint::max() - nanoseconds(1), kOnce, [&] { ++calls; });
+  EXPECT_EQ(q.run_due(TimePoint::max()), 1u);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(q.next_deadline(), TimePoint::max());
+  EXPECT_TRUE(q.cancel(never)) << "still pending";
+}
+
 TEST(TimerQueue, DestructorDestroysPendingCallbacksWithoutCalling) {
   auto token = std::make_shared<int>(0);
   bool called = false;
@@ -328,6 +339,63 @@ TEST(TimerQueue, DestructorDestroysPendingCallbacksWithoutCalling) {
   }
   EXPECT_FALSE(called);
   EXPECT_EQ(token.use_count(), 1);
+}
+
+// Counts live instances, to see which callbacks were destroyed.
+struct Live {
+  explicit Live(int* n) : n_(n) { ++*n_; }
+  Live(Live&& other) noexcept : n_(other.n_) { ++*n_; }
+  Live(const Live&) = delete;
+  Live& operator=(const Live&) = delete;
+  Live& operator=(Live&&) = delete;
+  ~Live() { --*n_; }
+  int* n_;
+};
+
+// A callback whose destructor uses the queue: cancels `victim` and adds a timer.
+struct TouchesTheQueueWhenDestroyed {
+  TouchesTheQueueWhenDestroyed(TimerQueue& q, TimerId* victim, int* live)
+      : q_(&q), victim_(victim), live_(live) {}
+  TouchesTheQueueWhenDestroyed(TouchesTheQueueWhenDestroyed&& other) noexcept
+      : q_(std::exchange(other.q_, nullptr)), victim_(other.victim_), live_(other.live_) {}
+  TouchesTheQueueWhenDestroyed& operator=(TouchesTheQueueWhenDestroyed&&) = delete;
+  ~TouchesTheQueueWhenDestroyed() {
+    if (!q_) return;  // moved from
+    q_->cancel(*victim_);
+    q_->add(at(5), kOnce, [l = Live(live_)] {});
+  }
+  void operator()() {}
+  TimerQueue* q_;
+  TimerId* victim_;
+  int* live_;
+};
+
+TEST(TimerQueue, DestroyedCallbacksMayCancelAndAddTimers) {
+  int live = 0;
+  {
+    TimerQueue q;
+    TimerId victim;
+    q.add(at(10), kOnce, TouchesTheQueueWhenDestroyed(q, &victim, &live));
+    victim = q.add(at(20), kOnce, [l = Live(&live)] {});
+    q.add(at(30), nanoseconds(5), TouchesTheQueueWhenDestroyed(q, &victim, &live));
+    EXPECT_EQ(live, 1);
+  }
+  EXPECT_EQ(live, 0) << "a timer added by a destructor was not destroyed";
+}
+
+TEST(TimerQueue, ClearCancelsEveryPendingTimer) {
+  TimerQueue q;
+  auto token = std::make_shared<int>(0);
+  bool called = false;
+  const TimerId a = q.add(at(10), kOnce, [token, &called] { called = true; });
+  q.add(at(20), nanoseconds(5), [token, &called] { called = true; });
+  q.clear();
+  EXPECT_TRUE(q.empty());
+  EXPECT_EQ(q.size(), 0u);
+  EXPECT_EQ(token.use_count(), 1);
+  EXPECT_FALSE(q.cancel(a));
+  EXPECT_EQ(q.run_due(at(100)), 0u);
+  EXPECT_FALSE(called);
 }
 
 TEST(TimerQueue, OneShotCallbackDestroyedAfterFiring) {
