@@ -375,7 +375,11 @@ if [ "$MODE" = faults ]; then
       rm -f "$TMP/faults.count"
       # fiu-run sets LD_PRELOAD itself: the counting shim joins it in the sh that execs the
       # server (same pid throughout: fiu-run, sh and the server each exec the next).
+      # Started with SIGINT and SIGTERM blocked (see fiu_stop), through python3's sigmask.
       FIU_COUNT_FILE="$TMP/faults.count" FIU_COUNT_SO="$SHIM" \
+        python3 -c 'import os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+os.execvp(sys.argv[1], sys.argv[1:])' \
         fiu-run -x -f "$TMP/fiu" "${enable[@]}" \
         sh -c 'LD_PRELOAD="$LD_PRELOAD $FIU_COUNT_SO" exec "$0" "$@"' \
         "$bin" --listen 127.0.0.1:0 >"$TMP/server.out" 2>"$TMP/server.err" &
@@ -400,14 +404,14 @@ if [ "$MODE" = faults ]; then
     BASE_FDS=$(fds "$SERVER_PID")
   }
 
-  # fiu_stop: libfiu's remote-control thread starts before main() blocks SIGTERM, so a
-  # process-directed SIGTERM may be delivered to that thread and kill the server with no
-  # shutdown at all (exit 143, no final line). tgkill directs it at the main thread (tid = pid),
-  # which blocks it: the home loop's signalfd reads it and the server stops as it does without
-  # fiu. Bounded: SIGKILL after 10 s. Sets STOP_RC (128 + signal when killed) and FINAL.
+  # fiu_stop: libfiu's remote-control thread starts before main() blocks SIGTERM, and the
+  # loop's on_signal() refuses a signal some thread does not block (it could kill the process
+  # there, with no shutdown). fiu_start therefore starts the server with SIGINT and SIGTERM
+  # blocked, which that thread inherits: a plain SIGTERM then reaches the home loop's signalfd
+  # and the server stops as it does without fiu. Bounded: SIGKILL after 10 s. Sets STOP_RC
+  # (128 + signal when killed) and FINAL.
   fiu_stop() {
-    python3 -c 'import ctypes, sys; pid = int(sys.argv[1]); sys.exit(ctypes.CDLL(None).tgkill(pid, pid, 15) != 0)' \
-      "$SERVER_PID" || true
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
     local i
     for i in $(seq 100); do
       [ "$(proc_state "$SERVER_PID")" = Z ] && break

@@ -99,7 +99,10 @@ long wait_for_fd_count(pid_t pid, Pred done, Deadline deadline) {
 
 class Child {
  public:
-  Child(const std::string& path, const std::vector<std::string>& args) {
+  // block_stop_signals: the child starts with SIGINT and SIGTERM blocked, so that threads made
+  // before its main() (a preload's, such as libfiu's control thread) block them too.
+  Child(const std::string& path, const std::vector<std::string>& args,
+        bool block_stop_signals = false) {
     int out[2], err[2];
     if (::pipe2(out, O_CLOEXEC) != 0) return;
     if (::pipe2(err, O_CLOEXEC) != 0) {
@@ -114,11 +117,15 @@ class Child {
     posix_spawn_file_actions_adddup2(&actions, err[1], STDERR_FILENO);
     posix_spawnattr_t attr;
     posix_spawnattr_init(&attr);
-    sigset_t none, defaults;
+    sigset_t none, defaults;  // `none` is the child's mask
     sigemptyset(&none);
     sigemptyset(&defaults);
     for (int s : {SIGINT, SIGTERM, SIGPIPE, SIGUSR1, SIGUSR2})
       sigaddset(&defaults, s);
+    if (block_stop_signals) {
+      sigaddset(&none, SIGINT);
+      sigaddset(&none, SIGTERM);
+    }
     posix_spawnattr_setsigmask(&attr, &none);
     posix_spawnattr_setsigdefault(&attr, &defaults);
     posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
