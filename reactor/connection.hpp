@@ -121,9 +121,10 @@ struct ConnectionOptions {
   std::size_t high_water_mark = 1 << 20;   // queued output that triggers on_high_water
   std::size_t low_water_mark = 256 << 10;  // reading resumes when output drains below this
   bool pause_reading_at_high_water = true;
-  Duration linger = std::chrono::seconds(5);  // bound on a graceful close(); then abort
-  Duration idle_timeout = Duration::zero();   // zero: none
-  bool tcp_nodelay = true;                    // TCP only
+  // Bound on a graceful close(); then abort. Duration::max(): no bound.
+  Duration linger = std::chrono::seconds(5);
+  Duration idle_timeout = Duration::zero();  // zero or Duration::max(): none
+  bool tcp_nodelay = true;                   // TCP only
   int reads_per_event = 4;  // reads per readiness while each read fills the buffer (fairness)
   // Hard bound on queued output: past it the connection is aborted (output_limit). Zero: no
   // bound beyond the high-water pause, which bounds only a peer that sends what we echo.
