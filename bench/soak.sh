@@ -518,7 +518,7 @@ os.execvp(sys.argv[1], sys.argv[1:])' \
       check $((alive == 0 && probe == 0 ? 0 : 1)) \
         "$label: never crashed, and answered a fresh client within 1 s once the faults were off$died"
       check $((STOP_RC == 0 && ${#START_BAD} == 0 ? 0 : 1)) \
-        "$label: stopped cleanly by SIGTERM to its main thread (exit $STOP_RC, $FINAL); $START_FAILS start(s) failed under the faults, each must exit 1 with a message${START_BAD:+: not so, $START_BAD}"
+        "$label: stopped cleanly by SIGTERM (exit $STOP_RC, $FINAL); $START_FAILS start(s) failed under the faults, each must exit 1 with a message${START_BAD:+: not so, $START_BAD}"
       check $((idle_ticks * 100 <= 5 * 2 * CLK_TCK ? 0 : 1)) \
         "$label: no spin: server CPU $(ticks_to_s "$idle_ticks") s over a 2 s idle window (<= 5%)"
       check "$back" "$label: server fds back to baseline ($after_fds, baseline $BASE_FDS)"
