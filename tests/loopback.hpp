@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -19,6 +20,7 @@
 #include <filesystem>
 #include <string>
 #include <system_error>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -44,6 +46,31 @@ bool run_until(EventLoop& loop, Pred&& done, Duration limit = kDeadline,
     loop.run_once(poll);
   }
   return true;
+}
+
+// Runs `loop` as run() does, with waits that no caller bounds (run_once() without a timeout),
+// until `done()` holds. A wait that nothing ends is woken by a post from a guard thread after
+// kDeadline, so a broken loop fails the test instead of hanging it. True when `done()` held
+// without the guard's help.
+template <class Pred>
+bool run_unbounded_until(EventLoop& loop, Pred&& done) {
+  std::atomic<bool> finished{false};
+  std::atomic<bool> gave_up{false};
+  std::thread guard([&] {
+    const auto give_up = std::chrono::steady_clock::now() + kDeadline;
+    while (!finished.load() && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    if (!finished.load()) {
+      gave_up = true;
+      loop.post([] {});
+    }
+  });
+  bool held;
+  while (!(held = done()) && !gave_up.load())
+    loop.run_once();
+  finished = true;
+  guard.join();
+  return held && !gave_up.load();
 }
 
 // Options for a loop whose timers move only with `clock` (the clock must outlive the loop).

@@ -43,6 +43,7 @@ namespace reactor {
 namespace {
 
 using namespace std::chrono_literals;
+using test::run_unbounded_until;
 
 using test::kDeadline;
 using test::run_until;
@@ -80,31 +81,6 @@ struct Counted {
   ~Counted() { --*live_; }
   int* live_;
 };
-
-// Runs `loop` as run() does, with waits that no caller bounds (run_once() without a timeout),
-// until `done()` holds. A wait that nothing ends is woken by a post from a guard thread after
-// kDeadline, so a broken loop fails the test instead of hanging it. True when `done()` held
-// without the guard's help.
-template <class Pred>
-bool run_unbounded_until(EventLoop& loop, Pred&& done) {
-  std::atomic<bool> finished{false};
-  std::atomic<bool> gave_up{false};
-  std::thread guard([&] {
-    const auto give_up = std::chrono::steady_clock::now() + test::kDeadline;
-    while (!finished.load() && std::chrono::steady_clock::now() < give_up)
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    if (!finished.load()) {
-      gave_up = true;
-      loop.post([] {});
-    }
-  });
-  bool held;
-  while (!(held = done()) && !gave_up.load())
-    loop.run_once();
-  finished = true;
-  guard.join();
-  return held && !gave_up.load();
-}
 
 // ---- the API ----
 
