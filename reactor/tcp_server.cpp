@@ -290,7 +290,19 @@ void TcpServer::stop(Duration grace, Function<void()> done) {
 }
 
 void TcpServer::begin_stop(Duration grace, Function<void()> done) {
-  if (phase_ == Phase::stopping) return;
+  if (phase_ == Phase::stopping) {
+    // Joins the stop under way: a caller waiting on its `done` must not wait forever.
+    if (!done) return;
+    if (!on_stopped_) {
+      on_stopped_ = std::move(done);
+    } else {
+      on_stopped_ = [first = std::move(on_stopped_), then = std::move(done)]() mutable {
+        first();
+        then();
+      };
+    }
+    return;
+  }
   phase_ = Phase::stopping;
   on_stopped_ = std::move(done);
   shards_running_ = shards_.size();

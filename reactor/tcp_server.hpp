@@ -109,9 +109,10 @@ class TcpServer {
 
   // Graceful shutdown: stop accepting, close() every connection (flush, FIN, wait for the
   // peer's EOF), abort what is still open after `grace`, then run `done` on the home loop
-  // (from a task of its own, never inside stop()). While a stop is under way another stop() is
-  // ignored (its `done` is destroyed without running); on a server that does not listen (not
-  // started, or stopped) the stop has nothing to wait for and `done` runs.
+  // (from a task of its own, never inside stop()). Every stop()'s `done` runs exactly once: a
+  // stop() while one is under way joins it (its `done` runs after the earlier ones, in call
+  // order, when that stop completes; its `grace` is ignored); on a server that does not listen
+  // (not started, or stopped) the stop has nothing to wait for and `done` runs.
   void stop(Duration grace, Function<void()> done = nullptr);
 
   ServerStats stats() const noexcept;
