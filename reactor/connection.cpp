@@ -64,7 +64,7 @@ std::error_code Connection::start() {
   auto id = loop_.add(fd_.get(), io::readable, [this](std::uint32_t events) { on_events(events); });
   if (!id) return id.error();
   io_id_ = *id;
-  if (options_.idle_timeout > Duration::zero()) set_idle_timeout(options_.idle_timeout);
+  set_idle_timeout(options_.idle_timeout);  // zero or Duration::max(): none
   return {};
 }
 
@@ -451,6 +451,8 @@ void Connection::abort() {
 
 void Connection::set_idle_timeout(Duration timeout) {
   assert_in_loop();
+  // Duration::max() is "never", as zero: no timer, and no clock read per message for it.
+  if (timeout == Duration::max()) timeout = Duration::zero();
   options_.idle_timeout = timeout;
   if (idle_timer_) loop_.cancel(idle_timer_);
   idle_timer_ = TimerId{};

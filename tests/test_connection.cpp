@@ -1457,6 +1457,43 @@ TEST_F(ConnectionTest, SendErrorOnAUsableSocketEndsTheConnectionOnceFromTheLoop)
   EXPECT_EQ(send_fault.injected.load(), 1);
 }
 
+// The header: an owner that drops the connection before its on_close ran cancels it.
+TEST_F(ConnectionTest, DroppingTheHandleBeforeOnCloseRanCancelsIt) {
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  ConnectionHandlers client_handlers;
+  int client_closes = 0;
+  client_handlers.on_close = [&](Connection&, CloseReason, std::error_code) { ++client_closes; };
+  Connector connector(*loop_);
+  ConnectionHandle handle;
+  ASSERT_FALSE(connector.connect(bound, kDeadline, client_handlers,
+                                 [&](std::error_code ec, ConnectionHandle h) {
+                                   EXPECT_FALSE(ec) << ec.message();
+                                   handle = std::move(h);
+                                 }));
+  ASSERT_TRUE(run_until([&] { return handle && records_.size() == 1; }));
+  handle->abort();  // ended: its on_close is due from the loop
+  handle.reset();   // dropped first: on_close must not run, nor touch freed memory (ASan)
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].reason, CloseReason::reset) << to_string(records_[0].reason);
+  for (int i = 0; i < 3; ++i)
+    loop_->run_once(0ns);
+  EXPECT_EQ(client_closes, 0);
+}
+
+TEST_F(ConnectionTest, DestroyingTheServerBeforeOnCloseRanCancelsIt) {
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Connection* conn = server_side(records_[0]);
+  ASSERT_NE(conn, nullptr);
+  conn->abort();    // ended: its on_close is due from the loop
+  server_.reset();  // destroyed first: no callback, no freed memory touched (ASan)
+  for (int i = 0; i < 3; ++i)
+    loop_->run_once(0ns);
+  EXPECT_EQ(records_[0].close_calls, 0);
+  EXPECT_EQ(test::read_until_closed(*loop_, client.fd()), test::PeerEnd::reset);
+}
+
 #ifndef NDEBUG
 TEST_F(ConnectionTest, ConnectionMethodsOffTheLoopThreadAreAssertedInDebugBuilds) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
