@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <future>
 #include <optional>
+#include <string>
 #include <utility>
 
 #include <reactor/address.hpp>
@@ -191,6 +192,13 @@ void Runner::shutdown() {
         static_cast<unsigned long long>(t.server.bytes_in),
         static_cast<unsigned long long>(t.server.bytes_out),
         static_cast<unsigned long long>(t.server.fd_exhaustion));
+    // With several loops, what each served: shows the work was spread (tests check it).
+    if (loops_.size() > 1) {
+      std::string per_loop = "messages_per_loop=";
+      for (std::size_t i = 0; i < loops_.size(); ++i)
+        per_loop += (i ? "," : "") + std::to_string(messages_[i].load());
+      std::printf("%s\n", per_loop.c_str());
+    }
     std::fflush(stdout);
     home_->stop();
   };

@@ -18,7 +18,8 @@
 // - serves until SIGINT or SIGTERM: then every server stops accepting and closes its
 //   connections gracefully (aborting what is still open after 2 s), the final counters are
 //   printed (`final: accepted=... refused=... messages=... bytes_in=... bytes_out=...
-//   fd_exhaustion=...`), exit 0.
+//   fd_exhaustion=...`; with --threads N > 1, a second line `messages_per_loop=M0,M1,...`),
+//   exit 0.
 // - With --stats SEC, prints every SEC seconds:
 //   `stats: active=A accepted=N msgs/s=M bytes_in/s=I bytes_out/s=O fd_exhaustion=F`.
 //

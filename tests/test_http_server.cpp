@@ -213,12 +213,13 @@ TEST_F(HttpServerTest, Http10WithKeepAliveStaysOpen) {
   RawClient client(server.port());
   ASSERT_TRUE(client.connected());
   const std::string request = "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
-  for (int i = 0; i < 2; ++i) {  // the same connection serves both
-    ASSERT_TRUE(client.send(request));
-    ASSERT_TRUE(client.read_until("hello\n")) << client.received();
+  // The same connection serves all three: a server that closed after a keep-alive response
+  // would leave the next request unanswered (read_until fails at EOF).
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(client.send(request)) << "request " << i;
+    ASSERT_TRUE(client.read_until("hello\n")) << "request " << i << ": " << client.received();
     EXPECT_NE(client.take().find("Connection: keep-alive\r\n"), std::string::npos);
   }
-  EXPECT_FALSE(client.eof());
 }
 
 TEST_F(HttpServerTest, ConnectionCloseIsHonouredAndLaterRequestsIgnored) {
