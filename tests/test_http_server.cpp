@@ -259,7 +259,7 @@ TEST_F(HttpServerTest, ChunkedBodyIsRefusedWith411ThenEof) {
       << client.received();
 }
 
-TEST_F(HttpServerTest, SigtermExitsZeroWithFinalCounters) {
+TEST_F(HttpServerTest, SigtermOnTwoThreadsExitsZeroWithFinalCounters) {
   Server server = start({"--threads", "2"});
   ASSERT_TRUE(server.ready()) << server.child().err();
   ProgramRun r = curl({"-s", url(server), url(server)});

@@ -350,7 +350,7 @@ std::pair<std::string, std::string> cross_shard_pipeline(int keys) {
   return {request, expected};
 }
 
-TEST_F(KvServerTest, CrossShardPipelineKeepsRequestOrder) {
+TEST_F(KvServerTest, CrossShardPipelineKeepsRequestOrderOnTwoShards) {
   Server server = start({"--threads", "2"});
   ASSERT_TRUE(server.ready()) << server.child().err();
   const auto [request, expected] = cross_shard_pipeline(200);
@@ -366,7 +366,7 @@ TEST_F(KvServerTest, CrossShardPipelineKeepsRequestOrder) {
   }
 }
 
-TEST_F(KvServerTest, CrossShardPipelineSentByteByByteKeepsRequestOrder) {
+TEST_F(KvServerTest, CrossShardPipelineSentByteByByteKeepsRequestOrderOnTwoShards) {
   Server server = start({"--threads", "2"});
   ASSERT_TRUE(server.ready()) << server.child().err();
   const auto [request, expected] = cross_shard_pipeline(8);
@@ -377,7 +377,7 @@ TEST_F(KvServerTest, CrossShardPipelineSentByteByByteKeepsRequestOrder) {
   EXPECT_EQ(client.received(), expected);
 }
 
-TEST_F(KvServerTest, ConnectionClosedWithRepliesInFlightLeavesTheServerServing) {
+TEST_F(KvServerTest, ConnectionClosedWithRepliesInFlightOnTwoShardsLeavesTheServerServing) {
   Server server = start({"--threads", "2"});
   ASSERT_TRUE(server.ready()) << server.child().err();
   const auto [request, expected] = cross_shard_pipeline(500);
