@@ -87,12 +87,32 @@ struct EchoServer {
   }
 };
 
-// A port that was bound and closed again: connecting to it is refused.
-Address closed_port() {
-  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
-  EXPECT_TRUE(socket.ok());
-  return socket.ok() ? socket->address() : Address{};
-}
+// A loopback port bound but not listening, held for the test's lifetime (as test_socket.cpp
+// does): connecting to it is refused, and no test running in parallel can take the port, as it
+// could once a probe socket was closed again.
+class RefusedPort {
+ public:
+  RefusedPort() {
+    auto socket = open_stream_socket(AF_INET);
+    EXPECT_TRUE(socket.ok()) << socket.error().message();
+    if (!socket.ok()) return;
+    fd_ = std::move(*socket);
+    const Address any_port = Address::ipv4_loopback(0);
+    EXPECT_EQ(::bind(fd_.get(), any_port.sockaddr_ptr(), any_port.length()), 0)
+        << std::strerror(errno);
+    sockaddr_storage bound{};
+    socklen_t len = sizeof bound;
+    EXPECT_EQ(::getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&bound), &len), 0);
+    auto address = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&bound), len);
+    EXPECT_TRUE(address.ok());
+    if (address.ok()) address_ = *address;
+  }
+  const Address& address() const { return address_; }
+
+ private:
+  Fd fd_;
+  Address address_;
+};
 
 // A listener whose accept queue is full (backlog 0 and one connection nobody accepted): a
 // new SYN is dropped and the connect hangs in SYN_SENT until it times out.
@@ -220,7 +240,12 @@ TEST(Connector, HandlerRunsOnTheLoopNeverInsideConnect) {
 }
 
 TEST(Connector, RefusedPortIsReportedOnceThroughTheHandler) {
-  const Address address = closed_port();
+  RefusedPort refused;
+  const Address& address = refused.address();
+  // Held: a listener elsewhere cannot take the port and turn the refusal into a connection.
+  auto taker = ListenSocket::open(address);
+  ASSERT_FALSE(taker.ok()) << "the refused port is free for anyone to take";
+  EXPECT_EQ(taker.error(), std::errc::address_in_use) << taker.error().message();
   EventLoop loop;
   Connector connector(loop);
   Client client;
@@ -424,27 +449,42 @@ TEST(Connector, CancelWhenNothingIsPendingIsHarmless) {
   EXPECT_FALSE(connector.pending());
 }
 
+// "One connect at a time per Connector": a second connect() while one is pending is refused
+// with EALREADY and changes nothing; the first completes on its own, to its own address, with
+// its own handler and connection handlers.
 TEST(Connector, SecondConnectWhilePendingIsRefusedAndTheFirstGoesOn) {
-  FullBacklog backlog;
   EventLoop loop;
   EchoServer echo(loop, Address::ipv4_loopback(0));
+  RefusedPort refused;
   Connector connector(loop);
-  Client client;
+  Client first_client;
+  Client second_client;
   Outcome first;
   Outcome second;
-  ASSERT_FALSE(connector.connect(backlog.address(), 10s, client.handlers, record_into(first)));
-  auto ec = connector.connect(echo.server.address(), 10s, client.handlers, record_into(second));
+  ASSERT_FALSE(
+      connector.connect(echo.server.address(), 10s, first_client.handlers, record_into(first)));
+  auto ec = connector.connect(refused.address(), 10s, second_client.handlers, record_into(second));
   EXPECT_EQ(ec, std::errc::connection_already_in_progress) << ec.message();
   EXPECT_TRUE(connector.pending());
+
+  ASSERT_TRUE(run_until(loop, [&] { return first.calls > 0; })) << "the first connect stalled";
+  EXPECT_EQ(first.calls, 1);
+  ASSERT_FALSE(first.error) << first.error.message();
+  ASSERT_TRUE(first.handle);
+  EXPECT_EQ(first.handle->peer(), echo.server.address());
+  EXPECT_FALSE(connector.pending());
+  ASSERT_TRUE(first.handle->send("first"));
+  ASSERT_TRUE(run_until(loop, [&] { return first_client.received.size() >= 5; }));
+  EXPECT_EQ(first_client.received, "first");
   for (int i = 0; i < 5; ++i)
     loop.run_once(1ms);
   EXPECT_EQ(second.calls, 0);
-  EXPECT_EQ(first.calls, 0);
-  connector.cancel();
+  EXPECT_TRUE(second_client.received.empty());
 }
 
 TEST(Connector, HandlerMayStartTheNextConnect) {
-  const Address refused = closed_port();
+  RefusedPort refused_port;
+  const Address& refused = refused_port.address();
   EventLoop loop;
   EchoServer echo(loop, Address::ipv4_loopback(0));
   Connector connector(loop);
