@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -20,10 +21,34 @@
 
 #include <gtest/gtest.h>
 
+#include "injected_fault.hpp"
 #include "loopback.hpp"
 #include "reactor/listener.hpp"
 #include "reactor/tcp_server.hpp"
 #include "reactor/timer_queue.hpp"
+
+// The connect(2), socket(2) and epoll_ctl(2) calls of this executable come here first, and fail
+// when armed (injected_fault.hpp): connect errors a test cannot cause on loopback, EMFILE
+// without exhausting the process's fds, a registration that fails for want of memory.
+reactor::test::InjectedFault connect_fault;
+REACTOR_INJECTABLE(connect_fault, connect, (int fd, const sockaddr* addr, socklen_t len),
+                   (fd, addr, len))
+reactor::test::InjectedFault socket_fault;
+REACTOR_INJECTABLE(socket_fault, socket, (int domain, int type, int protocol) noexcept,
+                   (domain, type, protocol))
+// Only EPOLL_CTL_ADD fails: removing a registration on the way still works.
+reactor::test::InjectedFault epoll_add_fault;
+extern "C" int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept {
+  if (op == EPOLL_CTL_ADD) {
+    if (int injected_errno = epoll_add_fault.take()) {
+      errno = injected_errno;
+      return -1;
+    }
+  }
+  using Real = int (*)(int, int, int, epoll_event*) noexcept;
+  static const Real real = reactor::test::real_function<Real>("epoll_ctl");
+  return real(epfd, op, fd, event);
+}
 
 namespace reactor {
 namespace {
@@ -38,6 +63,15 @@ using test::run_until;
 using test::TempDir;
 using test::unix_address;
 using test::with_clock;
+
+// Each test that arms a fault disarms them all when it ends, whatever happened.
+struct DisarmAtExit {
+  ~DisarmAtExit() {
+    connect_fault.disarm();
+    socket_fault.disarm();
+    epoll_add_fault.disarm();
+  }
+};
 
 // What the connect handler saw.
 struct Outcome {
@@ -165,6 +199,9 @@ class FullBacklog {
   std::vector<int> fillers_;
 };
 
+int accept_with_deadline(const ListenSocket& socket);
+bool peer_sees_close(int peer);
+
 // ---------------------------------------------------------------------------------------------
 
 TEST(Connector, ConnectsAndTheConnectionEchoes) {
@@ -255,6 +292,33 @@ TEST(Connector, RefusedPortIsReportedOnceThroughTheHandler) {
   EXPECT_EQ(outcome.error, std::errc::connection_refused) << outcome.error.message();
   EXPECT_FALSE(outcome.handle);
   EXPECT_FALSE(connector.pending());
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(outcome.calls, 1);
+  EXPECT_EQ(client.closes, 0);
+}
+
+// "The handler runs exactly once, later, on the loop: ... with an error (... ENETUNREACH ...)":
+// connect(2) failing at once with a network error is reported through the handler, never by
+// connect(), and the socket is closed.
+TEST(Connector, UnreachableNetworkIsReportedOnceThroughTheHandler) {
+  DisarmAtExit disarm;
+  RefusedPort refused;  // should the fault not fire: refused at once, not a 10 s wait
+  EventLoop loop;
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  const int fds_before = open_fd_count();
+  connect_fault.arm(ENETUNREACH, 1);
+  ASSERT_FALSE(connector.connect(refused.address(), 10s, client.handlers, record_into(outcome)));
+  EXPECT_EQ(connect_fault.injected.load(), 1);
+  EXPECT_EQ(outcome.calls, 0) << "the handler ran inside connect()";
+  EXPECT_TRUE(connector.pending());
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  EXPECT_EQ(outcome.error, std::errc::network_unreachable) << outcome.error.message();
+  EXPECT_FALSE(outcome.handle);
+  EXPECT_FALSE(connector.pending());
+  EXPECT_EQ(open_fd_count(), fds_before);
   for (int i = 0; i < 5; ++i)
     loop.run_once(0ms);
   EXPECT_EQ(outcome.calls, 1);
@@ -519,6 +583,82 @@ TEST(Connector, UnspecifiedAddressIsRejectedWithoutCallingTheHandler) {
   for (int i = 0; i < 3; ++i)
     loop.run_once(0ms);
   EXPECT_EQ(outcome.calls, 0);
+}
+
+// "Errors that happen before anything is in flight (EMFILE for the socket, ...) are returned
+// here and the handler is not called": nothing is left half set up, the next connect works.
+TEST(Connector, NoFdForTheSocketIsReturnedByConnectAndTheHandlerIsNotCalled) {
+  DisarmAtExit disarm;
+  EventLoop loop;
+  EchoServer echo(loop, Address::ipv4_loopback(0));
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  socket_fault.arm(EMFILE, 1);
+  auto ec = connector.connect(echo.server.address(), 10s, client.handlers, record_into(outcome));
+  EXPECT_EQ(socket_fault.injected.load(), 1);
+  EXPECT_EQ(ec, std::errc::too_many_files_open) << ec.message();
+  EXPECT_FALSE(connector.pending());
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(outcome.calls, 0);
+
+  ASSERT_FALSE(
+      connector.connect(echo.server.address(), 10s, client.handlers, record_into(outcome)));
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  EXPECT_EQ(outcome.calls, 1);
+  EXPECT_FALSE(outcome.error) << outcome.error.message();
+  EXPECT_TRUE(outcome.handle);
+}
+
+// Registering the connecting socket fails (epoll_ctl, ENOMEM) after the connect is under way:
+// something is in flight, so the error comes through the handler, later, and the socket closes.
+TEST(Connector, RegistrationFailureIsReportedThroughTheHandler) {
+  DisarmAtExit disarm;
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok());
+  EventLoop loop;
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  const int fds_before = open_fd_count();
+  const std::size_t registrations_before = loop.registrations();
+  epoll_add_fault.arm(ENOMEM, 1);
+  ASSERT_FALSE(connector.connect(socket->address(), 10s, client.handlers, record_into(outcome)));
+  ASSERT_EQ(epoll_add_fault.injected.load(), 1) << "connect(2) completed at once: not tested";
+  EXPECT_EQ(outcome.calls, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  EXPECT_EQ(outcome.error, std::errc::not_enough_memory) << outcome.error.message();
+  EXPECT_FALSE(outcome.handle);
+  EXPECT_FALSE(connector.pending());
+  EXPECT_EQ(open_fd_count(), fds_before);
+  EXPECT_EQ(loop.registrations(), registrations_before);
+}
+
+// The connect succeeded but its Connection cannot be registered (epoll_ctl, ENOMEM): the handler
+// gets the error and an empty handle, and the socket is closed (the peer sees it end).
+TEST(Connector, ConnectionThatCannotStartIsReportedThroughTheHandler) {
+  DisarmAtExit disarm;
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok());
+  EventLoop loop;
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  const int fds_before = open_fd_count();
+  ASSERT_FALSE(connector.connect(socket->address(), 10s, client.handlers, record_into(outcome)));
+  epoll_add_fault.arm(ENOMEM, 1);  // the next registration is the Connection's
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  EXPECT_EQ(epoll_add_fault.injected.load(), 1);
+  EXPECT_EQ(outcome.error, std::errc::not_enough_memory) << outcome.error.message();
+  EXPECT_FALSE(outcome.handle);
+  EXPECT_FALSE(connector.pending());
+  EXPECT_EQ(open_fd_count(), fds_before);
+  int peer = accept_with_deadline(*socket);
+  ASSERT_GE(peer, 0) << std::strerror(errno);
+  EXPECT_TRUE(peer_sees_close(peer));
+  ::close(peer);
+  EXPECT_EQ(client.closes, 0);
 }
 
 TEST(Connector, TrafficCountersCountTheConnectionsBytes) {
