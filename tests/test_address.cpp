@@ -67,6 +67,21 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"example.com:80", AddressError::unresolved_host},
         BadCase{"db:5432", AddressError::unresolved_host},
         BadCase{"my-host.internal.:80", AddressError::unresolved_host},
+        BadCase{"Db.Example.COM:80", AddressError::unresolved_host},
+        // A name too long for the 64-byte host buffer is still told apart from garbage.
+        BadCase{std::string(40, 'a') + "." + std::string(40, 'b') + ".example:80",
+                AddressError::unresolved_host},
+        BadCase{std::string(70, '!') + ":80", AddressError::bad_host},
+        BadCase{"[" + std::string(70, 'f') + "]:80", AddressError::bad_ipv6},
+        // Not host names (RFC 1123): empty, over-long or hyphen-edged labels, other characters,
+        // over 253 bytes in all.
+        BadCase{"under_score:80", AddressError::bad_host},
+        BadCase{"a..b:80", AddressError::bad_host}, BadCase{"-a.com:80", AddressError::bad_host},
+        BadCase{"a-.com:80", AddressError::bad_host},
+        BadCase{std::string(64, 'a') + ".com:80", AddressError::bad_host},
+        BadCase{std::string(60, 'a') + "." + std::string(60, 'b') + "." + std::string(60, 'c') +
+                    "." + std::string(60, 'd') + "." + std::string(60, 'e') + ":80",
+                AddressError::bad_host},
         BadCase{"::1:80", AddressError::bad_ipv6}, BadCase{"::1", AddressError::bad_ipv6},
         BadCase{"[::1:80", AddressError::bad_ipv6},
         BadCase{"[fe80::1%eth0]:80", AddressError::bad_ipv6},
@@ -291,6 +306,10 @@ TEST(Address, ErrorMessagesSayWhatToDo) {
   for (int e = 1; e <= static_cast<int>(AddressError::bad_unix_path); ++e) {
     EXPECT_NE(address_category().message(e), "unknown address error") << e;
   }
+  // A value outside the enum still prints something, and still means "bad input".
+  EXPECT_EQ(address_category().message(0), "unknown address error");
+  EXPECT_EQ(address_category().message(99), "unknown address error");
+  EXPECT_EQ(std::error_code(99, address_category()), std::errc::invalid_argument);
 }
 
 TEST(Address, Equality) {
@@ -445,6 +464,35 @@ TEST(AddressFromSockaddr, RejectsUnsupportedFamilyAndBadLength) {
 
   auto e = Address::from_sockaddr(nullptr, sizeof ss);
   ASSERT_FALSE(e.ok());
+}
+
+// "Limits: a path is at most 107 bytes ...; an abstract name is at most 107 bytes": what the
+// kernel may report beyond that (a 108-byte path with no NUL in sun_path, a length past
+// sockaddr_un) is rejected as a bad length, never read past sun_path.
+TEST(AddressFromSockaddr, RejectsUnixNamesOverTheLimit) {
+  sockaddr_storage ss{};
+  auto* sun = reinterpret_cast<sockaddr_un*>(&ss);
+  sun->sun_family = AF_UNIX;
+  std::memset(sun->sun_path, 'p', sizeof sun->sun_path);
+  auto path = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), sizeof ss);
+  ASSERT_FALSE(path.ok());
+  EXPECT_EQ(path.error(), std::errc::invalid_argument);
+
+  sun->sun_path[0] = '\0';
+  auto abstract = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), sizeof(sockaddr_un) + 1);
+  ASSERT_FALSE(abstract.ok());
+  EXPECT_EQ(abstract.error(), std::errc::invalid_argument);
+
+  // At the limit both are accepted.
+  auto longest_abstract =
+      Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), sizeof(sockaddr_un));
+  ASSERT_TRUE(longest_abstract.ok()) << longest_abstract.error().message();
+  EXPECT_EQ(longest_abstract->unix_path().size(), 107u);
+  sun->sun_path[0] = 'p';
+  sun->sun_path[107] = '\0';
+  auto longest_path = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), sizeof(sockaddr_un));
+  ASSERT_TRUE(longest_path.ok()) << longest_path.error().message();
+  EXPECT_EQ(longest_path->unix_path().size(), 107u);
 }
 
 }  // namespace
