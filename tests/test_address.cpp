@@ -11,6 +11,7 @@
 #include <ostream>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include <gtest/gtest.h>
 
@@ -190,6 +191,18 @@ TEST(AddressRfc5952, EveryZeroPatternRoundTrips) {
       EXPECT_EQ(text, "[" + std::string(glibc) + "]:1");
     }
   }
+}
+
+// "A value type (trivially copyable storage, no heap); copy it freely between threads."
+static_assert(std::is_trivially_copyable_v<Address>);
+
+TEST(Address, CopiesAreEqualAndIndependent) {
+  Address a = *Address::parse("unix:@copied");
+  Address b = a;
+  EXPECT_EQ(a, b);
+  b = Address::ipv4_loopback(1);
+  EXPECT_EQ(a.to_string(), "unix:@copied");
+  EXPECT_NE(a, b);
 }
 
 TEST(Address, DefaultIsUnspecified) {
@@ -399,6 +412,28 @@ TEST(AddressFromSockaddr, UnnamedUnixSocket) {
   EXPECT_TRUE(a->unix_path().empty());
   EXPECT_EQ(a->to_string(), "unix:");
   EXPECT_FALSE(Address::parse(a->to_string()).ok());  // documented: does not round-trip
+}
+
+// "Addresses that only from_sockaddr() can produce do not all round-trip: ... an empty abstract
+// name prints `unix:@`; a filesystem path starting with '@' prints like an abstract name".
+TEST(AddressFromSockaddr, EmptyAbstractNameAndAtPathDoNotRoundTrip) {
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  auto empty = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&sun), kSunPathOffset + 1);
+  ASSERT_TRUE(empty.ok()) << empty.error().message();
+  EXPECT_TRUE(empty->is_abstract());
+  EXPECT_EQ(empty->to_string(), "unix:@");
+  EXPECT_FALSE(Address::parse(empty->to_string()).ok());
+
+  std::strcpy(sun.sun_path, "@at");
+  auto at = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&sun), kSunPathOffset + 4);
+  ASSERT_TRUE(at.ok()) << at.error().message();
+  EXPECT_FALSE(at->is_abstract());
+  EXPECT_EQ(at->to_string(), "unix:@at");
+  auto reparsed = Address::parse(at->to_string());
+  ASSERT_TRUE(reparsed.ok());
+  EXPECT_TRUE(reparsed->is_abstract());
+  EXPECT_NE(*reparsed, *at);
 }
 
 TEST(AddressFromSockaddr, DropsPaddingAndFlowInfo) {

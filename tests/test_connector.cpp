@@ -762,6 +762,37 @@ TEST(ConnectionHandle, DroppingItOutsideCallbacksClosesTheSocket) {
   ::close(peer);
 }
 
+// "Dropping it ... closes the socket at once without further callbacks, an on_close still due
+// included; ... to hear on_close after abort(), keep the handle until on_close".
+TEST(ConnectionHandle, DroppingItAfterAbortCancelsTheOnCloseStillDue) {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok());
+  EventLoop loop;
+  Connector connector(loop);
+  Client kept;
+  Client dropped;
+  Outcome kept_outcome;
+  Outcome dropped_outcome;
+  ASSERT_FALSE(connector.connect(socket->address(), 10s, kept.handlers, record_into(kept_outcome)));
+  ASSERT_TRUE(run_until(loop, [&] { return kept_outcome.calls > 0; }));
+  ASSERT_FALSE(
+      connector.connect(socket->address(), 10s, dropped.handlers, record_into(dropped_outcome)));
+  ASSERT_TRUE(run_until(loop, [&] { return dropped_outcome.calls > 0; }));
+  ASSERT_TRUE(kept_outcome.handle) << kept_outcome.error.message();
+  ASSERT_TRUE(dropped_outcome.handle) << dropped_outcome.error.message();
+
+  (*kept_outcome.handle).abort();
+  dropped_outcome.handle->abort();
+  EXPECT_EQ(kept.closes + dropped.closes, 0) << "on_close ran inside abort()";
+  dropped_outcome.handle.reset();
+  ASSERT_TRUE(run_until(loop, [&] { return kept.closes > 0; }));
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(kept.closes, 1);
+  EXPECT_EQ(kept.reason, CloseReason::aborted);
+  EXPECT_EQ(dropped.closes, 0);
+}
+
 // ConnectionOptions::linger = Duration::max(): a graceful close waits for the peer's EOF as long
 // as it takes, instead of aborting at once.
 TEST(ConnectionHandle, MaxLingerWaitsForThePeersEof) {

@@ -126,6 +126,35 @@ TEST(ListenSocket, Ipv6PortZeroReportsTheBoundPort) {
   EXPECT_EQ(connect_errno(socket->address()), 0);
 }
 
+// "SO_REUSEADDR is set for TCP; SO_REUSEPORT only on request".
+TEST(ListenSocket, TcpSocketsReuseTheAddressAndThePortOnlyOnRequest) {
+  auto option = [](int fd, int name) {
+    int value = -1;
+    socklen_t len = sizeof value;
+    EXPECT_EQ(::getsockopt(fd, SOL_SOCKET, name, &value, &len), 0) << std::strerror(errno);
+    return value;
+  };
+  auto plain = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(plain.ok()) << plain.error().message();
+  EXPECT_EQ(option(plain->fd(), SO_REUSEADDR), 1);
+  EXPECT_EQ(option(plain->fd(), SO_REUSEPORT), 0);
+  ListenOptions options;
+  options.reuse_port = true;
+  auto shared = ListenSocket::open(Address::ipv4_loopback(0), options);
+  ASSERT_TRUE(shared.ok()) << shared.error().message();
+  EXPECT_EQ(option(shared->fd(), SO_REUSEADDR), 1);
+  EXPECT_EQ(option(shared->fd(), SO_REUSEPORT), 1);
+}
+
+// "Errors: ..., EADDRNOTAVAIL": an address this host does not have (TEST-NET-1, RFC 5737).
+TEST(ListenSocket, AddressNotOnThisHostIsAddressNotAvailable) {
+  auto address = Address::parse("192.0.2.1:0");
+  ASSERT_TRUE(address.ok());
+  auto socket = ListenSocket::open(*address);
+  ASSERT_FALSE(socket.ok()) << "192.0.2.1 is configured here";
+  EXPECT_EQ(socket.error(), std::errc::address_not_available) << socket.error().message();
+}
+
 TEST(ListenSocket, SecondBindOfTheSamePortIsAddressInUse) {
   auto first = ListenSocket::open(Address::ipv4_loopback(0));
   ASSERT_TRUE(first.ok()) << first.error().message();

@@ -687,6 +687,37 @@ TEST(TcpServer, DestroyedWithAStopPostedFromAnotherThreadNeverRunsDone) {
   EXPECT_EQ(done, 0);
 }
 
+// "a stop() while one is under way joins it (... its `grace` is ignored)": a joining stop with
+// no grace does not abort what the first stop's grace still allows.
+TEST(TcpServer, JoiningStopsGraceIsIgnored) {
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  ConnectionHandlers handlers = echo_handlers();
+  std::vector<CloseReason> reasons;
+  handlers.on_close = [&](Connection&, CloseReason r, std::error_code) { reasons.push_back(r); };
+  ServerOptions options;
+  options.connection.linger = std::chrono::hours(1);
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers, options);
+  ASSERT_FALSE(server.start());
+  int client = connect_to(server.address());
+  ASSERT_GE(client, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return server.stats().active == 1; }));
+
+  int done = 0;
+  server.stop(5s, [&] { ++done; });
+  server.stop(0s, [&] { ++done; });
+  ASSERT_EQ(read_until_closed(loop, client), PeerEnd::eof);
+  clock.advance(4s);
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(1ms);
+  EXPECT_TRUE(reasons.empty()) << "aborted before the first stop's grace ran out";
+  EXPECT_EQ(done, 0);
+  clock.advance(1s);
+  ASSERT_TRUE(run_until(loop, [&] { return done == 2; }));
+  EXPECT_EQ(reasons, std::vector<CloseReason>{CloseReason::aborted});
+  ::close(client);
+}
+
 TEST(TcpServer, StopOnAServerThatDoesNotListenRunsDone) {
   EventLoop loop;
   ConnectionHandlers handlers = echo_handlers();
@@ -750,6 +781,56 @@ TEST(TcpServer, DestroyedDuringAGracefulStopDetachesItsConnections) {
     loop.run_once(0ms);
   EXPECT_EQ(done, 0);
   EXPECT_EQ(closes, 0);
+  ::close(client);
+}
+
+// "`done` itself may destroy the server": nothing of the server runs after it.
+TEST(TcpServer, DoneMayDestroyTheServer) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  auto server = std::make_unique<TcpServer>(loop, Address::ipv4_loopback(0), handlers);
+  ASSERT_FALSE(server->start());
+  int client = connect_to(server->address());
+  ASSERT_GE(client, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return server->stats().active == 1; }));
+  int done = 0;
+  server->stop(5s, [&] {
+    ++done;
+    server.reset();
+  });
+  EXPECT_EQ(read_until_closed(loop, client), PeerEnd::eof);
+  ::close(client);
+  ASSERT_TRUE(run_until(loop, [&] { return done > 0; }));
+  EXPECT_EQ(server, nullptr);
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(done, 1);
+}
+
+// "open connections, and ended ones whose on_close is still due, are dropped without
+// callbacks": an abort() from outside the callbacks leaves on_close due (it runs from the
+// loop); destroying the server first drops it.
+TEST(TcpServer, DestroyedWithAnOnCloseStillDueDropsIt) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  int closes = 0;
+  handlers.on_close = [&](Connection&, CloseReason, std::error_code) { ++closes; };
+  auto server = std::make_unique<TcpServer>(loop, Address::ipv4_loopback(0), handlers);
+  ConnectionId id;
+  server->set_open_handler([&](Connection& c) { id = c.id(); });
+  ASSERT_FALSE(server->start());
+  int client = connect_to(server->address());
+  ASSERT_GE(client, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return static_cast<bool>(id); }));
+  Connection* c = server->find(id);
+  ASSERT_NE(c, nullptr);
+  c->abort();
+  EXPECT_EQ(closes, 0) << "on_close ran inside abort()";
+  server.reset();
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(closes, 0);
+  EXPECT_NE(read_until_closed(loop, client), PeerEnd::open);
   ::close(client);
 }
 
