@@ -273,6 +273,13 @@ TEST(ListenSocket, UnixSocketFileIsRemovedWhenListenFails) {
   EXPECT_EQ(socket.error(), std::errc::no_buffer_space) << socket.error().message();
   EXPECT_FALSE(path_exists(path)) << "a failed open left its socket file behind";
   EXPECT_TRUE(ListenSocket::open(unix_address(path)).ok());
+
+  // TCP: the error, and no socket left (the port can be bound again).
+  listen_fault.arm(EADDRINUSE, 1);
+  auto tcp = ListenSocket::open(Address::ipv4_loopback(0));
+  listen_fault.disarm();
+  ASSERT_FALSE(tcp.ok());
+  EXPECT_EQ(tcp.error(), std::errc::address_in_use) << tcp.error().message();
 }
 
 TEST(ListenSocket, UnixSocketFileIsRemovedOnDestruction) {
@@ -439,6 +446,39 @@ TEST(Listener, StopDeregistersAndStartResumes) {
   ASSERT_FALSE(listener.start());
   ASSERT_TRUE(run_until(loop, [&] { return accepted.sockets.size() == 1; }));
   ::close(client);
+}
+
+// stop() from on_accept takes effect at once: no further accept4 in that readiness, the other
+// queued connections wait for the next start().
+TEST(Listener, StopFromOnAcceptStopsAcceptingAtOnce) {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok()) << socket.error().message();
+  std::vector<int> clients;
+  for (int i = 0; i < 3; ++i) {
+    int fd = connect_to(socket->address());
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    clients.push_back(fd);
+  }
+  EventLoop loop;
+  const std::size_t before = loop.registrations();
+  Accepted accepted;
+  std::optional<Listener> listener;
+  listener.emplace(loop, *socket, [&](Fd fd, const Address& peer) {
+    accepted.sockets.push_back(std::move(fd));
+    accepted.peers.push_back(peer);
+    listener->stop();
+  });
+  ASSERT_FALSE(listener->start());
+  EXPECT_EQ(loop.run_once(10s), 1u);
+  EXPECT_EQ(accepted.sockets.size(), 1u);
+  EXPECT_EQ(loop.registrations(), before);
+  loop.run_once(0ms);
+  EXPECT_EQ(accepted.sockets.size(), 1u);
+  ASSERT_FALSE(listener->start());
+  loop.run_once(10s);
+  EXPECT_EQ(accepted.sockets.size(), 2u);
+  for (int fd : clients)
+    ::close(fd);
 }
 
 // start() on a started listener changes nothing: still one registration.
