@@ -77,6 +77,7 @@ INSTANTIATE_TEST_SUITE_P(
         // Not host names (RFC 1123): empty, over-long or hyphen-edged labels, other characters,
         // over 253 bytes in all.
         BadCase{"under_score:80", AddressError::bad_host},
+        BadCase{"a~b:80", AddressError::bad_host}, BadCase{"[::1\0]:80"s, AddressError::bad_ipv6},
         BadCase{"a..b:80", AddressError::bad_host}, BadCase{"-a.com:80", AddressError::bad_host},
         BadCase{"a-.com:80", AddressError::bad_host},
         BadCase{std::string(64, 'a') + ".com:80", AddressError::bad_host},
