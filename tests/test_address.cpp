@@ -11,6 +11,7 @@
 #include <ostream>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include <gtest/gtest.h>
 
@@ -67,6 +68,22 @@ INSTANTIATE_TEST_SUITE_P(
         BadCase{"example.com:80", AddressError::unresolved_host},
         BadCase{"db:5432", AddressError::unresolved_host},
         BadCase{"my-host.internal.:80", AddressError::unresolved_host},
+        BadCase{"Db.Example.COM:80", AddressError::unresolved_host},
+        // A name too long for the 64-byte host buffer is still told apart from garbage.
+        BadCase{std::string(40, 'a') + "." + std::string(40, 'b') + ".example:80",
+                AddressError::unresolved_host},
+        BadCase{std::string(70, '!') + ":80", AddressError::bad_host},
+        BadCase{"[" + std::string(70, 'f') + "]:80", AddressError::bad_ipv6},
+        // Not host names (RFC 1123): empty, over-long or hyphen-edged labels, other characters,
+        // over 253 bytes in all.
+        BadCase{"under_score:80", AddressError::bad_host},
+        BadCase{"a~b:80", AddressError::bad_host}, BadCase{"[::1\0]:80"s, AddressError::bad_ipv6},
+        BadCase{"a..b:80", AddressError::bad_host}, BadCase{"-a.com:80", AddressError::bad_host},
+        BadCase{"a-.com:80", AddressError::bad_host},
+        BadCase{std::string(64, 'a') + ".com:80", AddressError::bad_host},
+        BadCase{std::string(60, 'a') + "." + std::string(60, 'b') + "." + std::string(60, 'c') +
+                    "." + std::string(60, 'd') + "." + std::string(60, 'e') + ":80",
+                AddressError::bad_host},
         BadCase{"::1:80", AddressError::bad_ipv6}, BadCase{"::1", AddressError::bad_ipv6},
         BadCase{"[::1:80", AddressError::bad_ipv6},
         BadCase{"[fe80::1%eth0]:80", AddressError::bad_ipv6},
@@ -175,6 +192,18 @@ TEST(AddressRfc5952, EveryZeroPatternRoundTrips) {
       EXPECT_EQ(text, "[" + std::string(glibc) + "]:1");
     }
   }
+}
+
+// "A value type (trivially copyable storage, no heap); copy it freely between threads."
+static_assert(std::is_trivially_copyable_v<Address>);
+
+TEST(Address, CopiesAreEqualAndIndependent) {
+  Address a = *Address::parse("unix:@copied");
+  Address b = a;
+  EXPECT_EQ(a, b);
+  b = Address::ipv4_loopback(1);
+  EXPECT_EQ(a.to_string(), "unix:@copied");
+  EXPECT_NE(a, b);
 }
 
 TEST(Address, DefaultIsUnspecified) {
@@ -291,6 +320,10 @@ TEST(Address, ErrorMessagesSayWhatToDo) {
   for (int e = 1; e <= static_cast<int>(AddressError::bad_unix_path); ++e) {
     EXPECT_NE(address_category().message(e), "unknown address error") << e;
   }
+  // A value outside the enum still prints something, and still means "bad input".
+  EXPECT_EQ(address_category().message(0), "unknown address error");
+  EXPECT_EQ(address_category().message(99), "unknown address error");
+  EXPECT_EQ(std::error_code(99, address_category()), std::errc::invalid_argument);
 }
 
 TEST(Address, Equality) {
@@ -382,6 +415,28 @@ TEST(AddressFromSockaddr, UnnamedUnixSocket) {
   EXPECT_FALSE(Address::parse(a->to_string()).ok());  // documented: does not round-trip
 }
 
+// "Addresses that only from_sockaddr() can produce do not all round-trip: ... an empty abstract
+// name prints `unix:@`; a filesystem path starting with '@' prints like an abstract name".
+TEST(AddressFromSockaddr, EmptyAbstractNameAndAtPathDoNotRoundTrip) {
+  sockaddr_un sun{};
+  sun.sun_family = AF_UNIX;
+  auto empty = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&sun), kSunPathOffset + 1);
+  ASSERT_TRUE(empty.ok()) << empty.error().message();
+  EXPECT_TRUE(empty->is_abstract());
+  EXPECT_EQ(empty->to_string(), "unix:@");
+  EXPECT_FALSE(Address::parse(empty->to_string()).ok());
+
+  std::strcpy(sun.sun_path, "@at");
+  auto at = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&sun), kSunPathOffset + 4);
+  ASSERT_TRUE(at.ok()) << at.error().message();
+  EXPECT_FALSE(at->is_abstract());
+  EXPECT_EQ(at->to_string(), "unix:@at");
+  auto reparsed = Address::parse(at->to_string());
+  ASSERT_TRUE(reparsed.ok());
+  EXPECT_TRUE(reparsed->is_abstract());
+  EXPECT_NE(*reparsed, *at);
+}
+
 TEST(AddressFromSockaddr, DropsPaddingAndFlowInfo) {
   sockaddr_in6 sin6{};
   sin6.sin6_family = AF_INET6;
@@ -445,6 +500,35 @@ TEST(AddressFromSockaddr, RejectsUnsupportedFamilyAndBadLength) {
 
   auto e = Address::from_sockaddr(nullptr, sizeof ss);
   ASSERT_FALSE(e.ok());
+}
+
+// "Limits: a path is at most 107 bytes ...; an abstract name is at most 107 bytes": what the
+// kernel may report beyond that (a 108-byte path with no NUL in sun_path, a length past
+// sockaddr_un) is rejected as a bad length, never read past sun_path.
+TEST(AddressFromSockaddr, RejectsUnixNamesOverTheLimit) {
+  sockaddr_storage ss{};
+  auto* sun = reinterpret_cast<sockaddr_un*>(&ss);
+  sun->sun_family = AF_UNIX;
+  std::memset(sun->sun_path, 'p', sizeof sun->sun_path);
+  auto path = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), sizeof ss);
+  ASSERT_FALSE(path.ok());
+  EXPECT_EQ(path.error(), std::errc::invalid_argument);
+
+  sun->sun_path[0] = '\0';
+  auto abstract = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), sizeof(sockaddr_un) + 1);
+  ASSERT_FALSE(abstract.ok());
+  EXPECT_EQ(abstract.error(), std::errc::invalid_argument);
+
+  // At the limit both are accepted.
+  auto longest_abstract =
+      Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), sizeof(sockaddr_un));
+  ASSERT_TRUE(longest_abstract.ok()) << longest_abstract.error().message();
+  EXPECT_EQ(longest_abstract->unix_path().size(), 107u);
+  sun->sun_path[0] = 'p';
+  sun->sun_path[107] = '\0';
+  auto longest_path = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), sizeof(sockaddr_un));
+  ASSERT_TRUE(longest_path.ok()) << longest_path.error().message();
+  EXPECT_EQ(longest_path->unix_path().size(), 107u);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -20,10 +21,34 @@
 
 #include <gtest/gtest.h>
 
+#include "injected_fault.hpp"
 #include "loopback.hpp"
 #include "reactor/listener.hpp"
 #include "reactor/tcp_server.hpp"
 #include "reactor/timer_queue.hpp"
+
+// The connect(2), socket(2) and epoll_ctl(2) calls of this executable come here first, and fail
+// when armed (injected_fault.hpp): connect errors a test cannot cause on loopback, EMFILE
+// without exhausting the process's fds, a registration that fails for want of memory.
+reactor::test::InjectedFault connect_fault;
+REACTOR_INJECTABLE(connect_fault, connect, (int fd, const sockaddr* addr, socklen_t len),
+                   (fd, addr, len))
+reactor::test::InjectedFault socket_fault;
+REACTOR_INJECTABLE(socket_fault, socket, (int domain, int type, int protocol) noexcept,
+                   (domain, type, protocol))
+// Only EPOLL_CTL_ADD fails: removing a registration on the way still works.
+reactor::test::InjectedFault epoll_add_fault;
+extern "C" int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept {
+  if (op == EPOLL_CTL_ADD) {
+    if (int injected_errno = epoll_add_fault.take()) {
+      errno = injected_errno;
+      return -1;
+    }
+  }
+  using Real = int (*)(int, int, int, epoll_event*) noexcept;
+  static const Real real = reactor::test::real_function<Real>("epoll_ctl");
+  return real(epfd, op, fd, event);
+}
 
 namespace reactor {
 namespace {
@@ -38,6 +63,15 @@ using test::run_until;
 using test::TempDir;
 using test::unix_address;
 using test::with_clock;
+
+// Each test that arms a fault disarms them all when it ends, whatever happened.
+struct DisarmAtExit {
+  ~DisarmAtExit() {
+    connect_fault.disarm();
+    socket_fault.disarm();
+    epoll_add_fault.disarm();
+  }
+};
 
 // What the connect handler saw.
 struct Outcome {
@@ -87,12 +121,32 @@ struct EchoServer {
   }
 };
 
-// A port that was bound and closed again: connecting to it is refused.
-Address closed_port() {
-  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
-  EXPECT_TRUE(socket.ok());
-  return socket.ok() ? socket->address() : Address{};
-}
+// A loopback port bound but not listening, held for the test's lifetime (as test_socket.cpp
+// does): connecting to it is refused, and no test running in parallel can take the port, as it
+// could once a probe socket was closed again.
+class RefusedPort {
+ public:
+  RefusedPort() {
+    auto socket = open_stream_socket(AF_INET);
+    EXPECT_TRUE(socket.ok()) << socket.error().message();
+    if (!socket.ok()) return;
+    fd_ = std::move(*socket);
+    const Address any_port = Address::ipv4_loopback(0);
+    EXPECT_EQ(::bind(fd_.get(), any_port.sockaddr_ptr(), any_port.length()), 0)
+        << std::strerror(errno);
+    sockaddr_storage bound{};
+    socklen_t len = sizeof bound;
+    EXPECT_EQ(::getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&bound), &len), 0);
+    auto address = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&bound), len);
+    EXPECT_TRUE(address.ok());
+    if (address.ok()) address_ = *address;
+  }
+  const Address& address() const { return address_; }
+
+ private:
+  Fd fd_;
+  Address address_;
+};
 
 // A listener whose accept queue is full (backlog 0 and one connection nobody accepted): a
 // new SYN is dropped and the connect hangs in SYN_SENT until it times out.
@@ -144,6 +198,9 @@ class FullBacklog {
   std::optional<ListenSocket> socket_;
   std::vector<int> fillers_;
 };
+
+int accept_with_deadline(const ListenSocket& socket);
+bool peer_sees_close(int peer);
 
 // ---------------------------------------------------------------------------------------------
 
@@ -220,7 +277,12 @@ TEST(Connector, HandlerRunsOnTheLoopNeverInsideConnect) {
 }
 
 TEST(Connector, RefusedPortIsReportedOnceThroughTheHandler) {
-  const Address address = closed_port();
+  RefusedPort refused;
+  const Address& address = refused.address();
+  // Held: a listener elsewhere cannot take the port and turn the refusal into a connection.
+  auto taker = ListenSocket::open(address);
+  ASSERT_FALSE(taker.ok()) << "the refused port is free for anyone to take";
+  EXPECT_EQ(taker.error(), std::errc::address_in_use) << taker.error().message();
   EventLoop loop;
   Connector connector(loop);
   Client client;
@@ -230,6 +292,33 @@ TEST(Connector, RefusedPortIsReportedOnceThroughTheHandler) {
   EXPECT_EQ(outcome.error, std::errc::connection_refused) << outcome.error.message();
   EXPECT_FALSE(outcome.handle);
   EXPECT_FALSE(connector.pending());
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(outcome.calls, 1);
+  EXPECT_EQ(client.closes, 0);
+}
+
+// "The handler runs exactly once, later, on the loop: ... with an error (... ENETUNREACH ...)":
+// connect(2) failing at once with a network error is reported through the handler, never by
+// connect(), and the socket is closed.
+TEST(Connector, UnreachableNetworkIsReportedOnceThroughTheHandler) {
+  DisarmAtExit disarm;
+  RefusedPort refused;  // should the fault not fire: refused at once, not a 10 s wait
+  EventLoop loop;
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  const int fds_before = open_fd_count();
+  connect_fault.arm(ENETUNREACH, 1);
+  ASSERT_FALSE(connector.connect(refused.address(), 10s, client.handlers, record_into(outcome)));
+  EXPECT_EQ(connect_fault.injected.load(), 1);
+  EXPECT_EQ(outcome.calls, 0) << "the handler ran inside connect()";
+  EXPECT_TRUE(connector.pending());
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  EXPECT_EQ(outcome.error, std::errc::network_unreachable) << outcome.error.message();
+  EXPECT_FALSE(outcome.handle);
+  EXPECT_FALSE(connector.pending());
+  EXPECT_EQ(open_fd_count(), fds_before);
   for (int i = 0; i < 5; ++i)
     loop.run_once(0ms);
   EXPECT_EQ(outcome.calls, 1);
@@ -424,27 +513,42 @@ TEST(Connector, CancelWhenNothingIsPendingIsHarmless) {
   EXPECT_FALSE(connector.pending());
 }
 
+// "One connect at a time per Connector": a second connect() while one is pending is refused
+// with EALREADY and changes nothing; the first completes on its own, to its own address, with
+// its own handler and connection handlers.
 TEST(Connector, SecondConnectWhilePendingIsRefusedAndTheFirstGoesOn) {
-  FullBacklog backlog;
   EventLoop loop;
   EchoServer echo(loop, Address::ipv4_loopback(0));
+  RefusedPort refused;
   Connector connector(loop);
-  Client client;
+  Client first_client;
+  Client second_client;
   Outcome first;
   Outcome second;
-  ASSERT_FALSE(connector.connect(backlog.address(), 10s, client.handlers, record_into(first)));
-  auto ec = connector.connect(echo.server.address(), 10s, client.handlers, record_into(second));
+  ASSERT_FALSE(
+      connector.connect(echo.server.address(), 10s, first_client.handlers, record_into(first)));
+  auto ec = connector.connect(refused.address(), 10s, second_client.handlers, record_into(second));
   EXPECT_EQ(ec, std::errc::connection_already_in_progress) << ec.message();
   EXPECT_TRUE(connector.pending());
+
+  ASSERT_TRUE(run_until(loop, [&] { return first.calls > 0; })) << "the first connect stalled";
+  EXPECT_EQ(first.calls, 1);
+  ASSERT_FALSE(first.error) << first.error.message();
+  ASSERT_TRUE(first.handle);
+  EXPECT_EQ(first.handle->peer(), echo.server.address());
+  EXPECT_FALSE(connector.pending());
+  ASSERT_TRUE(first.handle->send("first"));
+  ASSERT_TRUE(run_until(loop, [&] { return first_client.received.size() >= 5; }));
+  EXPECT_EQ(first_client.received, "first");
   for (int i = 0; i < 5; ++i)
     loop.run_once(1ms);
   EXPECT_EQ(second.calls, 0);
-  EXPECT_EQ(first.calls, 0);
-  connector.cancel();
+  EXPECT_TRUE(second_client.received.empty());
 }
 
 TEST(Connector, HandlerMayStartTheNextConnect) {
-  const Address refused = closed_port();
+  RefusedPort refused_port;
+  const Address& refused = refused_port.address();
   EventLoop loop;
   EchoServer echo(loop, Address::ipv4_loopback(0));
   Connector connector(loop);
@@ -479,6 +583,82 @@ TEST(Connector, UnspecifiedAddressIsRejectedWithoutCallingTheHandler) {
   for (int i = 0; i < 3; ++i)
     loop.run_once(0ms);
   EXPECT_EQ(outcome.calls, 0);
+}
+
+// "Errors that happen before anything is in flight (EMFILE for the socket, ...) are returned
+// here and the handler is not called": nothing is left half set up, the next connect works.
+TEST(Connector, NoFdForTheSocketIsReturnedByConnectAndTheHandlerIsNotCalled) {
+  DisarmAtExit disarm;
+  EventLoop loop;
+  EchoServer echo(loop, Address::ipv4_loopback(0));
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  socket_fault.arm(EMFILE, 1);
+  auto ec = connector.connect(echo.server.address(), 10s, client.handlers, record_into(outcome));
+  EXPECT_EQ(socket_fault.injected.load(), 1);
+  EXPECT_EQ(ec, std::errc::too_many_files_open) << ec.message();
+  EXPECT_FALSE(connector.pending());
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(outcome.calls, 0);
+
+  ASSERT_FALSE(
+      connector.connect(echo.server.address(), 10s, client.handlers, record_into(outcome)));
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  EXPECT_EQ(outcome.calls, 1);
+  EXPECT_FALSE(outcome.error) << outcome.error.message();
+  EXPECT_TRUE(outcome.handle);
+}
+
+// Registering the connecting socket fails (epoll_ctl, ENOMEM) after the connect is under way:
+// something is in flight, so the error comes through the handler, later, and the socket closes.
+TEST(Connector, RegistrationFailureIsReportedThroughTheHandler) {
+  DisarmAtExit disarm;
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok());
+  EventLoop loop;
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  const int fds_before = open_fd_count();
+  const std::size_t registrations_before = loop.registrations();
+  epoll_add_fault.arm(ENOMEM, 1);
+  ASSERT_FALSE(connector.connect(socket->address(), 10s, client.handlers, record_into(outcome)));
+  ASSERT_EQ(epoll_add_fault.injected.load(), 1) << "connect(2) completed at once: not tested";
+  EXPECT_EQ(outcome.calls, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  EXPECT_EQ(outcome.error, std::errc::not_enough_memory) << outcome.error.message();
+  EXPECT_FALSE(outcome.handle);
+  EXPECT_FALSE(connector.pending());
+  EXPECT_EQ(open_fd_count(), fds_before);
+  EXPECT_EQ(loop.registrations(), registrations_before);
+}
+
+// The connect succeeded but its Connection cannot be registered (epoll_ctl, ENOMEM): the handler
+// gets the error and an empty handle, and the socket is closed (the peer sees it end).
+TEST(Connector, ConnectionThatCannotStartIsReportedThroughTheHandler) {
+  DisarmAtExit disarm;
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok());
+  EventLoop loop;
+  Connector connector(loop);
+  Client client;
+  Outcome outcome;
+  const int fds_before = open_fd_count();
+  ASSERT_FALSE(connector.connect(socket->address(), 10s, client.handlers, record_into(outcome)));
+  epoll_add_fault.arm(ENOMEM, 1);  // the next registration is the Connection's
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls > 0; }));
+  EXPECT_EQ(epoll_add_fault.injected.load(), 1);
+  EXPECT_EQ(outcome.error, std::errc::not_enough_memory) << outcome.error.message();
+  EXPECT_FALSE(outcome.handle);
+  EXPECT_FALSE(connector.pending());
+  EXPECT_EQ(open_fd_count(), fds_before);
+  int peer = accept_with_deadline(*socket);
+  ASSERT_GE(peer, 0) << std::strerror(errno);
+  EXPECT_TRUE(peer_sees_close(peer));
+  ::close(peer);
+  EXPECT_EQ(client.closes, 0);
 }
 
 TEST(Connector, TrafficCountersCountTheConnectionsBytes) {
@@ -580,6 +760,37 @@ TEST(ConnectionHandle, DroppingItOutsideCallbacksClosesTheSocket) {
   EXPECT_TRUE(peer_sees_close(peer));
   EXPECT_EQ(client.closes, 0);
   ::close(peer);
+}
+
+// "Dropping it ... closes the socket at once without further callbacks, an on_close still due
+// included; ... to hear on_close after abort(), keep the handle until on_close".
+TEST(ConnectionHandle, DroppingItAfterAbortCancelsTheOnCloseStillDue) {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok());
+  EventLoop loop;
+  Connector connector(loop);
+  Client kept;
+  Client dropped;
+  Outcome kept_outcome;
+  Outcome dropped_outcome;
+  ASSERT_FALSE(connector.connect(socket->address(), 10s, kept.handlers, record_into(kept_outcome)));
+  ASSERT_TRUE(run_until(loop, [&] { return kept_outcome.calls > 0; }));
+  ASSERT_FALSE(
+      connector.connect(socket->address(), 10s, dropped.handlers, record_into(dropped_outcome)));
+  ASSERT_TRUE(run_until(loop, [&] { return dropped_outcome.calls > 0; }));
+  ASSERT_TRUE(kept_outcome.handle) << kept_outcome.error.message();
+  ASSERT_TRUE(dropped_outcome.handle) << dropped_outcome.error.message();
+
+  (*kept_outcome.handle).abort();
+  dropped_outcome.handle->abort();
+  EXPECT_EQ(kept.closes + dropped.closes, 0) << "on_close ran inside abort()";
+  dropped_outcome.handle.reset();
+  ASSERT_TRUE(run_until(loop, [&] { return kept.closes > 0; }));
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(kept.closes, 1);
+  EXPECT_EQ(kept.reason, CloseReason::aborted);
+  EXPECT_EQ(dropped.closes, 0);
 }
 
 // ConnectionOptions::linger = Duration::max(): a graceful close waits for the peer's EOF as long

@@ -16,9 +16,12 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdarg>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,6 +43,28 @@ REACTOR_INJECTABLE(accept_fault, accept4, (int fd, sockaddr* addr, socklen_t* le
 reactor::test::InjectedFault epoll_ctl_fault;
 REACTOR_INJECTABLE(epoll_ctl_fault, epoll_ctl,
                    (int epfd, int op, int fd, epoll_event* event) noexcept, (epfd, op, fd, event))
+
+// And listen(2), and open64(2) (what open() compiles to here: the listener's spare fd is
+// /dev/null opened with it). open64 is variadic, so its interposer is written out.
+reactor::test::InjectedFault listen_fault;
+REACTOR_INJECTABLE(listen_fault, listen, (int fd, int backlog) noexcept, (fd, backlog))
+reactor::test::InjectedFault open_fault;
+extern "C" int open64(const char* path, int flags, ...) {
+  mode_t mode = 0;
+  if ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) {
+    va_list args;
+    va_start(args, flags);
+    mode = va_arg(args, mode_t);
+    va_end(args);
+  }
+  if (int injected_errno = open_fault.take()) {
+    errno = injected_errno;
+    return -1;
+  }
+  using Real = int (*)(const char*, int, ...);
+  static const Real real = reactor::test::real_function<Real>("open64");
+  return real(path, flags, mode);
+}
 
 namespace reactor {
 namespace {
@@ -99,6 +124,35 @@ TEST(ListenSocket, Ipv6PortZeroReportsTheBoundPort) {
   EXPECT_EQ(socket->address().family(), AF_INET6);
   EXPECT_NE(socket->address().port(), 0);
   EXPECT_EQ(connect_errno(socket->address()), 0);
+}
+
+// "SO_REUSEADDR is set for TCP; SO_REUSEPORT only on request".
+TEST(ListenSocket, TcpSocketsReuseTheAddressAndThePortOnlyOnRequest) {
+  auto option = [](int fd, int name) {
+    int value = -1;
+    socklen_t len = sizeof value;
+    EXPECT_EQ(::getsockopt(fd, SOL_SOCKET, name, &value, &len), 0) << std::strerror(errno);
+    return value;
+  };
+  auto plain = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(plain.ok()) << plain.error().message();
+  EXPECT_EQ(option(plain->fd(), SO_REUSEADDR), 1);
+  EXPECT_EQ(option(plain->fd(), SO_REUSEPORT), 0);
+  ListenOptions options;
+  options.reuse_port = true;
+  auto shared = ListenSocket::open(Address::ipv4_loopback(0), options);
+  ASSERT_TRUE(shared.ok()) << shared.error().message();
+  EXPECT_EQ(option(shared->fd(), SO_REUSEADDR), 1);
+  EXPECT_EQ(option(shared->fd(), SO_REUSEPORT), 1);
+}
+
+// "Errors: ..., EADDRNOTAVAIL": an address this host does not have (TEST-NET-1, RFC 5737).
+TEST(ListenSocket, AddressNotOnThisHostIsAddressNotAvailable) {
+  auto address = Address::parse("192.0.2.1:0");
+  ASSERT_TRUE(address.ok());
+  auto socket = ListenSocket::open(*address);
+  ASSERT_FALSE(socket.ok()) << "192.0.2.1 is configured here";
+  EXPECT_EQ(socket.error(), std::errc::address_not_available) << socket.error().message();
 }
 
 TEST(ListenSocket, SecondBindOfTheSamePortIsAddressInUse) {
@@ -175,6 +229,59 @@ TEST(ListenSocket, LiveUnixSocketIsAddressInUseAndKeepsServing) {
   EXPECT_EQ(connect_errno(address), 0);
 }
 
+// "a live one is EADDRINUSE": a live server whose backlog is full refuses the probe's connect
+// with EAGAIN, not ECONNREFUSED; its socket file must not be taken for a stale one.
+TEST(ListenSocket, LiveUnixSocketWithAFullBacklogIsAddressInUse) {
+  TempDir dir;
+  const std::string path = dir.file("busy.sock");
+  const Address address = unix_address(path);
+  ListenOptions options;
+  options.backlog = 0;
+  auto live = ListenSocket::open(address, options);
+  ASSERT_TRUE(live.ok()) << live.error().message();
+  std::vector<Fd> queued;
+  for (int i = 0; i < 64; ++i) {
+    auto fd = open_stream_socket(AF_UNIX);
+    ASSERT_TRUE(fd.ok());
+    if (::connect(fd->get(), address.sockaddr_ptr(), address.length()) < 0) {
+      ASSERT_EQ(errno, EAGAIN) << std::strerror(errno);
+      break;
+    }
+    queued.push_back(std::move(*fd));
+  }
+  ASSERT_LT(queued.size(), 64u) << "the backlog never filled";
+
+  auto second = ListenSocket::open(address);
+  ASSERT_FALSE(second.ok()) << "the busy server's socket file was replaced";
+  EXPECT_EQ(second.error(), std::errc::address_in_use) << second.error().message();
+  // Still the live server's file: once it accepts one, a new client gets in.
+  const int taken = ::accept4(live->fd(), nullptr, nullptr, SOCK_CLOEXEC);
+  ASSERT_GE(taken, 0) << std::strerror(errno);
+  ::close(taken);
+  EXPECT_EQ(connect_errno(address), 0);
+}
+
+// "the file is removed when the ListenSocket is destroyed", and a failed open leaves none: a
+// listen() that fails after the bind removes the file it created.
+TEST(ListenSocket, UnixSocketFileIsRemovedWhenListenFails) {
+  TempDir dir;
+  const std::string path = dir.file("no-listen.sock");
+  listen_fault.arm(ENOBUFS, 1);
+  auto socket = ListenSocket::open(unix_address(path));
+  listen_fault.disarm();
+  ASSERT_FALSE(socket.ok());
+  EXPECT_EQ(socket.error(), std::errc::no_buffer_space) << socket.error().message();
+  EXPECT_FALSE(path_exists(path)) << "a failed open left its socket file behind";
+  EXPECT_TRUE(ListenSocket::open(unix_address(path)).ok());
+
+  // TCP: the error, and no socket left (the port can be bound again).
+  listen_fault.arm(EADDRINUSE, 1);
+  auto tcp = ListenSocket::open(Address::ipv4_loopback(0));
+  listen_fault.disarm();
+  ASSERT_FALSE(tcp.ok());
+  EXPECT_EQ(tcp.error(), std::errc::address_in_use) << tcp.error().message();
+}
+
 TEST(ListenSocket, UnixSocketFileIsRemovedOnDestruction) {
   TempDir dir;
   const std::string path = dir.file("gone.sock");
@@ -199,6 +306,25 @@ TEST(ListenSocket, MovedFromUnixSocketDoesNotRemoveTheFile) {
   EXPECT_EQ(connect_errno(unix_address(path)), 0);
   owner.reset();
   EXPECT_FALSE(path_exists(path));
+}
+
+// Move assignment: the socket assigned over is closed and its file removed; the file of the
+// one moved in is the target's to remove now.
+TEST(ListenSocket, MoveAssigningOverAUnixSocketRemovesItsFile) {
+  TempDir dir;
+  const std::string old_path = dir.file("old.sock");
+  const std::string new_path = dir.file("new.sock");
+  auto target = ListenSocket::open(unix_address(old_path));
+  ASSERT_TRUE(target.ok()) << target.error().message();
+  {
+    auto source = ListenSocket::open(unix_address(new_path));
+    ASSERT_TRUE(source.ok()) << source.error().message();
+    *target = std::move(*source);
+  }  // the moved-from source is destroyed here
+  EXPECT_FALSE(path_exists(old_path));
+  EXPECT_EQ(target->address(), unix_address(new_path));
+  ASSERT_TRUE(path_exists(new_path));
+  EXPECT_EQ(connect_errno(unix_address(new_path)), 0);
 }
 
 TEST(ListenSocket, RegularFileAtTheUnixPathIsNotRemoved) {
@@ -322,6 +448,129 @@ TEST(Listener, StopDeregistersAndStartResumes) {
   ::close(client);
 }
 
+// stop() from on_accept takes effect at once: no further accept4 in that readiness, the other
+// queued connections wait for the next start().
+TEST(Listener, StopFromOnAcceptStopsAcceptingAtOnce) {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok()) << socket.error().message();
+  std::vector<int> clients;
+  for (int i = 0; i < 3; ++i) {
+    int fd = connect_to(socket->address());
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    clients.push_back(fd);
+  }
+  EventLoop loop;
+  const std::size_t before = loop.registrations();
+  Accepted accepted;
+  std::optional<Listener> listener;
+  listener.emplace(loop, *socket, [&](Fd fd, const Address& peer) {
+    accepted.sockets.push_back(std::move(fd));
+    accepted.peers.push_back(peer);
+    listener->stop();
+  });
+  ASSERT_FALSE(listener->start());
+  EXPECT_EQ(loop.run_once(10s), 1u);
+  EXPECT_EQ(accepted.sockets.size(), 1u);
+  EXPECT_EQ(loop.registrations(), before);
+  loop.run_once(0ms);
+  EXPECT_EQ(accepted.sockets.size(), 1u);
+  ASSERT_FALSE(listener->start());
+  loop.run_once(10s);
+  EXPECT_EQ(accepted.sockets.size(), 2u);
+  for (int fd : clients)
+    ::close(fd);
+}
+
+// start() on a started listener changes nothing: still one registration.
+TEST(Listener, SecondStartKeepsOneRegistration) {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok()) << socket.error().message();
+  EventLoop loop;
+  Accepted accepted;
+  const std::size_t before = loop.registrations();
+  Listener listener(loop, *socket, collect_into(accepted));
+  ASSERT_FALSE(listener.start());
+  ASSERT_FALSE(listener.start());
+  EXPECT_EQ(loop.registrations(), before + 1);
+  int client = connect_to(socket->address());
+  ASSERT_GE(client, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return accepted.sockets.size() == 1; }));
+  ::close(client);
+}
+
+// How many epoll instances of this process watch `fd`, and how many of those with
+// EPOLLEXCLUSIVE (from /proc/self/fdinfo: "tfd: FD events: HEX ...").
+struct EpollWatches {
+  int all = 0;
+  int exclusive = 0;
+};
+
+EpollWatches epoll_watches_of(int fd) {
+  EpollWatches w;
+  DIR* dir = ::opendir("/proc/self/fdinfo");
+  if (!dir) return w;
+  while (dirent* e = ::readdir(dir)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream info(std::string("/proc/self/fdinfo/") + e->d_name);
+    std::string line;
+    while (std::getline(info, line)) {
+      std::istringstream fields(line);
+      std::string tag;
+      std::string events_tag;
+      int tfd = -1;
+      unsigned events = 0;
+      if (!(fields >> tag >> tfd >> events_tag >> std::hex >> events)) continue;
+      if (tag != "tfd:" || events_tag != "events:" || tfd != fd) continue;
+      ++w.all;
+      if (events & EPOLLEXCLUSIVE) ++w.exclusive;
+    }
+  }
+  ::closedir(dir);
+  return w;
+}
+
+// "Several loops may share one ListenSocket (each Listener registers it with EPOLLEXCLUSIVE, so
+// one wake-up per connection, not a thundering herd)": with Options::exclusive each loop's
+// registration carries EPOLLEXCLUSIVE, and either loop accepts from the shared socket. (That
+// the kernel then wakes one waiter is its promise, not one a test can pin down.)
+TEST(Listener, LoopsSharingASocketRegisterItExclusiveAndEachAccepts) {
+  auto socket = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(socket.ok()) << socket.error().message();
+  EventLoop first_loop;
+  EventLoop second_loop;
+  Accepted first;
+  Accepted second;
+  Listener::Options options;
+  options.exclusive = true;
+  Listener first_listener(first_loop, *socket, collect_into(first), options);
+  Listener second_listener(second_loop, *socket, collect_into(second), options);
+  ASSERT_FALSE(first_listener.start());
+  ASSERT_FALSE(second_listener.start());
+  const EpollWatches watches = epoll_watches_of(socket->fd());
+  EXPECT_EQ(watches.all, 2);
+  EXPECT_EQ(watches.exclusive, 2);
+
+  // The loops run one at a time here: whichever runs takes the connection.
+  int a = connect_to(socket->address());
+  ASSERT_GE(a, 0);
+  ASSERT_TRUE(run_until(first_loop, [&] { return first.sockets.size() == 1; }));
+  int b = connect_to(socket->address());
+  ASSERT_GE(b, 0);
+  ASSERT_TRUE(run_until(second_loop, [&] { return second.sockets.size() == 1; }));
+  EXPECT_EQ(first.sockets.size(), 1u);
+  ::close(a);
+  ::close(b);
+
+  // Without the option, no EPOLLEXCLUSIVE.
+  first_listener.stop();
+  second_listener.stop();
+  Listener plain(first_loop, *socket, collect_into(first));
+  ASSERT_FALSE(plain.start());
+  const EpollWatches plain_watches = epoll_watches_of(socket->fd());
+  EXPECT_EQ(plain_watches.all, 1);
+  EXPECT_EQ(plain_watches.exclusive, 0);
+}
+
 TEST(Listener, DestroyingTheListenerDeregistersIt) {
   auto socket = ListenSocket::open(Address::ipv4_loopback(0));
   ASSERT_TRUE(socket.ok()) << socket.error().message();
@@ -348,6 +597,8 @@ struct DisarmAtExit {
   ~DisarmAtExit() {
     accept_fault.disarm();
     epoll_ctl_fault.disarm();
+    listen_fault.disarm();
+    open_fault.disarm();
   }
 };
 
@@ -457,44 +708,144 @@ INSTANTIATE_TEST_SUITE_P(Listener, AcceptSkipOneError,
                            return std::string(strerrorname_np(info.param));
                          });
 
-// EMFILE with the spare: the pending connection is accepted on the spare's fd and closed at
-// once (the client reads EOF), counted and reported once.
-TEST(Listener, EmfileShedsThePendingConnectionThroughTheSpare) {
+class FdExhaustion : public ::testing::TestWithParam<int> {};
+
+// EMFILE or ENFILE with the spare: the pending connection is accepted on the spare's fd and
+// closed at once (the client reads EOF), counted and reported once.
+TEST_P(FdExhaustion, ShedsThePendingConnectionThroughTheSpare) {
+  const int err = GetParam();
   DisarmAtExit disarm;
   ManualClock clock;
   PendingConnection p(clock);
   ASSERT_TRUE(p.ready()) << std::strerror(errno);
 
-  accept_fault.arm(EMFILE, 1);
+  accept_fault.arm(err, 1);
   p.spin_for(kIterations);
   EXPECT_EQ(accept_fault.injected.load(), 1);
   EXPECT_TRUE(p.accepted.sockets.empty());
   EXPECT_EQ(p.listener->fd_exhaustion(), 1u);
   ASSERT_EQ(p.errors.size(), 1u);
-  EXPECT_EQ(p.errors[0], std::errc::too_many_files_open);
+  EXPECT_EQ(p.errors[0], std::error_code(err, std::system_category()));
   EXPECT_TRUE(p.registered());
   char c;
   EXPECT_EQ(::recv(p.client, &c, 1, MSG_DONTWAIT), 0) << "the shed connection was not closed";
 }
 
-// EMFILE again on the spare's turn (another thread took the fd the spare gave back): the
-// connection stays pending, so the listener pauses rather than try again every iteration.
-TEST(Listener, EmfileThatTheSpareCannotRelievePausesInsteadOfSpinning) {
+// EMFILE or ENFILE again on the spare's turn (another thread took the fd the spare gave back;
+// with ENFILE, another process): the connection stays pending, so the listener pauses rather
+// than try again every iteration.
+TEST_P(FdExhaustion, ThatTheSpareCannotRelievePausesInsteadOfSpinning) {
   DisarmAtExit disarm;
   ManualClock clock;
   PendingConnection p(clock);
   ASSERT_TRUE(p.ready()) << std::strerror(errno);
 
-  accept_fault.arm(EMFILE, -1);
+  accept_fault.arm(GetParam(), -1);
   p.spin_for(kIterations);
   EXPECT_EQ(accept_fault.injected.load(), 2) << "accept4 calls: the first and the spare's";
   EXPECT_EQ(p.errors.size(), 1u);
+  EXPECT_EQ(p.listener->fd_exhaustion(), 1u);
   EXPECT_FALSE(p.registered());
 
   accept_fault.disarm();
   clock.advance(PendingConnection::kPause);
   ASSERT_TRUE(run_until(p.loop, [&] { return p.accepted.sockets.size() == 1; }));
   EXPECT_TRUE(p.registered());
+}
+
+INSTANTIATE_TEST_SUITE_P(Listener, FdExhaustion, ::testing::Values(EMFILE, ENFILE),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return std::string(strerrorname_np(info.param));
+                         });
+
+// "Should the spare not relieve it (no spare, ...), accepting pauses": the spare could not be
+// reopened after shedding (open fails as well), so the next exhaustion has no fd to give up:
+// accepting pauses without a second accept4, the connection stays queued (not shed), and it
+// is accepted when the pause ends.
+TEST(Listener, FdExhaustionWithNoSparePausesAndTheConnectionWaits) {
+  DisarmAtExit disarm;
+  ManualClock clock;
+  PendingConnection p(clock);
+  ASSERT_TRUE(p.ready()) << std::strerror(errno);
+
+  accept_fault.arm(EMFILE, 1);
+  open_fault.arm(EMFILE, -1);
+  p.spin_for(kIterations);
+  ASSERT_EQ(p.errors.size(), 1u);
+  ASSERT_EQ(open_fault.injected.load(), 1) << "the spare was not reopened after shedding";
+  EXPECT_TRUE(p.registered());
+  char c;
+  EXPECT_EQ(::recv(p.client, &c, 1, MSG_DONTWAIT), 0) << "the first connection was not shed";
+
+  const int second = connect_to(p.socket->address());
+  ASSERT_GE(second, 0) << std::strerror(errno);
+  accept_fault.arm(EMFILE, -1);
+  p.spin_for(kIterations);
+  EXPECT_EQ(accept_fault.injected.load(), 1) << "accept4 calls: no spare, no second try";
+  EXPECT_EQ(open_fault.injected.load(), 2) << "one more try to reopen the spare";
+  EXPECT_EQ(p.errors.size(), 2u);
+  EXPECT_EQ(p.listener->fd_exhaustion(), 2u);
+  EXPECT_FALSE(p.registered()) << "not paused";
+  EXPECT_LT(::recv(second, &c, 1, MSG_DONTWAIT), 0) << "the second connection was shed";
+
+  accept_fault.disarm();
+  open_fault.disarm();
+  clock.advance(PendingConnection::kPause);
+  ASSERT_TRUE(run_until(p.loop, [&] { return p.accepted.sockets.size() == 1; }));
+  EXPECT_TRUE(p.registered());
+  ::close(second);
+}
+
+// accept4 reports EMFILE before it looks at the queue. When the spare's turn finds the queue
+// empty (someone else took the connection), the listener stops there: no pause, no spin, and
+// the next connection is accepted at once.
+TEST(Listener, FdExhaustionWithAnEmptyQueueNeitherPausesNorSpins) {
+  DisarmAtExit disarm;
+  ManualClock clock;
+  PendingConnection p(clock);
+  ASSERT_TRUE(p.ready()) << std::strerror(errno);
+
+  int taken = -1;
+  p.listener->set_error_handler([&](std::error_code ec) {
+    p.errors.push_back(ec);
+    // Another process sharing the socket accepts the connection meanwhile.
+    taken = ::accept4(p.socket->fd(), nullptr, nullptr, SOCK_CLOEXEC);
+  });
+  accept_fault.arm(EMFILE, 1);
+  p.spin_for(kIterations);
+  ASSERT_GE(taken, 0) << std::strerror(errno);
+  EXPECT_EQ(p.errors.size(), 1u);
+  EXPECT_EQ(p.listener->fd_exhaustion(), 1u);
+  EXPECT_TRUE(p.registered()) << "paused although nothing was pending";
+  EXPECT_TRUE(p.accepted.sockets.empty());
+
+  const int next = connect_to(p.socket->address());
+  ASSERT_GE(next, 0) << std::strerror(errno);
+  p.spin_for(5);  // no clock advance: a paused listener would not accept
+  EXPECT_EQ(p.accepted.sockets.size(), 1u);
+  EXPECT_EQ(p.errors.size(), 1u);
+  ::close(taken);
+  ::close(next);
+}
+
+// A connection lost on the spare's turn (ECONNABORTED, ...) is one off the queue like a shed
+// one: accepting goes on in the same readiness.
+TEST(Listener, ConnectionLostOnTheSparesTurnGoesOn) {
+  DisarmAtExit disarm;
+  ManualClock clock;
+  PendingConnection p(clock);
+  ASSERT_TRUE(p.ready()) << std::strerror(errno);
+
+  accept_fault.arm(EMFILE, 1);
+  p.listener->set_error_handler([&p](std::error_code ec) {
+    p.errors.push_back(ec);
+    if (ec == std::errc::too_many_files_open) accept_fault.arm(ECONNABORTED, 1);
+  });
+  EXPECT_EQ(p.loop.run_once(std::chrono::seconds(10)), 1u);
+  EXPECT_EQ(p.errors.size(), 1u);
+  EXPECT_TRUE(p.registered());
+  // The injected ECONNABORTED left the real connection queued: the next accept4 takes it.
+  EXPECT_EQ(p.accepted.sockets.size(), 1u);
 }
 
 // A memory error on the spare's turn pauses too.
@@ -517,6 +868,73 @@ TEST(Listener, MemoryErrorOnTheSparesTurnPauses) {
 
   clock.advance(PendingConnection::kPause);
   ASSERT_TRUE(run_until(p.loop, [&] { return p.accepted.sockets.size() == 1; }));
+}
+
+// stop() stops for good: a pause under way does not register the listener again when it
+// ends; start() does, at once. Errors pause accepting with no error handler set as well.
+TEST(Listener, StopDuringAPauseCancelsTheResume) {
+  DisarmAtExit disarm;
+  ManualClock clock;
+  PendingConnection p(clock);
+  ASSERT_TRUE(p.ready()) << std::strerror(errno);
+  p.listener->set_error_handler(nullptr);
+
+  accept_fault.arm(ENOMEM, 1);
+  p.spin_for(kIterations);
+  ASSERT_EQ(accept_fault.injected.load(), 1);
+  ASSERT_FALSE(p.registered()) << "not paused";
+  p.listener->stop();
+  clock.advance(10 * PendingConnection::kPause);
+  p.spin_for(kIterations);
+  EXPECT_FALSE(p.registered()) << "the pause's end registered a stopped listener";
+  EXPECT_TRUE(p.accepted.sockets.empty());
+
+  ASSERT_FALSE(p.listener->start());
+  EXPECT_TRUE(p.registered());
+  ASSERT_TRUE(run_until(p.loop, [&] { return p.accepted.sockets.size() == 1; }));
+}
+
+// start() during a pause registers at once (the pause's own retry is cancelled: still one
+// registration when its time comes).
+TEST(Listener, StartDuringAPauseRegistersAtOnce) {
+  DisarmAtExit disarm;
+  ManualClock clock;
+  PendingConnection p(clock);
+  ASSERT_TRUE(p.ready()) << std::strerror(errno);
+
+  accept_fault.arm(ENOBUFS, 1);
+  p.spin_for(kIterations);
+  ASSERT_FALSE(p.registered()) << "not paused";
+  ASSERT_FALSE(p.listener->start());
+  EXPECT_TRUE(p.registered());
+  ASSERT_TRUE(run_until(p.loop, [&] { return p.accepted.sockets.size() == 1; }));
+  clock.advance(10 * PendingConnection::kPause);
+  p.spin_for(kIterations);
+  EXPECT_TRUE(p.registered());
+  EXPECT_EQ(p.errors.size(), 1u);
+}
+
+// A stop() from on_error (a server shutting down on an accept error) stays stopped: the pause
+// the error would begin does not register the listener again.
+TEST(Listener, StopFromOnErrorIsNotUndoneByThePause) {
+  DisarmAtExit disarm;
+  ManualClock clock;
+  PendingConnection p(clock);
+  ASSERT_TRUE(p.ready()) << std::strerror(errno);
+  p.listener->set_error_handler([&p](std::error_code ec) {
+    p.errors.push_back(ec);
+    p.listener->stop();
+  });
+
+  accept_fault.arm(ENOMEM, 1);
+  p.spin_for(kIterations);
+  ASSERT_EQ(p.errors.size(), 1u);
+  EXPECT_FALSE(p.registered());
+  clock.advance(10 * PendingConnection::kPause);
+  p.spin_for(kIterations);
+  EXPECT_FALSE(p.registered()) << "the pause's end registered a stopped listener";
+  EXPECT_TRUE(p.accepted.sockets.empty());
+  EXPECT_EQ(p.errors.size(), 1u);
 }
 
 // The registration at the end of a pause can fail under the same memory pressure (epoll_ctl

@@ -3,6 +3,7 @@
 #include "reactor/tcp_server.hpp"
 
 #include <poll.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -31,6 +33,19 @@
 reactor::test::InjectedFault accept_fault;
 REACTOR_INJECTABLE(accept_fault, accept4, (int fd, sockaddr* addr, socklen_t* len, int flags),
                    (fd, addr, len, flags))
+// And every epoll_ctl ADD (a registration failing for want of memory); other ops pass through.
+reactor::test::InjectedFault epoll_add_fault;
+extern "C" int epoll_ctl(int epfd, int op, int fd, epoll_event* event) noexcept {
+  if (op == EPOLL_CTL_ADD) {
+    if (int injected_errno = epoll_add_fault.take()) {
+      errno = injected_errno;
+      return -1;
+    }
+  }
+  using Real = int (*)(int, int, int, epoll_event*) noexcept;
+  static const Real real = reactor::test::real_function<Real>("epoll_ctl");
+  return real(epfd, op, fd, event);
+}
 
 namespace reactor {
 namespace {
@@ -47,6 +62,14 @@ using test::run_until;
 using test::send_all;
 using test::TempDir;
 using test::with_clock;
+
+// Each test that arms a fault disarms them when it ends, whatever happened.
+struct DisarmAtExit {
+  ~DisarmAtExit() {
+    accept_fault.disarm();
+    epoll_add_fault.disarm();
+  }
+};
 
 // ---------------------------------------------------------------------------------------------
 // One loop
@@ -77,6 +100,35 @@ TEST(TcpServer, StartOnABusyPortIsAddressInUse) {
   auto ec = server.start();
   EXPECT_EQ(ec, std::errc::address_in_use) << ec.message();
   EXPECT_EQ(loop.registrations(), registrations) << "nothing listens after a failed start";
+}
+
+// "Errors: those of ListenSocket::open ..., after which nothing listens": also when the
+// listener's registration fails (epoll_ctl, ENOMEM): the socket is closed (its Unix file gone)
+// and a later start() listens.
+TEST(TcpServer, StartFailingToRegisterLeavesNothingListening) {
+  DisarmAtExit disarm;
+  TempDir dir;
+  auto address = Address::parse("unix:" + dir.file("server.sock"));
+  ASSERT_TRUE(address.ok());
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  const std::size_t registrations = loop.registrations();
+  TcpServer server(loop, *address, handlers);
+  epoll_add_fault.arm(ENOMEM, 1);
+  auto ec = server.start();
+  EXPECT_EQ(epoll_add_fault.injected.load(), 1);
+  EXPECT_EQ(ec, std::errc::not_enough_memory) << ec.message();
+  EXPECT_EQ(loop.registrations(), registrations);
+  EXPECT_EQ(connect_errno(*address), ENOENT) << "something still listens";
+
+  ASSERT_FALSE(server.start());
+  int client = connect_to(*address);
+  ASSERT_GE(client, 0) << std::strerror(errno);
+  ASSERT_TRUE(send_all(client, "second start"));
+  std::string got;
+  ASSERT_TRUE(receive(loop, client, 12, got));
+  EXPECT_EQ(got, "second start");
+  ::close(client);
 }
 
 // Connects to `address`, sends `message` and expects it back (echo handlers).
@@ -228,6 +280,59 @@ TEST(TcpServer, ConnectionOverTheCapIsAcceptedAndClosedAtOnce) {
   ::close(over);
   ::close(a);
   ::close(b);
+}
+
+// A connection the server cannot register (epoll_ctl, ENOMEM) is closed at once: never opened
+// nor counted, its slot free again, and the server goes on serving.
+TEST(TcpServer, ConnectionThatCannotBeRegisteredIsClosedAndTheServerGoesOn) {
+  DisarmAtExit disarm;
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  std::vector<ConnectionId> ids;
+  server.set_open_handler([&](Connection& c) { ids.push_back(c.id()); });
+  ASSERT_FALSE(server.start());
+
+  epoll_add_fault.arm(ENOMEM, 1);
+  int lost = connect_to(server.address());
+  ASSERT_GE(lost, 0) << std::strerror(errno);
+  EXPECT_NE(read_until_closed(loop, lost), PeerEnd::open);
+  EXPECT_EQ(epoll_add_fault.injected.load(), 1);
+  EXPECT_TRUE(ids.empty());
+  EXPECT_EQ(server.stats().accepted, 0u);
+  EXPECT_EQ(server.stats().active, 0u);
+  ::close(lost);
+
+  expect_echo(loop, server.address(), "next one");
+  ASSERT_EQ(ids.size(), 1u);
+  EXPECT_EQ(ids[0].slot, 0u) << "the failed connection's slot was not freed";
+  EXPECT_EQ(server.stats().accepted, 1u);
+}
+
+// ServerOptions::accepts_per_event reaches the listener: ten connections queued, at most three
+// accepted per readiness.
+TEST(TcpServer, AcceptsPerEventBoundsAcceptsPerReadiness) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  ServerOptions options;
+  options.accepts_per_event = 3;
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers, options);
+  ASSERT_FALSE(server.start());
+  std::vector<int> clients;
+  for (int i = 0; i < 10; ++i) {
+    int fd = connect_to(server.address());
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    clients.push_back(fd);
+  }
+  // The handshakes are complete in the kernel's queue: the first readiness is immediate, and
+  // the accepted connections have nothing to read yet.
+  EXPECT_EQ(loop.run_once(10s), 1u);
+  EXPECT_EQ(server.stats().accepted, 3u);
+  loop.run_once(10s);
+  EXPECT_EQ(server.stats().accepted, 6u);
+  ASSERT_TRUE(run_until(loop, [&] { return server.stats().accepted == 10; }));
+  for (int fd : clients)
+    ::close(fd);
 }
 
 TEST(TcpServer, ClosingAConnectionMakesRoomUnderTheCap) {
@@ -403,6 +508,41 @@ TEST(TcpServer, GracefulStopDeliversQueuedOutputThenEofAndClosesThePort) {
   EXPECT_EQ(connect_errno(address), ECONNREFUSED);
 }
 
+// "Graceful shutdown: stop accepting": a client that connects while the stop waits for an open
+// connection is neither accepted nor served, and is turned away once the stop completes and
+// the listening socket closes.
+TEST(TcpServer, ConnectionsArrivingDuringAStopAreNotAccepted) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  int opened = 0;
+  server.set_open_handler([&](Connection&) { ++opened; });
+  ASSERT_FALSE(server.start());
+  int first = connect_to(server.address());
+  ASSERT_GE(first, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return opened == 1; }));
+
+  int done = 0;
+  server.stop(10s, [&] { ++done; });
+  int late = connect_to(server.address());  // the kernel still completes the handshake
+  ASSERT_GE(late, 0) << std::strerror(errno);
+  ASSERT_TRUE(send_all(late, "anyone?"));
+  EXPECT_EQ(read_until_closed(loop, first), PeerEnd::eof);
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(1ms);
+  EXPECT_EQ(opened, 1);
+  EXPECT_EQ(done, 0);
+
+  ::close(first);
+  ASSERT_TRUE(run_until(loop, [&] { return done == 1; }));
+  std::string echoed;
+  EXPECT_NE(read_until_closed(loop, late, &echoed), PeerEnd::open);
+  EXPECT_EQ(echoed, "");
+  EXPECT_EQ(opened, 1);
+  EXPECT_EQ(server.stats().accepted, 1u);
+  ::close(late);
+}
+
 TEST(TcpServer, ConnectionThatNeverClosesIsAbortedAfterGrace) {
   ManualClock clock;
   EventLoop loop(with_clock(clock));
@@ -489,6 +629,95 @@ TEST(TcpServer, SecondStopJoinsTheFirstAndEachDoneRunsOnceInOrder) {
   EXPECT_EQ(ran, (std::vector<int>{1, 2}));
 }
 
+// "Every stop()'s done runs exactly once": also a done given to a stop() that joins a stop
+// begun without one.
+TEST(TcpServer, StopWithDoneJoiningAStopWithoutDoneRunsItsDoneOnce) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  ASSERT_FALSE(server.start());
+  int done = 0;
+  server.stop(1s);
+  server.stop(1s, [&] { ++done; });
+  ASSERT_TRUE(run_until(loop, [&] { return done > 0; }));
+  for (int i = 0; i < 3; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(done, 1);
+}
+
+// "stop(): any thread ... It takes effect on the home loop (a call from another thread is
+// posted there)": until the home loop runs it, nothing has changed (a start() on the home loop
+// still succeeds); then it stops that start and runs `done` on the home loop's thread.
+TEST(TcpServer, StopFromAnotherThreadTakesEffectOnTheHomeLoop) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  int done = 0;
+  std::thread::id done_on;
+  std::thread([&] {
+    server.stop(5s, [&] {
+      ++done;
+      done_on = std::this_thread::get_id();
+    });
+  }).join();
+  ASSERT_FALSE(server.start()) << "the stop took effect on the calling thread";
+  const Address address = server.address();
+  int client = connect_to(address);
+  ASSERT_GE(client, 0) << std::strerror(errno);
+  EXPECT_NE(read_until_closed(loop, client), PeerEnd::open);
+  ::close(client);
+  ASSERT_TRUE(run_until(loop, [&] { return done > 0; }));
+  EXPECT_EQ(done, 1);
+  EXPECT_EQ(done_on, std::this_thread::get_id());
+  EXPECT_EQ(connect_errno(address), ECONNREFUSED);
+}
+
+// "destroying the server during a stop cancels the stop (its done never runs)": also when the
+// stop is still on its way from another thread.
+TEST(TcpServer, DestroyedWithAStopPostedFromAnotherThreadNeverRunsDone) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  auto server = std::make_unique<TcpServer>(loop, Address::ipv4_loopback(0), handlers);
+  ASSERT_FALSE(server->start());
+  int done = 0;
+  std::thread([&] { server->stop(1s, [&] { ++done; }); }).join();
+  server.reset();
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(done, 0);
+}
+
+// "a stop() while one is under way joins it (... its `grace` is ignored)": a joining stop with
+// no grace does not abort what the first stop's grace still allows.
+TEST(TcpServer, JoiningStopsGraceIsIgnored) {
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  ConnectionHandlers handlers = echo_handlers();
+  std::vector<CloseReason> reasons;
+  handlers.on_close = [&](Connection&, CloseReason r, std::error_code) { reasons.push_back(r); };
+  ServerOptions options;
+  options.connection.linger = std::chrono::hours(1);
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers, options);
+  ASSERT_FALSE(server.start());
+  int client = connect_to(server.address());
+  ASSERT_GE(client, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return server.stats().active == 1; }));
+
+  int done = 0;
+  server.stop(5s, [&] { ++done; });
+  server.stop(0s, [&] { ++done; });
+  ASSERT_EQ(read_until_closed(loop, client), PeerEnd::eof);
+  clock.advance(4s);
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(1ms);
+  EXPECT_TRUE(reasons.empty()) << "aborted before the first stop's grace ran out";
+  EXPECT_EQ(done, 0);
+  clock.advance(1s);
+  ASSERT_TRUE(run_until(loop, [&] { return done == 2; }));
+  EXPECT_EQ(reasons, std::vector<CloseReason>{CloseReason::aborted});
+  ::close(client);
+}
+
 TEST(TcpServer, StopOnAServerThatDoesNotListenRunsDone) {
   EventLoop loop;
   ConnectionHandlers handlers = echo_handlers();
@@ -552,6 +781,56 @@ TEST(TcpServer, DestroyedDuringAGracefulStopDetachesItsConnections) {
     loop.run_once(0ms);
   EXPECT_EQ(done, 0);
   EXPECT_EQ(closes, 0);
+  ::close(client);
+}
+
+// "`done` itself may destroy the server": nothing of the server runs after it.
+TEST(TcpServer, DoneMayDestroyTheServer) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  auto server = std::make_unique<TcpServer>(loop, Address::ipv4_loopback(0), handlers);
+  ASSERT_FALSE(server->start());
+  int client = connect_to(server->address());
+  ASSERT_GE(client, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return server->stats().active == 1; }));
+  int done = 0;
+  server->stop(5s, [&] {
+    ++done;
+    server.reset();
+  });
+  EXPECT_EQ(read_until_closed(loop, client), PeerEnd::eof);
+  ::close(client);
+  ASSERT_TRUE(run_until(loop, [&] { return done > 0; }));
+  EXPECT_EQ(server, nullptr);
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(done, 1);
+}
+
+// "open connections, and ended ones whose on_close is still due, are dropped without
+// callbacks": an abort() from outside the callbacks leaves on_close due (it runs from the
+// loop); destroying the server first drops it.
+TEST(TcpServer, DestroyedWithAnOnCloseStillDueDropsIt) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  int closes = 0;
+  handlers.on_close = [&](Connection&, CloseReason, std::error_code) { ++closes; };
+  auto server = std::make_unique<TcpServer>(loop, Address::ipv4_loopback(0), handlers);
+  ConnectionId id;
+  server->set_open_handler([&](Connection& c) { id = c.id(); });
+  ASSERT_FALSE(server->start());
+  int client = connect_to(server->address());
+  ASSERT_GE(client, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return static_cast<bool>(id); }));
+  Connection* c = server->find(id);
+  ASSERT_NE(c, nullptr);
+  c->abort();
+  EXPECT_EQ(closes, 0) << "on_close ran inside abort()";
+  server.reset();
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(closes, 0);
+  EXPECT_NE(read_until_closed(loop, client), PeerEnd::open);
   ::close(client);
 }
 
@@ -866,6 +1145,36 @@ TEST(TcpServerStats, MemoryErrorsWhileAcceptingAreReportedButAreNotFdExhaustion)
   EXPECT_EQ(server.stats().fd_exhaustion, 0u) << "ENOMEM counted as fd exhaustion";
   ::close(client);
 }
+
+class TcpServerFdExhaustion : public ::testing::TestWithParam<int> {};
+
+// "Fd exhaustion is handled by the Listener (see listener.hpp) and counted here": EMFILE and
+// ENFILE each count once in stats().fd_exhaustion and reach on_error; the shed client sees its
+// connection end, and the server goes on.
+TEST_P(TcpServerFdExhaustion, IsCountedAndReportedThroughOnError) {
+  DisarmAtExit disarm;
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  std::vector<std::error_code> errors;
+  server.set_error_handler([&](std::error_code ec) { errors.push_back(ec); });
+  ASSERT_FALSE(server.start());
+  accept_fault.arm(GetParam(), 1);
+  const int client = connect_to(server.address());
+  ASSERT_GE(client, 0);
+  EXPECT_NE(read_until_closed(loop, client), PeerEnd::open);
+  ::close(client);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0], std::error_code(GetParam(), std::system_category()));
+  EXPECT_EQ(server.stats().fd_exhaustion, 1u);
+  EXPECT_EQ(server.stats().accepted, 0u);
+  expect_echo(loop, server.address(), "still serving");
+}
+
+INSTANTIATE_TEST_SUITE_P(TcpServerStats, TcpServerFdExhaustion, ::testing::Values(EMFILE, ENFILE),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return std::string(strerrorname_np(info.param));
+                         });
 
 }  // namespace
 }  // namespace reactor

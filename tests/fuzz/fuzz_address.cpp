@@ -3,8 +3,9 @@
 // Input: the whole input is tried both as text for parse() and as the raw bytes of a sockaddr
 // of exactly that length (in a heap block of that size, so ASan sees any read past `len`).
 // Invariants (address.hpp):
-// - parse() never crashes; when it succeeds, to_string() is canonical: parse(to_string(a)) == a
-//   and printing that again gives the same text;
+// - parse() never crashes; its errors are AddressErrors (address_category(), a value of the enum)
+//   that compare equal to std::errc::invalid_argument; when it succeeds, to_string() is canonical:
+//   parse(to_string(a)) == a and printing that again gives the same text;
 // - from_sockaddr() never crashes and never reads past `len`; what it produces prints, and
 //   converts back through sockaddr_ptr()/length() to an equal Address; when its text parses,
 //   that is the same address, except for the documented non-round-tripping forms.
@@ -43,7 +44,15 @@ void touch(const reactor::Address& a) {
 void check_parsed(std::string_view text) {
   auto parsed = reactor::Address::parse(text);
   if (!parsed) {
-    if (parsed.error() != std::errc::invalid_argument) fail("parse error is not EINVAL", text);
+    const std::error_code ec = parsed.error();
+    if (ec.category() != reactor::address_category()) {
+      fail("parse error is not in the address category", ec.message());
+    }
+    if (ec.value() < static_cast<int>(reactor::AddressError::empty) ||
+        ec.value() > static_cast<int>(reactor::AddressError::bad_unix_path)) {
+      fail("parse error is not an AddressError", ec.message());
+    }
+    if (ec != std::errc::invalid_argument) fail("parse error is not EINVAL", text);
     return;
   }
   const reactor::Address& a = *parsed;
