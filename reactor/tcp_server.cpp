@@ -58,6 +58,8 @@ class TcpServer::Shard {
 };
 
 void TcpServer::Shard::accept(Fd socket, const Address& peer) {
+  // Not reached in a stop (the listener stops first and checks its registration before every
+  // accept4); kept so that a change there cannot hand a stopping shard a connection.
   if (stopping) {
     bump(refused, 1);  // the socket closes here
     return;

@@ -62,7 +62,9 @@ struct ServerOptions {
 struct ServerStats {
   std::uint64_t accepted = 0;
   std::uint64_t active = 0;
-  std::uint64_t refused = 0;        // over max_connections, or while stopping
+  // Accepted over max_connections and closed at once. A stop accepts nothing more: connections
+  // that arrive during one wait in the backlog and are reset when it completes, uncounted.
+  std::uint64_t refused = 0;
   std::uint64_t fd_exhaustion = 0;  // EMFILE/ENFILE while accepting (other accept errors: on_error)
   std::uint64_t bytes_in = 0;
   std::uint64_t bytes_out = 0;
