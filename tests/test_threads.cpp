@@ -15,14 +15,22 @@
 #include <future>
 #include <memory>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "injected_fault.hpp"
 #include "loopback.hpp"
 #include "reactor/event_loop.hpp"
 #include "reactor/loop_thread.hpp"
 #include "reactor/tcp_server.hpp"
+
+// The loop's eventfd, failable on demand: a LoopThread whose loop cannot be built.
+namespace {
+reactor::test::InjectedFault eventfd_fault;
+}  // namespace
+REACTOR_INJECTABLE(eventfd_fault, eventfd, (unsigned int count, int flags), (count, flags))
 
 namespace reactor {
 namespace {
@@ -158,6 +166,29 @@ TEST(EventLoopThreads, LoopThreadBuildsItsLoopWithTheGivenOptions) {
   const auto [uses_pwait2, now] = future.get();
   EXPECT_FALSE(uses_pwait2);
   EXPECT_EQ(now, TimePoint{} + 42h);
+}
+
+// EventLoop's constructor throws std::system_error when it cannot get its own fds (EMFILE at
+// start-up); a LoopThread builds its loop on its own thread, so it hands that exception to the
+// thread that constructed it, after its thread ended, instead of ending the process (an
+// exception leaving a thread's function calls std::terminate).
+TEST(EventLoopThreads, LoopThreadWhoseLoopCannotBeBuiltThrowsItsErrorToTheCreator) {
+  struct Disarm {
+    ~Disarm() { eventfd_fault.disarm(); }
+  } disarm;
+  eventfd_fault.arm(EMFILE);
+  try {
+    LoopThread worker;
+    ADD_FAILURE() << "a LoopThread without a loop";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code(), std::errc::too_many_files_open);
+  }
+  EXPECT_EQ(eventfd_fault.injected.load(), 1);
+  eventfd_fault.disarm();
+  LoopThread works;  // and the next one is fine
+  std::promise<void> ran;
+  works.loop().post([&] { ran.set_value(); });
+  EXPECT_EQ(ran.get_future().wait_for(kDeadline), std::future_status::ready);
 }
 
 // "The constructor ... returns once the loop exists; loop() may then be used from any thread as
