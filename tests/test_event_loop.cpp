@@ -155,6 +155,19 @@ EventLoop::Options busy_poll_options() {
   return options;
 }
 
+// Delivers one byte through a pipe on `loop`: true if its handler ran.
+bool delivers_io(EventLoop& loop) {
+  FdPair p = make_pipe();
+  if (!p.a) return false;
+  int calls = 0;
+  auto id = loop.add(p.a.get(), io::readable, [&](std::uint32_t) { ++calls; });
+  if (!id) return false;
+  write_byte(p.b.get());
+  const bool ran = run_until(loop, [&] { return calls > 0; });
+  loop.remove(*id);
+  return ran;
+}
+
 // ---- the API ----
 
 // The shared read buffer is Connection's internal (a friend), not part of the loop's API.
@@ -369,6 +382,49 @@ TEST(EventLoop, MaxEventsBoundsHowManyEventsOneIterationDispatches) {
   EXPECT_EQ(loop.stats().events, 3u);
   for (IoId id : ids)
     loop.remove(id);
+}
+
+// io::exclusive: "interest only; add() only": accepted by add(), and the fd is reported as usual.
+TEST(EventLoop, AddWithExclusiveIsAcceptedAndReportsReadiness) {
+  EventLoop loop;
+  FdPair p = make_pipe();
+  ASSERT_TRUE(p.a);
+  int calls = 0;
+  auto id = loop.add(p.a.get(), io::readable | io::exclusive, [&](std::uint32_t) { ++calls; });
+  ASSERT_TRUE(id) << id.error().message();
+  EXPECT_EQ(loop.interest(*id), io::readable | io::exclusive);
+  write_byte(p.b.get());
+  ASSERT_TRUE(run_until(loop, [&] { return calls > 0; }));
+  loop.remove(*id);
+}
+
+// IoId: "once removed, an IoId is stale forever"; an id this loop never handed out (another
+// loop's, a slot past its table, the default one) is stale too: interest() 0, modify() EBADF,
+// remove() ignored.
+TEST(EventLoop, IdsThisLoopNeverHandedOutAreStale) {
+  EventLoop loop;
+  for (const IoId id : {IoId{}, IoId{12345, 1}, IoId{0, 7}}) {
+    EXPECT_EQ(loop.interest(id), 0u);
+    EXPECT_EQ(loop.modify(id, io::readable), std::errc::bad_file_descriptor);
+    loop.remove(id);
+  }
+  EXPECT_EQ(loop.registrations(), 1u);
+  EXPECT_TRUE(delivers_io(loop)) << "the loop's own eventfd registration was touched";
+}
+
+// ~EventLoop: "Registered fds are not closed: they belong to whoever registered them; their
+// handlers ... are destroyed after that, with the loop".
+TEST(EventLoop, DestroyingTheLoopLeavesRegisteredFdsOpenAndDestroysTheirHandlers) {
+  FdPair p = make_pipe();
+  ASSERT_TRUE(p.a);
+  int live = 0;
+  {
+    EventLoop loop;
+    ASSERT_TRUE(loop.add(p.a.get(), io::readable, [c = Counted(&live)](std::uint32_t) {}));
+    EXPECT_EQ(live, 1);
+  }
+  EXPECT_EQ(live, 0);
+  EXPECT_GE(::fcntl(p.a.get(), F_GETFD), 0) << "the loop closed an fd it did not own";
 }
 
 // ---- modify ----
@@ -643,6 +699,20 @@ TEST(EventLoop, EpollPwait2NeverFiresASubMillisecondTimerEarly) {
   EXPECT_LE(waits.last_pwait2_timeout_ns.load(), std::chrono::nanoseconds(kDelay).count());
 }
 
+// Step 1: the wait lasts "until the next timer that can fire" only when that comes before the
+// caller's own bound: a timer an hour out leaves run_once(5 ms) a 5 ms wait.
+TEST(EventLoop, ATimerLaterThanTheTimeoutDoesNotLengthenTheWait) {
+  EventLoop loop;
+  loop.after(1h, [] {});
+  waits.reset();
+  EXPECT_EQ(loop.run_once(5ms), 0u);
+  if (loop.stats().epoll_pwait2) {
+    EXPECT_EQ(waits.last_pwait2_timeout_ns.load(), std::chrono::nanoseconds(5ms).count());
+  } else {
+    EXPECT_EQ(waits.last_wait_timeout_ms.load(), 5);
+  }
+}
+
 // "epoll_wait, millisecond timeout rounded up": 1 ns waits 1 ms, never 0 (a timer would be woken
 // for before its deadline and spin); a timeout past what an int of milliseconds holds waits
 // INT_MAX ms rather than wrapping negative (forever) or to a short wait.
@@ -758,19 +828,6 @@ TEST(EventLoopWaitErrors, EintrOnEachWaitIsAnEmptyIteration) {
   epoll_wait_fault.arm(EINTR);
   EXPECT_EQ(fallback.run_once(1s), 0u);
   EXPECT_EQ(epoll_wait_fault.injected.load(), 1);
-}
-
-// Delivers one byte through a pipe on `loop`: true if its handler ran.
-bool delivers_io(EventLoop& loop) {
-  FdPair p = make_pipe();
-  if (!p.a) return false;
-  int calls = 0;
-  auto id = loop.add(p.a.get(), io::readable, [&](std::uint32_t) { ++calls; });
-  if (!id) return false;
-  write_byte(p.b.get());
-  const bool ran = run_until(loop, [&] { return calls > 0; });
-  loop.remove(*id);
-  return ran;
 }
 
 // As under a seccomp profile that denies epoll_pwait2 (every call fails with EPERM).
