@@ -337,6 +337,43 @@ TEST(TimerQueue, TimerAddedDuringRunCanBeCancelledInSameRun) {
   EXPECT_TRUE(log.empty());
 }
 
+// "a callback may ... cancel ... any other timer, add timers": of three timers added during one
+// run, cancelling the first (not the last added) leaves the other two pending, each still
+// cancellable by its own id, and they fire on the next run.
+TEST(TimerQueue, CancellingOneOfSeveralTimersAddedDuringARunKeepsTheOthers) {
+  TimerQueue q;
+  std::vector<int> log;
+  TimerId ids[3];
+  q.add(at(10), kOnce, [&] {
+    for (int i = 0; i < 3; ++i)
+      ids[i] = q.add(at(20 + i), kOnce, record(log, i));
+    EXPECT_TRUE(q.cancel(ids[0]));
+    EXPECT_EQ(q.size(), 2u);
+    EXPECT_EQ(q.next_deadline(), at(21));
+  });
+  q.run_due(at(10));
+  EXPECT_EQ(q.size(), 2u);
+  EXPECT_FALSE(q.cancel(ids[0]));
+  EXPECT_EQ(q.run_due(at(100)), 2u);
+  EXPECT_EQ(log, (std::vector<int>{1, 2}));
+  // Cancelling the first moves the last into its place: that one must still be found by its
+  // id, and cancelling it must not take the middle one with it.
+  TimerQueue r;
+  std::vector<int> fired;
+  TimerId staged[3];
+  r.add(at(10), kOnce, [&] {
+    for (int i = 0; i < 3; ++i)
+      staged[i] = r.add(at(30 + i), kOnce, record(fired, i));
+    EXPECT_TRUE(r.cancel(staged[0]));
+    EXPECT_TRUE(r.cancel(staged[2]));
+  });
+  r.run_due(at(10));
+  EXPECT_EQ(r.size(), 1u);
+  EXPECT_EQ(r.run_due(at(100)), 1u);
+  EXPECT_EQ(fired, std::vector<int>{1});
+  EXPECT_TRUE(r.empty());
+}
+
 TEST(TimerQueue, RepeatingTimerStaysOnItsGrid) {
   TimerQueue q;
   std::vector<TimePoint> fired_at;
