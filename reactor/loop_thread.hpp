@@ -3,9 +3,11 @@
 //
 // The constructor starts the thread and returns once the loop exists; loop() may then be used
 // from any thread as the EventLoop contract allows (post(), stop()), and fully from tasks posted
-// to it. The destructor stops the loop and joins the thread; the loop is destroyed on its own
-// thread, and with it the timers and tasks still queued (see ~EventLoop). Signals: threads inherit
-// the creating thread's signal mask, so call block_signals() before creating any LoopThread.
+// to it. When the loop cannot be built (EventLoop's constructor throws: EMFILE at start-up), the
+// constructor rethrows that exception once the thread has ended. The destructor stops the loop and
+// joins the thread; the loop is destroyed on its own thread, and with it the timers and tasks still
+// queued (see ~EventLoop). Signals: threads inherit the creating thread's signal mask, so call
+// block_signals() before creating any LoopThread.
 #pragma once
 
 #include <atomic>

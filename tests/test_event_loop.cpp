@@ -11,8 +11,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <fstream>
-#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,24 +18,78 @@
 #include <utility>
 #include <vector>
 
+#include "counting_new.hpp"
 #include "injected_fault.hpp"
 #include "loopback.hpp"
 #include "reactor/socket.hpp"
 
-// The loop's waits, failable on demand (this executable's definitions take the library's calls).
-// x86_64 glibc exports plain epoll_pwait2; a 32-bit build with 64-bit time_t would call
-// __epoll_pwait2_time64 instead, which this does not catch.
+// The loop's syscalls, failable on demand (this executable's definitions take the library's
+// calls). x86_64 glibc exports plain epoll_pwait2; a 32-bit build with 64-bit time_t would call
+// __epoll_pwait2_time64 instead, which this does not catch. The waits are also counted, by kind,
+// so the busy-poll tests see which waits the loop made.
 namespace {
 reactor::test::InjectedFault pwait2_fault;
 reactor::test::InjectedFault epoll_wait_fault;
+reactor::test::InjectedFault epoll_create_fault;
+reactor::test::InjectedFault eventfd_fault;
+reactor::test::InjectedFault epoll_ctl_fault;
+reactor::test::InjectedFault signalfd_fault;
+
+struct WaitCounts {
+  std::atomic<int> pwait2_blocking{0};     // epoll_pwait2 with no timeout or a non-zero one
+  std::atomic<int> pwait2_nonblocking{0};  // epoll_pwait2 with a zero timeout
+  std::atomic<int> wait_blocking{0};       // epoll_wait with timeout != 0
+  std::atomic<int> wait_nonblocking{0};    // epoll_wait with timeout 0 (busy-poll spins)
+  std::atomic<long long> last_pwait2_timeout_ns{-2};           // -1: none (block until an event)
+  std::atomic<long long> last_blocking_pwait2_timeout_ns{-2};  // the last non-zero one
+  std::atomic<int> last_wait_timeout_ms{-2};
+  void reset() {
+    pwait2_blocking = 0;
+    pwait2_nonblocking = 0;
+    wait_blocking = 0;
+    wait_nonblocking = 0;
+    last_pwait2_timeout_ns = -2;
+    last_blocking_pwait2_timeout_ns = -2;
+    last_wait_timeout_ms = -2;
+  }
+};
+WaitCounts waits;
 }  // namespace
-REACTOR_INJECTABLE(pwait2_fault, epoll_pwait2,
-                   (int epfd, epoll_event* events, int max, const timespec* timeout,
-                    const sigset_t* mask),
-                   (epfd, events, max, timeout, mask))
-REACTOR_INJECTABLE(epoll_wait_fault, epoll_wait,
-                   (int epfd, epoll_event* events, int max, int timeout),
-                   (epfd, events, max, timeout))
+
+extern "C" int epoll_pwait2(int epfd, epoll_event* events, int max, const timespec* timeout,
+                            const sigset_t* mask) {
+  const bool zero = timeout && timeout->tv_sec == 0 && timeout->tv_nsec == 0;
+  (zero ? waits.pwait2_nonblocking : waits.pwait2_blocking).fetch_add(1);
+  waits.last_pwait2_timeout_ns =
+      timeout ? timeout->tv_sec * 1'000'000'000LL + timeout->tv_nsec : -1;
+  if (!zero) waits.last_blocking_pwait2_timeout_ns = waits.last_pwait2_timeout_ns.load();
+  if (int injected_errno = pwait2_fault.take()) {
+    errno = injected_errno;
+    return -1;
+  }
+  using Real = int (*)(int, epoll_event*, int, const timespec*, const sigset_t*);
+  static const Real real = reactor::test::real_function<Real>("epoll_pwait2");
+  return real(epfd, events, max, timeout, mask);
+}
+
+extern "C" int epoll_wait(int epfd, epoll_event* events, int max, int timeout) {
+  (timeout == 0 ? waits.wait_nonblocking : waits.wait_blocking).fetch_add(1);
+  waits.last_wait_timeout_ms = timeout;
+  if (int injected_errno = epoll_wait_fault.take()) {
+    errno = injected_errno;
+    return -1;
+  }
+  using Real = int (*)(int, epoll_event*, int, int);
+  static const Real real = reactor::test::real_function<Real>("epoll_wait");
+  return real(epfd, events, max, timeout);
+}
+
+REACTOR_INJECTABLE(epoll_create_fault, epoll_create1, (int flags), (flags))
+REACTOR_INJECTABLE(eventfd_fault, eventfd, (unsigned int count, int flags), (count, flags))
+REACTOR_INJECTABLE(epoll_ctl_fault, epoll_ctl, (int epfd, int op, int fd, epoll_event* event),
+                   (epfd, op, fd, event))
+REACTOR_INJECTABLE(signalfd_fault, signalfd, (int fd, const sigset_t* mask, int flags),
+                   (fd, mask, flags))
 
 namespace reactor {
 namespace {
@@ -81,6 +133,43 @@ struct Counted {
   ~Counted() { --*live_; }
   int* live_;
 };
+
+// Disarms every fault when a test ends, however it ends.
+struct Disarm {
+  ~Disarm() {
+    pwait2_fault.disarm();
+    epoll_wait_fault.disarm();
+    epoll_create_fault.disarm();
+    eventfd_fault.disarm();
+    epoll_ctl_fault.disarm();
+    signalfd_fault.disarm();
+  }
+};
+
+EventLoop::Options fallback_options() {
+  EventLoop::Options options;
+  options.use_epoll_pwait2 = false;
+  return options;
+}
+
+EventLoop::Options busy_poll_options() {
+  EventLoop::Options options;
+  options.busy_poll = 1ms;
+  return options;
+}
+
+// Delivers one byte through a pipe on `loop`: true if its handler ran.
+bool delivers_io(EventLoop& loop) {
+  FdPair p = make_pipe();
+  if (!p.a) return false;
+  int calls = 0;
+  auto id = loop.add(p.a.get(), io::readable, [&](std::uint32_t) { ++calls; });
+  if (!id) return false;
+  write_byte(p.b.get());
+  const bool ran = run_until(loop, [&] { return calls > 0; });
+  loop.remove(*id);
+  return ran;
+}
 
 // ---- the API ----
 
@@ -210,6 +299,137 @@ TEST(EventLoop, AddingTheSameFdTwiceFailsWithEexist) {
   loop.remove(*first);
 }
 
+// "Errors: those of epoll_ctl (... EPERM for regular files, ...)".
+TEST(EventLoop, AddingARegularFileFailsWithEperm) {
+  EventLoop loop;
+  Fd file(::open("/proc/self/exe", O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(file);
+  auto id = loop.add(file.get(), io::readable, [](std::uint32_t) {});
+  ASSERT_FALSE(id);
+  EXPECT_EQ(id.error(), std::errc::operation_not_permitted);
+  EXPECT_EQ(loop.registrations(), 1u);
+}
+
+// io::hangup: "event only, always reported": a registration with an empty interest set still
+// hears that its peer is gone.
+TEST(EventLoop, HangupIsReportedEvenWhenNotInTheInterestSet) {
+  EventLoop loop;
+  FdPair s = make_socketpair();
+  ASSERT_TRUE(s.a);
+  std::uint32_t seen = 0;
+  auto id = loop.add(s.a.get(), 0, [&](std::uint32_t events) { seen |= events; });
+  ASSERT_TRUE(id);
+  loop.run_once(0ns);
+  EXPECT_EQ(seen, 0u);
+  s.b.reset();
+  ASSERT_TRUE(run_until(loop, [&] { return seen != 0; }));
+  EXPECT_TRUE(seen & io::hangup);
+  EXPECT_FALSE(seen & io::readable) << "readable was not asked for";
+  loop.remove(*id);
+}
+
+// io::error: "event only, always reported": the write end of a pipe whose reader is gone.
+TEST(EventLoop, ErrorIsReportedEvenWhenNotInTheInterestSet) {
+  EventLoop loop;
+  FdPair p = make_pipe();
+  ASSERT_TRUE(p.b);
+  std::uint32_t seen = 0;
+  auto id = loop.add(p.b.get(), 0, [&](std::uint32_t events) { seen |= events; });
+  ASSERT_TRUE(id);
+  loop.run_once(0ns);
+  EXPECT_EQ(seen, 0u);
+  p.a.reset();
+  ASSERT_TRUE(run_until(loop, [&] { return seen != 0; }));
+  EXPECT_TRUE(seen & io::error);
+  EXPECT_FALSE(seen & io::writable) << "writable was not asked for";
+  loop.remove(*id);
+}
+
+// "A loop belongs to the thread that constructed it."
+TEST(EventLoop, InLoopThreadIsTrueOnlyOnTheConstructingThread) {
+  EventLoop loop;
+  EXPECT_TRUE(loop.in_loop_thread());
+  bool elsewhere = true;
+  std::thread other([&] { elsewhere = loop.in_loop_thread(); });
+  other.join();
+  EXPECT_FALSE(elsewhere);
+}
+
+// Options::max_events, "epoll_wait batch size": with three fds ready, each iteration dispatches
+// at most one, and none is starved (level-triggered, the others come in the next waits).
+TEST(EventLoop, MaxEventsBoundsHowManyEventsOneIterationDispatches) {
+  EventLoop::Options options;
+  options.max_events = 1;
+  EventLoop loop(options);
+  FdPair pipes[3] = {make_pipe(), make_pipe(), make_pipe()};
+  int calls[3] = {0, 0, 0};
+  IoId ids[3];
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(pipes[i].a);
+    auto id = loop.add(pipes[i].a.get(), io::readable, [&, i](std::uint32_t) {
+      ++calls[i];
+      char c;
+      ASSERT_EQ(::read(pipes[i].a.get(), &c, 1), 1);
+    });
+    ASSERT_TRUE(id);
+    ids[i] = *id;
+    write_byte(pipes[i].b.get());
+  }
+  for (int round = 1; round <= 3; ++round) {
+    EXPECT_EQ(loop.run_once(0ns), 1u);
+    EXPECT_EQ(calls[0] + calls[1] + calls[2], round);
+  }
+  EXPECT_EQ(calls[0], 1);
+  EXPECT_EQ(calls[1], 1);
+  EXPECT_EQ(calls[2], 1);
+  EXPECT_EQ(loop.stats().events, 3u);
+  for (IoId id : ids)
+    loop.remove(id);
+}
+
+// io::exclusive: "interest only; add() only": accepted by add(), and the fd is reported as usual.
+TEST(EventLoop, AddWithExclusiveIsAcceptedAndReportsReadiness) {
+  EventLoop loop;
+  FdPair p = make_pipe();
+  ASSERT_TRUE(p.a);
+  int calls = 0;
+  auto id = loop.add(p.a.get(), io::readable | io::exclusive, [&](std::uint32_t) { ++calls; });
+  ASSERT_TRUE(id) << id.error().message();
+  EXPECT_EQ(loop.interest(*id), io::readable | io::exclusive);
+  write_byte(p.b.get());
+  ASSERT_TRUE(run_until(loop, [&] { return calls > 0; }));
+  loop.remove(*id);
+}
+
+// IoId: "once removed, an IoId is stale forever"; an id this loop never handed out (another
+// loop's, a slot past its table, the default one) is stale too: interest() 0, modify() EBADF,
+// remove() ignored.
+TEST(EventLoop, IdsThisLoopNeverHandedOutAreStale) {
+  EventLoop loop;
+  for (const IoId id : {IoId{}, IoId{12345, 1}, IoId{0, 7}}) {
+    EXPECT_EQ(loop.interest(id), 0u);
+    EXPECT_EQ(loop.modify(id, io::readable), std::errc::bad_file_descriptor);
+    loop.remove(id);
+  }
+  EXPECT_EQ(loop.registrations(), 1u);
+  EXPECT_TRUE(delivers_io(loop)) << "the loop's own eventfd registration was touched";
+}
+
+// ~EventLoop: "Registered fds are not closed: they belong to whoever registered them; their
+// handlers ... are destroyed after that, with the loop".
+TEST(EventLoop, DestroyingTheLoopLeavesRegisteredFdsOpenAndDestroysTheirHandlers) {
+  FdPair p = make_pipe();
+  ASSERT_TRUE(p.a);
+  int live = 0;
+  {
+    EventLoop loop;
+    ASSERT_TRUE(loop.add(p.a.get(), io::readable, [c = Counted(&live)](std::uint32_t) {}));
+    EXPECT_EQ(live, 1);
+  }
+  EXPECT_EQ(live, 0);
+  EXPECT_GE(::fcntl(p.a.get(), F_GETFD), 0) << "the loop closed an fd it did not own";
+}
+
 // ---- modify ----
 
 TEST(EventLoop, ModifyWithUnchangedInterestDoesNotCallEpollCtl) {
@@ -251,6 +471,34 @@ TEST(EventLoop, ModifyOfARemovedRegistrationFails) {
   EXPECT_EQ(loop.stats().epoll_ctl_calls, before);
 }
 
+// "interest ... add() only, never modify()": epoll refuses EPOLLEXCLUSIVE in a modify, the error
+// comes back and the registration keeps its interest.
+TEST(EventLoop, ModifyToExclusiveFailsWithEinvalAndKeepsTheInterest) {
+  EventLoop loop;
+  FdPair s = make_socketpair();
+  ASSERT_TRUE(s.a);
+  auto id = loop.add(s.a.get(), io::readable, [](std::uint32_t) {});
+  ASSERT_TRUE(id);
+  EXPECT_EQ(loop.modify(*id, io::readable | io::exclusive), std::errc::invalid_argument);
+  EXPECT_EQ(loop.interest(*id), io::readable);
+  loop.remove(*id);
+}
+
+// "Errors are returned as std::error_code": the fd was closed without remove() (a bug in the
+// caller), so the kernel dropped the registration: modify() says EBADF instead of pretending.
+TEST(EventLoop, ModifyOfAClosedFdReturnsEbadf) {
+  EventLoop loop;
+  FdPair s = make_socketpair();
+  ASSERT_TRUE(s.a);
+  auto id = loop.add(s.a.get(), io::readable, [](std::uint32_t) {});
+  ASSERT_TRUE(id);
+  s.a.reset();
+  EXPECT_EQ(loop.modify(*id, io::writable), std::errc::bad_file_descriptor);
+  EXPECT_EQ(loop.interest(*id), io::readable);
+  loop.remove(*id);  // its EPOLL_CTL_DEL fails (EBADF); the registration is gone all the same
+  EXPECT_EQ(loop.registrations(), 1u);
+}
+
 // ---- removal inside a dispatch round ----
 
 TEST(EventLoop, RemovingAnotherFdReadyInTheSameBatchDropsItsEvent) {
@@ -272,8 +520,9 @@ TEST(EventLoop, RemovingAnotherFdReadyInTheSameBatchDropsItsEvent) {
   write_byte(first.b.get());
   write_byte(second.b.get());
   const auto stale_before = loop.stats().stale_events;
-  // Both are readable before the wait, so one epoll_wait returns both.
-  loop.run_once(0ns);
+  // Both are readable before the wait, so one epoll_wait returns both; run_once() counts the
+  // stale one too ("stale ones ... included").
+  EXPECT_EQ(loop.run_once(0ns), 2u);
   EXPECT_EQ(calls[0] + calls[1], 1) << "the removed handler must never be called";
   EXPECT_EQ(loop.stats().stale_events, stale_before + 1);
   // Level-triggered and still unread, but removed: never reported again.
@@ -423,12 +672,145 @@ TEST(EventLoop, EpollWaitFallbackNeverFiresASubMillisecondTimerEarly) {
   EXPECT_FALSE(loop.stats().epoll_pwait2);
 }
 
+// Whether this kernel (and seccomp profile) lets the process call epoll_pwait2, asked directly.
+bool kernel_has_epoll_pwait2() {
+  Fd epoll(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll) return false;
+  epoll_event event;
+  const timespec zero{};
+  return ::epoll_pwait2(epoll.get(), &event, 1, &zero, nullptr) >= 0;
+}
+
 TEST(EventLoop, EpollPwait2NeverFiresASubMillisecondTimerEarly) {
+  if (!kernel_has_epoll_pwait2()) {
+    GTEST_SKIP() << "this kernel or seccomp profile refuses epoll_pwait2 (ENOSYS/EPERM): the "
+                    "loop uses the epoll_wait fallback, tested above";
+  }
   EventLoop loop;
+  ASSERT_TRUE(loop.stats().epoll_pwait2)
+      << "the kernel has epoll_pwait2 but the loop does not use it";
+  waits.reset();
   constexpr auto kDelay = 300us;
   const auto waited = time_to_fire(loop, kDelay);
   ASSERT_TRUE(waited);
   EXPECT_GE(*waited, kDelay);
+  EXPECT_TRUE(loop.stats().epoll_pwait2);
+  // The wait was epoll_pwait2's, bounded by the timer in nanoseconds, not rounded up to a
+  // millisecond. (A thread preempted for longer than kDelay before it waits finds the timer due
+  // and makes no blocking wait at all: then there is no wait to look at.)
+  EXPECT_EQ(waits.wait_blocking.load(), 0);
+  if (waits.pwait2_blocking.load() > 0) {
+    EXPECT_GT(waits.last_blocking_pwait2_timeout_ns.load(), 0) << "an unbounded wait";
+    EXPECT_LE(waits.last_blocking_pwait2_timeout_ns.load(),
+              std::chrono::nanoseconds(kDelay).count());
+  }
+}
+
+// Step 1: the wait lasts "until the next timer that can fire" only when that comes before the
+// caller's own bound: a timer an hour out leaves run_once(5 ms) a 5 ms wait.
+TEST(EventLoop, ATimerLaterThanTheTimeoutDoesNotLengthenTheWait) {
+  EventLoop loop;
+  loop.after(1h, [] {});
+  waits.reset();
+  EXPECT_EQ(loop.run_once(5ms), 0u);
+  if (loop.stats().epoll_pwait2) {
+    EXPECT_EQ(waits.last_pwait2_timeout_ns.load(), std::chrono::nanoseconds(5ms).count());
+  } else {
+    EXPECT_EQ(waits.last_wait_timeout_ms.load(), 5);
+  }
+}
+
+// "epoll_wait, millisecond timeout rounded up": 1 ns waits 1 ms, never 0 (a timer would be woken
+// for before its deadline and spin); a timeout past what an int of milliseconds holds waits
+// INT_MAX ms rather than wrapping negative (forever) or to a short wait.
+TEST(EventLoop, EpollWaitFallbackRoundsTheTimeoutUpToWholeMilliseconds) {
+  EventLoop loop(fallback_options());
+  FdPair p = make_pipe();
+  ASSERT_TRUE(p.a);
+  auto id = loop.add(p.a.get(), io::readable, [](std::uint32_t) {});
+  ASSERT_TRUE(id);
+  waits.reset();
+  EXPECT_EQ(loop.run_once(1ns), 0u);
+  EXPECT_EQ(waits.last_wait_timeout_ms.load(), 1);
+  EXPECT_EQ(loop.run_once(1ms + 1ns), 0u);
+  EXPECT_EQ(waits.last_wait_timeout_ms.load(), 2);
+  write_byte(p.b.get());  // so that the long wait returns at once
+  EXPECT_EQ(loop.run_once(24h * 365), 1u);
+  EXPECT_EQ(waits.last_wait_timeout_ms.load(), 0x7fffffff);
+  loop.remove(*id);
+}
+
+// ---- waiting: busy-poll ----
+//
+// Options::busy_poll: "spin on a non-blocking epoll_wait for up to this long before sleeping".
+
+TEST(EventLoopBusyPoll, SpinsWithNonBlockingWaitsThenSleepsForTheRestOfTheTimeout) {
+  EventLoop loop(busy_poll_options());  // 1 ms
+  waits.reset();
+  EXPECT_EQ(loop.run_once(20ms), 0u);
+  EXPECT_GE(waits.wait_nonblocking.load(), 1) << "no spin";
+  if (loop.stats().epoll_pwait2) {
+    EXPECT_EQ(waits.pwait2_blocking.load(), 1) << "one sleeping wait after the spin";
+    EXPECT_EQ(waits.last_pwait2_timeout_ns.load(), std::chrono::nanoseconds(19ms).count());
+  } else {
+    EXPECT_EQ(waits.wait_blocking.load(), 1);
+    EXPECT_EQ(waits.last_wait_timeout_ms.load(), 19);
+  }
+}
+
+TEST(EventLoopBusyPoll, IoFoundWhileSpinningIsDispatchedWithoutSleeping) {
+  EventLoop loop(busy_poll_options());
+  FdPair p = make_pipe();
+  ASSERT_TRUE(p.a);
+  int calls = 0;
+  auto id = loop.add(p.a.get(), io::readable, [&](std::uint32_t) { ++calls; });
+  ASSERT_TRUE(id);
+  write_byte(p.b.get());
+  waits.reset();
+  EXPECT_EQ(loop.run_once(), 1u);  // no timeout: a sleep here would be an indefinite one
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(waits.wait_nonblocking.load(), 1);
+  EXPECT_EQ(waits.pwait2_blocking.load() + waits.wait_blocking.load(), 0);
+  loop.remove(*id);
+}
+
+// "up to this long": the spin and the sleep together never outlast the caller's timeout, and a
+// zero timeout (do not block) does not spin at all.
+TEST(EventLoopBusyPoll, NeverWaitsLongerThanTheTimeoutAndDoesNotSpinOnZero) {
+  EventLoop::Options options;
+  options.busy_poll = 50ms;
+  EventLoop loop(options);
+  waits.reset();
+  EXPECT_EQ(loop.run_once(0ns), 0u);
+  EXPECT_EQ(waits.wait_nonblocking.load(), 0) << "a zero timeout spun";
+  EXPECT_EQ(waits.pwait2_nonblocking.load() + waits.wait_nonblocking.load() +
+                waits.pwait2_blocking.load() + waits.wait_blocking.load(),
+            1);
+  waits.reset();
+  EXPECT_EQ(loop.run_once(1ms), 0u);
+  EXPECT_GE(waits.wait_nonblocking.load(), 1);
+  if (loop.stats().epoll_pwait2) {
+    EXPECT_EQ(waits.pwait2_nonblocking.load(), 1) << "the sleep after the spin must be zero";
+    EXPECT_EQ(waits.pwait2_blocking.load(), 0);
+  }
+}
+
+// With no timeout, the sleep after the spin has none either: it lasts until an event (here a
+// post from another thread, which may also land during the spin).
+TEST(EventLoopBusyPoll, WithoutATimeoutSleepsUntilAnEventAfterTheSpin) {
+  EventLoop loop(busy_poll_options());
+  waits.reset();
+  bool ran = false;
+  std::thread poster([&] {
+    std::this_thread::sleep_for(20ms);  // not synchronisation: either moment passes the test
+    loop.post([&] { ran = true; });
+  });
+  EXPECT_TRUE(run_unbounded_until(loop, [&] { return ran; }));
+  poster.join();
+  EXPECT_GE(waits.wait_nonblocking.load(), 1);
+  if (waits.pwait2_blocking.load() > 0) {
+    EXPECT_EQ(waits.last_pwait2_timeout_ns.load(), -1) << "the sleep after the spin had a timeout";
+  }
 }
 
 // ---- waiting: errors (injected) ----
@@ -436,26 +818,6 @@ TEST(EventLoop, EpollPwait2NeverFiresASubMillisecondTimerEarly) {
 // EINTR is an empty iteration; ENOSYS or EPERM (a seccomp filter) from the first epoll_pwait2
 // switches to epoll_wait for good; any other error means the loop cannot wait: it aborts with
 // a message naming the call and the errno, rather than spin on an error that will not go away.
-
-// Disarms both faults when a test ends, however it ends.
-struct Disarm {
-  ~Disarm() {
-    pwait2_fault.disarm();
-    epoll_wait_fault.disarm();
-  }
-};
-
-EventLoop::Options fallback_options() {
-  EventLoop::Options options;
-  options.use_epoll_pwait2 = false;
-  return options;
-}
-
-EventLoop::Options busy_poll_options() {
-  EventLoop::Options options;
-  options.busy_poll = 1ms;
-  return options;
-}
 
 TEST(EventLoopWaitErrors, EintrOnEachWaitIsAnEmptyIteration) {
   const Disarm disarm;
@@ -473,19 +835,6 @@ TEST(EventLoopWaitErrors, EintrOnEachWaitIsAnEmptyIteration) {
   epoll_wait_fault.arm(EINTR);
   EXPECT_EQ(fallback.run_once(1s), 0u);
   EXPECT_EQ(epoll_wait_fault.injected.load(), 1);
-}
-
-// Delivers one byte through a pipe on `loop`: true if its handler ran.
-bool delivers_io(EventLoop& loop) {
-  FdPair p = make_pipe();
-  if (!p.a) return false;
-  int calls = 0;
-  auto id = loop.add(p.a.get(), io::readable, [&](std::uint32_t) { ++calls; });
-  if (!id) return false;
-  write_byte(p.b.get());
-  const bool ran = run_until(loop, [&] { return calls > 0; });
-  loop.remove(*id);
-  return ran;
 }
 
 // As under a seccomp profile that denies epoll_pwait2 (every call fails with EPERM).
@@ -568,6 +917,65 @@ TEST(EventLoopWaitErrorsDeathTest, EbadfWhileBusyPollingAborts) {
       "epoll_wait failed: EBADF");
 }
 
+// ---- construction errors (injected) ----
+//
+// "The constructor throws std::system_error only when the loop cannot get its own fds (epoll,
+// eventfd): EMFILE at start-up." Each failure closes what the constructor had already opened.
+
+TEST(EventLoopErrors, ConstructorThrowsWhenEpollCreateFails) {
+  const Disarm disarm;
+  const int fds_before = test::open_fd_count();
+  epoll_create_fault.arm(EMFILE);
+  try {
+    EventLoop loop;
+    ADD_FAILURE() << "constructed without an epoll fd";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code(), std::errc::too_many_files_open);
+    EXPECT_NE(std::string(e.what()).find("epoll_create1"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(test::open_fd_count(), fds_before);
+}
+
+TEST(EventLoopErrors, ConstructorThrowsWhenEventfdFailsAndClosesTheEpollFd) {
+  const Disarm disarm;
+  const int fds_before = test::open_fd_count();
+  eventfd_fault.arm(EMFILE);
+  try {
+    EventLoop loop;
+    ADD_FAILURE() << "constructed without an eventfd";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code(), std::errc::too_many_files_open);
+    EXPECT_NE(std::string(e.what()).find("eventfd"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(test::open_fd_count(), fds_before) << "the epoll fd leaked";
+}
+
+TEST(EventLoopErrors, ConstructorThrowsWhenRegisteringItsEventfdFailsAndClosesBoth) {
+  const Disarm disarm;
+  const int fds_before = test::open_fd_count();
+  epoll_ctl_fault.arm(ENOMEM);
+  try {
+    EventLoop loop;
+    ADD_FAILURE() << "constructed without its eventfd registered";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code(), std::errc::not_enough_memory);
+    EXPECT_NE(std::string(e.what()).find("epoll_ctl"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(test::open_fd_count(), fds_before) << "the epoll fd or the eventfd leaked";
+}
+
+// Another error from the first epoll_pwait2 (not ENOSYS or EPERM) does not turn the fallback on:
+// it is not a sign of a kernel or a profile without the call.
+TEST(EventLoopErrors, OtherErrorFromTheFirstEpollPwait2KeepsEpollPwait2) {
+  if (!kernel_has_epoll_pwait2()) GTEST_SKIP() << "this kernel refuses epoll_pwait2 anyway";
+  const Disarm disarm;
+  pwait2_fault.arm(EINTR);
+  EventLoop loop;
+  EXPECT_EQ(pwait2_fault.injected.load(), 1);
+  EXPECT_TRUE(loop.stats().epoll_pwait2);
+  EXPECT_TRUE(delivers_io(loop));
+}
+
 // ---- defer ----
 
 TEST(EventLoop, DeferredTasksRunInOrderAfterTheWholeBatch) {
@@ -616,6 +1024,49 @@ TEST(EventLoop, TaskDeferredByADeferredTaskRunsNextIterationWithoutBlocking) {
   // nullopt timeout: would block forever if the pending deferred task did not shorten the wait.
   loop.run_once();
   EXPECT_EQ(log, (std::vector<int>{1, 2}));
+}
+
+// Step 4 of an iteration: "deferred tasks (defer()), then posted tasks (post())", whatever the
+// order they were queued in.
+TEST(EventLoop, DeferredTasksRunBeforePostedTasks) {
+  EventLoop loop;
+  std::vector<std::string> log;
+  loop.post([&] { log.push_back("posted 1"); });
+  loop.defer([&] { log.push_back("deferred 1"); });
+  loop.post([&] { log.push_back("posted 2"); });
+  loop.defer([&] { log.push_back("deferred 2"); });
+  loop.run_once(0ns);
+  EXPECT_EQ(log, (std::vector<std::string>{"deferred 1", "deferred 2", "posted 1", "posted 2"}));
+}
+
+// "One iteration, in order": dispatch (2), timers due (3), deferred then posted tasks (4), and
+// only then are the handlers of registrations removed during it destroyed (5). All five in one
+// run_once(): the timer is due and the pipe readable before it starts.
+TEST(EventLoop, OneIterationRunsIoThenTimersThenDeferredThenPostedThenDestroysRemovedHandlers) {
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  FdPair p = make_pipe();
+  ASSERT_TRUE(p.a);
+  std::vector<std::string> log;
+  int live = 0;  // the removed handler's capture
+  IoId id;
+  auto added = loop.add(p.a.get(), io::readable, [&, c = Counted(&live)](std::uint32_t) {
+    log.push_back("io");
+    loop.remove(id);
+  });
+  ASSERT_TRUE(added);
+  id = *added;
+  loop.after(1ms, [&] { log.push_back("timer"); });
+  loop.defer([&] { log.push_back("deferred, handler alive: " + std::to_string(live)); });
+  loop.post([&] { log.push_back("posted, handler alive: " + std::to_string(live)); });
+  clock.advance(1ms);
+  write_byte(p.b.get());
+  const auto iterations = loop.stats().iterations;
+  loop.run_once(0ns);
+  EXPECT_EQ(loop.stats().iterations, iterations + 1);
+  EXPECT_EQ(log, (std::vector<std::string>{"io", "timer", "deferred, handler alive: 1",
+                                           "posted, handler alive: 1"}));
+  EXPECT_EQ(live, 0) << "the removed handler outlived its iteration";
 }
 
 // ---- timers on a ManualClock ----
@@ -816,14 +1267,122 @@ TEST(EventLoopTimers, TimerReschedulingItselfFiresOncePerReschedule) {
   EXPECT_EQ(fired, 3);
 }
 
+// Options::clock: "Under a replaced clock timers never shorten the wait: time moves only when the
+// test moves it, then run_once() fires what is due." A timer 1 ns out on the manual clock must
+// not end a wait without a timeout: only the post, 20 ms later, does (on the real clock such a
+// timer would end it at once, with no wakeup).
 TEST(EventLoopTimers, ManualClockDoesNotShortenTheWait) {
   ManualClock clock;
   EventLoop loop(with_clock(clock));
   int fired = 0;
-  loop.after(0ns, [&] { ++fired; });
+  loop.after(1ns, [&] { ++fired; });
+  std::thread poster([&] {
+    std::this_thread::sleep_for(20ms);  // a wait the timer cut short returns long before this
+    loop.post([] {});
+  });
+  const std::size_t events = loop.run_once(kDeadline);
+  poster.join();
+  EXPECT_EQ(loop.stats().wakeups, 1u) << "the wait ended before the post: the timer shortened it";
+  EXPECT_EQ(events, 1u);
+  EXPECT_EQ(fired, 0) << "the manual clock did not move";
+  clock.advance(1ns);
   loop.run_once(0ns);
   EXPECT_EQ(fired, 1);
   EXPECT_EQ(loop.now(), clock.now());
+}
+
+// now(): "read from the clock at its first use after the wait, then the same value until the
+// next wait". A source that counts its reads shows both halves.
+class CountingClock final : public TimeSource {
+ public:
+  TimePoint now() const noexcept override {
+    ++reads;
+    return clock.now();
+  }
+  ManualClock clock;
+  mutable int reads = 0;
+};
+
+TEST(EventLoopTimers, NowIsReadOnceAfterTheWaitThenTheSameUntilTheNextWait) {
+  CountingClock source;
+  EventLoop::Options options;
+  options.clock = &source;
+  EventLoop loop(options);
+  std::vector<TimePoint> seen;
+  loop.defer([&] {
+    seen.push_back(loop.now());
+    source.clock.advance(5ms);
+    seen.push_back(loop.now());  // cached: the clock moved, now() did not
+  });
+  const int reads_before = source.reads;
+  loop.run_once(0ns);
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0], seen[1]);
+  EXPECT_EQ(source.reads, reads_before + 1);
+  EXPECT_EQ(loop.clock_now(), seen[0] + 5ms) << "clock_now() is a fresh read";
+  // The next iteration reads again.
+  loop.defer([&] { seen.push_back(loop.now()); });
+  loop.run_once(0ns);
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[2], seen[0] + 5ms);
+}
+
+// "an iteration that does not ask (no timer pending, no idle timeout) reads no clock at all".
+TEST(EventLoopTimers, IterationWithNoTimerPendingReadsNoClock) {
+  CountingClock source;
+  EventLoop::Options options;
+  options.clock = &source;
+  EventLoop loop(options);
+  FdPair p = make_pipe();
+  ASSERT_TRUE(p.a);
+  int calls = 0;
+  auto id = loop.add(p.a.get(), io::readable, [&](std::uint32_t) { ++calls; });
+  ASSERT_TRUE(id);
+  write_byte(p.b.get());
+  const int reads_before = source.reads;
+  loop.run_once(0ns);
+  loop.defer([] {});
+  loop.post([] {});
+  loop.run_once(0ns);
+  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(source.reads, reads_before);
+  loop.remove(*id);
+}
+
+// Timers: "fn runs no earlier than (a fresh clock read at the call) + delay", not the iteration's
+// cached now(): a callback that ran late in its iteration does not get an early timer.
+TEST(EventLoopTimers, AfterCountsItsDelayFromAFreshClockReadNotTheCachedNow) {
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  const TimePoint start = clock.now();
+  int fired = 0;
+  loop.defer([&] {
+    EXPECT_EQ(loop.now(), start);  // cached for this iteration
+    clock.advance(5ms);            // the callback took 5 ms
+    loop.after(10ms, [&] { ++fired; });
+  });
+  loop.run_once(0ns);
+  clock.set(start + 15ms - 1ns);
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 0) << "the delay was counted from the stale now()";
+  clock.set(start + 15ms);
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 1);
+}
+
+// A clock whose readings are before its epoch (negative time_since_epoch, a test clock) gets the
+// whole delay too: the saturation of "now + delay" only applies where it could overflow.
+TEST(EventLoopTimers, AfterOnAClockBeforeItsEpochWaitsTheWholeDelay) {
+  ManualClock clock(TimePoint{} - 1h);
+  EventLoop loop(with_clock(clock));
+  int fired = 0;
+  loop.after(2h, [&] { ++fired; });
+  clock.advance(2h - 1ns);
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 0);
+  clock.advance(1ns);
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 1);
 }
 
 // ---- timers: "never" (a deadline past what TimePoint can hold) ----
@@ -907,32 +1466,28 @@ TEST(EventLoopSignals, SigintReachesTheLoop) {
   EXPECT_EQ(received, 1);
 }
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+// Deliveries of SIGWINCH to the handler below (async-signal-safe: a lock-free atomic).
+std::atomic<int> sigwinch_handled{0};
 
 // A signal handled the classic way (sigaction, no SA_RESTART) interrupts the wait: run_once()
 // returns, an empty iteration, so the caller can look at what the handler set.
 TEST(EventLoopSignals, InterruptedWaitEndsTheIteration) {
   struct sigaction action {};
-  action.sa_handler = [](int) {};
+  action.sa_handler = [](int) { sigwinch_handled.fetch_add(1); };
   struct sigaction previous {};
   ASSERT_EQ(::sigaction(SIGWINCH, &action, &previous), 0);  // unblocked in the tests
+  sigwinch_handled = 0;
   EventLoop loop;
   const pthread_t loop_thread = ::pthread_self();
-  const std::string wchan = "/proc/self/task/" + std::to_string(::gettid()) + "/wchan";
   std::atomic<bool> returned{false};
   std::thread signaller([&] {
-    // One signal, once the loop thread sleeps in epoll (its wchan says so). A wait that EINTR
-    // does not end is woken by a post after the deadline instead, which the test then sees.
+    // A signal every millisecond until the wait returns: one that lands before the wait only
+    // runs the handler, a later one lands in the wait. (No need to know when the loop thread
+    // sleeps.) A wait that EINTR does not end is woken by a post after the deadline instead,
+    // which the test then sees.
     const auto give_up = std::chrono::steady_clock::now() + kDeadline;
-    bool sent = false;
     while (!returned.load() && std::chrono::steady_clock::now() < give_up) {
-      if (!sent && read_file(wchan).find("epoll") != std::string::npos) {
-        ::pthread_kill(loop_thread, SIGWINCH);
-        sent = true;
-      }
+      ::pthread_kill(loop_thread, SIGWINCH);
       std::this_thread::sleep_for(1ms);
     }
     if (!returned.load()) loop.post([] {});
@@ -942,7 +1497,41 @@ TEST(EventLoopSignals, InterruptedWaitEndsTheIteration) {
   signaller.join();
   ::sigaction(SIGWINCH, &previous, nullptr);
   EXPECT_EQ(events, 0u);
+  EXPECT_GE(sigwinch_handled.load(), 1);
   EXPECT_EQ(loop.stats().wakeups, 0u) << "the wait went on after EINTR until the post woke it";
+}
+
+// on_signal(): signal numbers are 1..64; anything else is EINVAL, before any syscall.
+TEST(EventLoopSignals, SignalNumberOutOfRangeIsRejectedWithEinval) {
+  EventLoop loop;
+  EXPECT_EQ(loop.on_signal(0, [](int) {}), std::errc::invalid_argument);
+  EXPECT_EQ(loop.on_signal(65, [](int) {}), std::errc::invalid_argument);
+  EXPECT_EQ(loop.registrations(), 1u);
+}
+
+// "Errors are returned as std::error_code": signalfd's (EMFILE here), and the registration's;
+// either way nothing is left installed or open, and a later call works.
+TEST(EventLoopSignals, SignalfdFailureIsReturnedAndLeavesNothingInstalled) {
+  const Disarm disarm;
+  EventLoop loop;
+  signalfd_fault.arm(EMFILE);
+  EXPECT_EQ(loop.on_signal(SIGUSR1, [](int) {}), std::errc::too_many_files_open);
+  EXPECT_EQ(loop.registrations(), 1u);
+  EXPECT_FALSE(loop.on_signal(SIGUSR1, [](int) {})) << "the failed call left SIGUSR1 taken";
+}
+
+TEST(EventLoopSignals, RegistrationFailureIsReturnedAndClosesTheSignalfd) {
+  const Disarm disarm;
+  EventLoop loop;
+  const int fds_before = test::open_fd_count();
+  epoll_ctl_fault.arm(ENOMEM);
+  EXPECT_EQ(loop.on_signal(SIGUSR1, [](int) {}), std::errc::not_enough_memory);
+  EXPECT_EQ(test::open_fd_count(), fds_before) << "the signalfd leaked";
+  EXPECT_EQ(loop.registrations(), 1u);
+  int received = 0;
+  ASSERT_FALSE(loop.on_signal(SIGUSR1, [&](int) { ++received; }));
+  ASSERT_EQ(::kill(::getpid(), SIGUSR1), 0);
+  ASSERT_TRUE(run_until(loop, [&] { return received > 0; }));
 }
 
 TEST(EventLoopSignals, UnblockedSignalIsRejectedWithEinval) {
@@ -1013,6 +1602,150 @@ TEST(EventLoopDeathTest, RunOnceFromInsideRunOnceIsAssertedInDebugBuilds) {
       },
       "not re-entrant");
 #endif
+}
+
+// "run(), run_once() and every method not marked "any thread" must be called on that thread;
+// debug builds assert it."
+TEST(EventLoopDeathTest, CallFromAnotherThreadIsAssertedInDebugBuilds) {
+#ifdef NDEBUG
+  GTEST_SKIP() << "the assertion is compiled out (NDEBUG)";
+#else
+  EventLoop loop;
+  EXPECT_DEATH(
+      {
+        std::thread other([&] { loop.defer([] {}); });
+        other.join();
+      },
+      "does not own the loop");
+  EXPECT_DEATH(
+      {
+        std::thread other([&] { loop.run_once(0ns); });
+        other.join();
+      },
+      "does not own the loop");
+#endif
+}
+
+// block_signals(): blocks them in the calling thread and in the threads it starts afterwards
+// (which is what lets a signalfd receive them). Tried on a thread of its own, so the test
+// process keeps its mask.
+TEST(EventLoopSignals, BlockSignalsBlocksInTheCallerAndInThreadsItStartsLater) {
+  bool blocked_here = false;
+  bool blocked_in_child = false;
+  std::error_code ec;
+  std::thread caller([&] {
+    ec = block_signals({SIGWINCH, SIGCHLD});
+    sigset_t mask;
+    ::pthread_sigmask(SIG_BLOCK, nullptr, &mask);
+    blocked_here = sigismember(&mask, SIGWINCH) == 1 && sigismember(&mask, SIGCHLD) == 1;
+    std::thread child([&] {
+      sigset_t child_mask;
+      ::pthread_sigmask(SIG_BLOCK, nullptr, &child_mask);
+      blocked_in_child = sigismember(&child_mask, SIGWINCH) == 1;
+    });
+    child.join();
+  });
+  caller.join();
+  EXPECT_FALSE(ec);
+  EXPECT_TRUE(blocked_here);
+  EXPECT_TRUE(blocked_in_child);
+  sigset_t mine;
+  ::pthread_sigmask(SIG_BLOCK, nullptr, &mine);
+  EXPECT_EQ(sigismember(&mine, SIGWINCH), 0) << "another thread's call changed this one's mask";
+}
+
+// ---- allocation ----
+
+// "Registration slots (in fixed chunks), the timer heap and the task queues only grow, so a loop
+// in steady state does not allocate." A loop doing every kind of work each iteration (I/O,
+// add/remove, modify, a repeating and a re-armed one-shot timer, cancel, defer, post) makes no
+// allocation once warmed up; operator new is counted on this thread only, inside the window
+// (no gtest assertion runs there).
+TEST(EventLoopAllocation, SteadyStateDoesNotAllocate) {
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  FdPair p = make_pipe();
+  FdPair extra = make_socketpair();
+  ASSERT_TRUE(p.a && extra.a);
+  struct State {
+    EventLoop* loop;
+    int read_fd;
+    int extra_fd;
+    IoId extra_id;
+    TimerId pending;
+    std::uint64_t io = 0, ticks = 0, shots = 0, deferred = 0, posted = 0;
+    bool failed = false;
+  } st{&loop, p.a.get(), extra.a.get(), {}, {}};
+  auto on_readable = [s = &st](std::uint32_t) {
+    char c;
+    if (::read(s->read_fd, &c, 1) != 1) s->failed = true;
+    ++s->io;
+    // A registration removed and another added: the slot comes back through the free list.
+    s->loop->remove(s->extra_id);
+    auto id = s->loop->add(s->extra_fd, io::readable, [s](std::uint32_t) { s->failed = true; });
+    if (!id) s->failed = true;
+    s->extra_id = id ? *id : IoId{};
+    if (s->loop->modify(s->extra_id, io::readable | io::peer_closed)) s->failed = true;
+    // A one-shot timer cancelled before it fires, another that re-arms from its callback.
+    s->loop->cancel(s->pending);
+    s->pending = s->loop->after(1h, [s] { s->failed = true; });
+    s->loop->after(0ns, [s] { ++s->shots; });
+    s->loop->defer([s] { ++s->deferred; });
+    s->loop->post([s] { ++s->posted; });
+  };
+  auto id = loop.add(p.a.get(), io::readable, on_readable);
+  ASSERT_TRUE(id);
+  auto extra_id = loop.add(extra.a.get(), io::readable, [](std::uint32_t) {});
+  ASSERT_TRUE(extra_id);
+  st.extra_id = *extra_id;
+  loop.every(1ms, [s = &st] { ++s->ticks; });
+
+  auto iteration = [&] {
+    const char c = 'x';
+    if (::write(p.b.get(), &c, 1) != 1) st.failed = true;
+    clock.advance(1ms);
+    loop.run_once(0ns);
+  };
+  for (int i = 0; i < 100; ++i)
+    iteration();  // warm-up: every vector reaches its size
+  constexpr int kIterations = 1000;
+  std::size_t allocations = 0;
+  {
+    test::Counting counting;
+    for (int i = 0; i < kIterations; ++i)
+      iteration();
+    allocations = counting.calls();
+  }
+  EXPECT_FALSE(st.failed);
+  EXPECT_EQ(st.io, 100u + kIterations);
+  EXPECT_GE(st.ticks, 100u + kIterations - 1);
+  EXPECT_GE(st.shots, 100u + kIterations - 1);
+  EXPECT_EQ(st.deferred, 100u + kIterations);
+  EXPECT_GE(st.posted, 100u + kIterations - 1);
+  EXPECT_EQ(allocations, 0u) << "allocations in " << kIterations << " steady-state iterations";
+  loop.remove(*id);
+  loop.remove(st.extra_id);
+}
+
+// "The read buffer the loop's connections share ... is 64 KiB, allocated once with the loop":
+// the constructor makes one allocation of at least that size, and running does not repeat it.
+TEST(EventLoopAllocation, SharedReadBufferIsAllocatedOnceWithTheLoop) {
+  std::size_t largest_at_construction = 0;
+  std::size_t largest_running = 0;
+  std::optional<EventLoop> loop;
+  {
+    test::Counting counting;
+    loop.emplace();
+    largest_at_construction = counting.largest();
+  }
+  {
+    test::Counting counting;
+    for (int i = 0; i < 10; ++i)
+      loop->run_once(0ns);
+    largest_running = counting.largest();
+  }
+  EXPECT_GE(largest_at_construction, std::size_t{64 * 1024});
+  EXPECT_EQ(largest_running, 0u);
 }
 
 // ---- stop ----

@@ -3,9 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
+
+#include "counting_new.hpp"
 
 namespace reactor {
 namespace {
@@ -43,6 +47,96 @@ TEST(Function, LambdaCapturingThreePointersIsInline) {
   EXPECT_TRUE(f);
   EXPECT_TRUE(f.is_inline());
   EXPECT_EQ(f(), 6);
+}
+
+// "Function stores callables of up to kInlineSize bytes (four pointers) inside itself, so the
+// common callback, a lambda capturing a pointer or two, never allocates. Larger callables go to
+// the heap." Counted with a replaced operator new: four pointers, moved twice, called and
+// destroyed, allocate nothing; five allocate once (when stored), and moving them does not.
+TEST(Function, FourPointersAreInlineAndNeverAllocateFiveGoToTheHeapOnce) {
+  int a = 1, b = 2, c = 3, d = 4, e = 5;
+  int *pa = &a, *pb = &b, *pc = &c, *pd = &d, *pe = &e;
+  std::size_t inline_allocations = 0;
+  int inline_result = 0;
+  {
+    test::Counting counting;
+    Function<int()> f = [pa, pb, pc, pd] { return *pa + *pb + *pc + *pd; };
+    Function<int()> g = std::move(f);
+    Function<int()> h;
+    h = std::move(g);
+    inline_result = h();
+    h = nullptr;
+    inline_allocations = counting.calls();
+  }
+  EXPECT_EQ(inline_allocations, 0u);
+  EXPECT_EQ(inline_result, 10);
+
+  std::size_t heap_allocations = 0;
+  std::size_t moves_allocations = 0;
+  int heap_result = 0;
+  bool is_inline = true;
+  {
+    test::Counting counting;
+    Function<int()> f = [pa, pb, pc, pd, pe] { return *pa + *pb + *pc + *pd + *pe; };
+    heap_allocations = counting.calls();
+    is_inline = f.is_inline();
+    Function<int()> g = std::move(f);
+    Function<int()> h;
+    h = std::move(g);
+    heap_result = h();
+    moves_allocations = counting.calls() - heap_allocations;
+  }
+  EXPECT_FALSE(is_inline);
+  EXPECT_EQ(heap_allocations, 1u);
+  EXPECT_EQ(moves_allocations, 0u) << "moving a heap-stored callable moves its pointer";
+  EXPECT_EQ(heap_result, 15);
+}
+
+// Inline storage needs the callable to fit in alignment as well as size, and to move without
+// throwing (Function's move is noexcept): other small callables go to the heap, and work.
+struct alignas(2 * alignof(std::max_align_t)) OverAligned {
+  int operator()() const {
+    return reinterpret_cast<std::uintptr_t>(this) % alignof(OverAligned) == 0 ? 1 : 0;
+  }
+};
+struct MayThrowOnMove {
+  MayThrowOnMove() = default;
+  MayThrowOnMove(MayThrowOnMove&&) noexcept(false) {}
+  int operator()() const { return 2; }
+};
+
+TEST(Function, OverAlignedOrThrowingMoveCallablesGoToTheHeap) {
+  Function<int()> aligned = OverAligned{};
+  EXPECT_FALSE(aligned.is_inline());
+  EXPECT_EQ(aligned(), 1) << "the heap copy is not aligned as its type needs";
+  Function<int()> throwing = MayThrowOnMove{};
+  EXPECT_FALSE(throwing.is_inline());
+  EXPECT_EQ(throwing(), 2);
+  Function<int()> empty;
+  EXPECT_TRUE(empty.is_inline()) << "an empty Function holds nothing on the heap";
+}
+
+// Like std::function: a Function<void(...)> discards the callable's result.
+TEST(Function, VoidSignatureDiscardsTheCallablesResult) {
+  int calls = 0;
+  Function<void()> f = [&calls] { return ++calls; };
+  f();
+  f();
+  EXPECT_EQ(calls, 2);
+}
+
+// "Calling an empty Function is a programmer error (asserted in debug builds)."
+TEST(FunctionDeathTest, CallingAnEmptyFunctionIsAssertedInDebugBuilds) {
+#ifdef NDEBUG
+  GTEST_SKIP() << "the assertion is compiled out (NDEBUG)";
+#else
+  Function<void()> empty;
+  EXPECT_DEATH(empty(), "calling an empty reactor::Function");
+  Function<void()> moved_from = [] {};
+  Function<void()> taker = std::move(moved_from);
+  EXPECT_DEATH(moved_from(),
+               "calling an empty reactor::Function");  // NOLINT(bugprone-use-after-move)
+#endif
 }
 
 TEST(Function, LargeCaptureGoesToHeapAndWorks) {

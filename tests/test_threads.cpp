@@ -1,7 +1,9 @@
 // Cross-thread use of the loop: post() and stop() from other threads, LoopThread, and a
 // TcpServer's stop() racing between its loops. Suite 'threads', which CI also runs under
 // ThreadSanitizer.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -13,13 +15,22 @@
 #include <future>
 #include <memory>
 #include <string>
+#include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include "injected_fault.hpp"
 #include "loopback.hpp"
 #include "reactor/event_loop.hpp"
 #include "reactor/loop_thread.hpp"
 #include "reactor/tcp_server.hpp"
+
+// The loop's eventfd, failable on demand: a LoopThread whose loop cannot be built.
+namespace {
+reactor::test::InjectedFault eventfd_fault;
+}  // namespace
+REACTOR_INJECTABLE(eventfd_fault, eventfd, (unsigned int count, int flags), (count, flags))
 
 namespace reactor {
 namespace {
@@ -118,17 +129,225 @@ TEST(EventLoopThreads, LoopThreadRunsPostedTasksOnItsOwnThread) {
   worker.join();  // idempotent
 }
 
+// A posted task's record: how often it ran and whether its callable was destroyed. Written on
+// the loop thread, read after join().
+struct TaskRecord {
+  std::atomic<int> runs{0};
+  std::atomic<int> destroyed{0};
+};
+
+// Marks its record destroyed when the last copy holding it dies (moved-from copies hold none).
+struct MarksDestroyed {
+  explicit MarksDestroyed(TaskRecord* r) : record(r) {}
+  MarksDestroyed(MarksDestroyed&& other) noexcept : record(std::exchange(other.record, nullptr)) {}
+  MarksDestroyed& operator=(MarksDestroyed&&) = delete;
+  ~MarksDestroyed() {
+    if (record) record->destroyed.fetch_add(1);
+  }
+  TaskRecord* record;
+};
+
+// LoopThread(options): the loop is built with them. Seen from a posted task: the epoll_wait
+// fallback and the replaced clock (a ManualClock made before the thread started, read only by
+// the loop).
+TEST(EventLoopThreads, LoopThreadBuildsItsLoopWithTheGivenOptions) {
+  ManualClock clock(TimePoint{} + 42h);
+  EventLoop::Options options;
+  options.use_epoll_pwait2 = false;
+  options.clock = &clock;
+  LoopThread worker(options);
+  std::promise<std::pair<bool, TimePoint>> seen;
+  auto future = seen.get_future();
+  worker.loop().post([&] {
+    EventLoop& loop = worker.loop();
+    seen.set_value({loop.stats().epoll_pwait2, loop.now()});
+  });
+  ASSERT_EQ(future.wait_for(kDeadline), std::future_status::ready);
+  const auto [uses_pwait2, now] = future.get();
+  EXPECT_FALSE(uses_pwait2);
+  EXPECT_EQ(now, TimePoint{} + 42h);
+}
+
+// EventLoop's constructor throws std::system_error when it cannot get its own fds (EMFILE at
+// start-up); a LoopThread builds its loop on its own thread, so it hands that exception to the
+// thread that constructed it, after its thread ended, instead of ending the process (an
+// exception leaving a thread's function calls std::terminate).
+TEST(EventLoopThreads, LoopThreadWhoseLoopCannotBeBuiltThrowsItsErrorToTheCreator) {
+  struct Disarm {
+    ~Disarm() { eventfd_fault.disarm(); }
+  } disarm;
+  eventfd_fault.arm(EMFILE);
+  try {
+    LoopThread worker;
+    ADD_FAILURE() << "a LoopThread without a loop";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code(), std::errc::too_many_files_open);
+  }
+  EXPECT_EQ(eventfd_fault.injected.load(), 1);
+  eventfd_fault.disarm();
+  LoopThread works;  // and the next one is fine
+  std::promise<void> ran;
+  works.loop().post([&] { ran.set_value(); });
+  EXPECT_EQ(ran.get_future().wait_for(kDeadline), std::future_status::ready);
+}
+
+// "The constructor ... returns once the loop exists; loop() may then be used from any thread as
+// the EventLoop contract allows (post(), stop()), and fully from tasks posted to it": a task
+// adds a registration and a timer, whose callbacks then run on the loop's thread.
+TEST(EventLoopThreads, LoopThreadLoopIsFullyUsableFromPostedTasks) {
+  LoopThread worker;
+  EXPECT_FALSE(worker.loop().in_loop_thread());
+  int fds[2];
+  ASSERT_EQ(::pipe2(fds, O_NONBLOCK | O_CLOEXEC), 0);
+  std::promise<bool> io_seen;
+  std::promise<bool> timer_seen;
+  auto io_future = io_seen.get_future();
+  auto timer_future = timer_seen.get_future();
+  IoId id;  // loop thread only
+  worker.loop().post([&] {
+    EventLoop& loop = worker.loop();
+    auto added = loop.add(fds[0], io::readable, [&](std::uint32_t) {
+      loop.remove(id);
+      io_seen.set_value(loop.in_loop_thread());
+    });
+    if (!added) return io_seen.set_value(false);
+    id = *added;
+    loop.after(1ms, [&] { timer_seen.set_value(loop.in_loop_thread()); });
+  });
+  const char c = 'x';
+  ASSERT_EQ(::write(fds[1], &c, 1), 1);
+  ASSERT_EQ(io_future.wait_for(kDeadline), std::future_status::ready);
+  ASSERT_EQ(timer_future.wait_for(kDeadline), std::future_status::ready);
+  EXPECT_TRUE(io_future.get());
+  EXPECT_TRUE(timer_future.get());
+  worker.join();
+  ::close(fds[0]);
+  ::close(fds[1]);
+}
+
+// Records the thread that destroys it (the last of its moved-to copies).
+struct NotesItsDestruction {
+  explicit NotesItsDestruction(std::thread::id* on) : destroyed_on(on) {}
+  NotesItsDestruction(NotesItsDestruction&& other) noexcept
+      : destroyed_on(std::exchange(other.destroyed_on, nullptr)) {}
+  NotesItsDestruction& operator=(NotesItsDestruction&&) = delete;
+  ~NotesItsDestruction() {
+    if (destroyed_on) *destroyed_on = std::this_thread::get_id();
+  }
+  std::thread::id* destroyed_on;
+};
+
+// "The destructor stops the loop and joins the thread; the loop is destroyed on its own thread,
+// and with it the timers and tasks still queued": once ~LoopThread returns, a pending timer's
+// callable has been destroyed, without running, on the loop's thread.
+TEST(EventLoopThreads, LoopThreadDestructorJoinsAndDestroysQueuedTimersOnTheLoopThread) {
+  std::thread::id destroyed_on;
+  std::thread::id loop_thread;
+  bool fired = false;
+  {
+    LoopThread worker;
+    std::promise<void> scheduled;
+    worker.loop().post([&] {
+      loop_thread = std::this_thread::get_id();
+      worker.loop().after(1h, [&fired, n = NotesItsDestruction(&destroyed_on)] { fired = true; });
+      scheduled.set_value();
+    });
+    ASSERT_EQ(scheduled.get_future().wait_for(kDeadline), std::future_status::ready);
+  }
+  EXPECT_FALSE(fired);
+  EXPECT_NE(destroyed_on, std::thread::id()) << "the timer was not destroyed by ~LoopThread";
+  EXPECT_EQ(destroyed_on, loop_thread);
+  EXPECT_NE(loop_thread, std::this_thread::get_id());
+}
+
+// "Signals: threads inherit the creating thread's signal mask": test_main blocked SIGUSR1 before
+// any thread, so a LoopThread's loop can handle it.
+TEST(EventLoopThreads, LoopThreadInheritsTheCreatorsSignalMask) {
+  LoopThread worker;
+  std::promise<bool> blocked;
+  auto future = blocked.get_future();
+  worker.loop().post([&] {
+    sigset_t mask;
+    ::pthread_sigmask(SIG_BLOCK, nullptr, &mask);
+    blocked.set_value(sigismember(&mask, SIGUSR1) == 1);
+  });
+  ASSERT_EQ(future.wait_for(kDeadline), std::future_status::ready);
+  EXPECT_TRUE(future.get());
+}
+
 TEST(EventLoopThreads, JoiningALoopThreadWhileItIsBusyIsSafe) {
   // join()'s stop() races with the loop ending run() and destroying itself; ThreadSanitizer
-  // and ASan see it if the loop can die while stop() still uses it.
-  std::atomic<int> ran{0};
-  for (int round = 0; round < 50; ++round) {
-    LoopThread worker;
-    for (int i = 0; i < 100; ++i)
-      worker.loop().post([&ran] { ran.fetch_add(1); });
-    worker.join();
+  // and ASan see it if the loop can die while stop() still uses it. What the race may change
+  // is only how many of the posted tasks ran before the stop: post() runs each "exactly once,
+  // FIFO per posting thread", and "tasks still queued when the loop is destroyed are destroyed
+  // without running". So per round: no task ran twice, those that ran are a prefix of the
+  // posting order, and every task's callable was destroyed exactly once.
+  constexpr int kRounds = 50;
+  constexpr int kTasks = 100;
+  int ran_total = 0;
+  for (int round = 0; round < kRounds && !HasFailure(); ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    std::vector<TaskRecord> records(kTasks);
+    {
+      LoopThread worker;
+      // Rounds of three kinds: plain; the loop held in a task until everything is posted, so
+      // join()'s stop() races with the loop taking the queued tasks; and held, then stopped
+      // before it is let go, so none of the tasks runs.
+      const int kind = round % 3;
+      std::atomic<bool> posted_all{false};
+      if (kind != 0) worker.loop().post([&posted_all] { wait_for_flag(posted_all); });
+      for (int i = 0; i < kTasks; ++i) {
+        TaskRecord* r = &records[static_cast<std::size_t>(i)];
+        worker.loop().post([r, m = MarksDestroyed(r)] { r->runs.fetch_add(1); });
+      }
+      if (kind == 2) worker.loop().stop();
+      posted_all.store(true, std::memory_order_release);
+      worker.join();
+    }
+    int ran = 0;
+    while (ran < kTasks && records[static_cast<std::size_t>(ran)].runs.load() == 1)
+      ++ran;
+    ran_total += ran;
+    for (int i = 0; i < kTasks; ++i) {
+      const TaskRecord& r = records[static_cast<std::size_t>(i)];
+      EXPECT_EQ(r.runs.load(), i < ran ? 1 : 0) << "task " << i << " (the first " << ran << " ran)";
+      EXPECT_EQ(r.destroyed.load(), 1) << "task " << i;
+    }
   }
-  EXPECT_LE(ran.load(), 50 * 100);
+  EXPECT_GT(ran_total, 0);
+}
+
+// The same promises with the count fixed: a task stops the loop while the others are posted, so
+// the iteration ends with them still queued; they are destroyed with the loop, never run.
+TEST(EventLoopThreads, TasksStillQueuedWhenALoopThreadStopsAreDestroyedWithoutRunning) {
+  constexpr int kTasks = 100;
+  std::vector<TaskRecord> records(kTasks);
+  {
+    LoopThread worker;
+    std::atomic<bool> started{false};
+    std::atomic<bool> posted_all{false};
+    TaskRecord* first = &records[0];
+    worker.loop().post([&, first, m = MarksDestroyed(first)] {
+      first->runs.fetch_add(1);
+      started.store(true, std::memory_order_release);
+      wait_for_flag(posted_all);
+      worker.loop().stop();
+    });
+    // Posted while the first runs: queued for the next iteration, which never comes.
+    ASSERT_TRUE(wait_for_flag(started));
+    for (int i = 1; i < kTasks; ++i) {
+      TaskRecord* r = &records[static_cast<std::size_t>(i)];
+      worker.loop().post([r, m = MarksDestroyed(r)] { r->runs.fetch_add(1); });
+    }
+    posted_all.store(true, std::memory_order_release);
+  }
+  EXPECT_EQ(records[0].runs.load(), 1);
+  for (int i = 0; i < kTasks; ++i) {
+    if (i > 0) {
+      EXPECT_EQ(records[static_cast<std::size_t>(i)].runs.load(), 0) << "task " << i;
+    }
+    EXPECT_EQ(records[static_cast<std::size_t>(i)].destroyed.load(), 1) << "task " << i;
+  }
 }
 
 TEST(EventLoopThreads, PostsWhileTheLoopIsBusyShareOneWakeup) {

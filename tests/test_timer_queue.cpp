@@ -3,14 +3,18 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <numeric>
 #include <optional>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
+
+#include "counting_new.hpp"
 
 namespace reactor {
 namespace {
@@ -202,6 +206,60 @@ TEST(TimerQueue, RepeatingTimerCancelsItselfFromItsCallback) {
   EXPECT_EQ(calls, 3);
 }
 
+// size(): "Live timers: pending ones, and a repeating one whose callback is running"; empty():
+// "Nothing pending", which a timer added by a callback (staged until run_due() returns) is not.
+TEST(TimerQueue, SizeAndEmptyFromInsideCallbacks) {
+  TimerQueue q;
+  std::optional<std::size_t> size_in_repeating;
+  std::optional<std::size_t> size_in_one_shot;
+  std::optional<bool> empty_after_adding;
+  q.add(at(10), nanoseconds(10), [&] { size_in_repeating = q.size(); });
+  q.run_due(at(10));
+  EXPECT_EQ(size_in_repeating, 1u) << "the running repeating timer is live";
+  TimerQueue r;
+  r.add(at(10), kOnce, [&] {
+    size_in_one_shot = r.size();
+    r.add(at(20), kOnce, [] {});
+    empty_after_adding = r.empty();
+  });
+  r.run_due(at(10));
+  EXPECT_EQ(size_in_one_shot, 0u) << "a one-shot timer has fired once its callback runs";
+  EXPECT_EQ(empty_after_adding, false) << "the timer added by the callback is pending";
+  EXPECT_EQ(r.size(), 1u);
+  EXPECT_FALSE(r.empty());
+}
+
+// next_deadline(): "The earliest pending deadline", asked from a callback too, when the earliest
+// is a timer that callback added (held apart until run_due() returns).
+TEST(TimerQueue, NextDeadlineFromACallbackIncludesTimersItAdded) {
+  TimerQueue q;
+  std::vector<std::optional<TimePoint>> seen;
+  q.add(at(100), kOnce, [] {});
+  q.add(at(10), kOnce, [&] {
+    seen.push_back(q.next_deadline());
+    q.add(at(50), kOnce, [] {});
+    seen.push_back(q.next_deadline());
+    q.add(at(200), kOnce, [] {});
+    q.add(at(40), kOnce, [] {});
+    seen.push_back(q.next_deadline());
+  });
+  q.run_due(at(10));
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[0], at(100));
+  EXPECT_EQ(seen[1], at(50));
+  EXPECT_EQ(seen[2], at(40));
+  EXPECT_EQ(q.next_deadline(), at(40));
+  // Only the heap's timers pending, the staged ones moved in: next_deadline() is the heap's.
+  TimerQueue only_staged;
+  std::optional<TimePoint> first;
+  only_staged.add(at(10), kOnce, [&] {
+    only_staged.add(at(30), kOnce, [] {});
+    first = only_staged.next_deadline();
+  });
+  only_staged.run_due(at(10));
+  EXPECT_EQ(first, at(30));
+}
+
 TEST(TimerQueue, RepeatingTimerCallbackDestroyedWhenItCancelsItself) {
   TimerQueue q;
   auto token = std::make_shared<int>(0);
@@ -277,6 +335,43 @@ TEST(TimerQueue, TimerAddedDuringRunCanBeCancelledInSameRun) {
   EXPECT_EQ(q.size(), 0u);
   EXPECT_EQ(q.run_due(at(10)), 0u);
   EXPECT_TRUE(log.empty());
+}
+
+// "a callback may ... cancel ... any other timer, add timers": of three timers added during one
+// run, cancelling the first (not the last added) leaves the other two pending, each still
+// cancellable by its own id, and they fire on the next run.
+TEST(TimerQueue, CancellingOneOfSeveralTimersAddedDuringARunKeepsTheOthers) {
+  TimerQueue q;
+  std::vector<int> log;
+  TimerId ids[3];
+  q.add(at(10), kOnce, [&] {
+    for (int i = 0; i < 3; ++i)
+      ids[i] = q.add(at(20 + i), kOnce, record(log, i));
+    EXPECT_TRUE(q.cancel(ids[0]));
+    EXPECT_EQ(q.size(), 2u);
+    EXPECT_EQ(q.next_deadline(), at(21));
+  });
+  q.run_due(at(10));
+  EXPECT_EQ(q.size(), 2u);
+  EXPECT_FALSE(q.cancel(ids[0]));
+  EXPECT_EQ(q.run_due(at(100)), 2u);
+  EXPECT_EQ(log, (std::vector<int>{1, 2}));
+  // Cancelling the first moves the last into its place: that one must still be found by its
+  // id, and cancelling it must not take the middle one with it.
+  TimerQueue r;
+  std::vector<int> fired;
+  TimerId staged[3];
+  r.add(at(10), kOnce, [&] {
+    for (int i = 0; i < 3; ++i)
+      staged[i] = r.add(at(30 + i), kOnce, record(fired, i));
+    EXPECT_TRUE(r.cancel(staged[0]));
+    EXPECT_TRUE(r.cancel(staged[2]));
+  });
+  r.run_due(at(10));
+  EXPECT_EQ(r.size(), 1u);
+  EXPECT_EQ(r.run_due(at(100)), 1u);
+  EXPECT_EQ(fired, std::vector<int>{1});
+  EXPECT_TRUE(r.empty());
 }
 
 TEST(TimerQueue, RepeatingTimerStaysOnItsGrid) {
@@ -421,6 +516,109 @@ TEST(TimerQueue, ThrowingCallbackLeavesQueueConsistent) {
   EXPECT_EQ(q.run_due(at(10)), 2u);  // the one the throw skipped, then the one added
   EXPECT_EQ(log, (std::vector<int>{1, 2, 3}));
   EXPECT_EQ(q.next_deadline(), at(20));
+}
+
+// ---- allocation ----
+
+// "Vectors only grow, so a queue in steady state does not allocate (Function keeps small
+// callbacks inline)": add, fire, re-arm from a callback, cancel and a repeating timer, round
+// after round, once warmed up, without a call to operator new (counted on this thread only).
+TEST(TimerQueueAllocation, SteadyStateDoesNotAllocate) {
+  TimerQueue q;
+  struct State {
+    TimerQueue* q;
+    std::int64_t now = 0;
+    std::uint64_t fired = 0, ticks = 0;
+    TimerId doomed;
+  } st{&q, 0, 0, 0, {}};
+  q.add(at(1), nanoseconds(1), [s = &st] { ++s->ticks; });
+  auto round = [&] {
+    ++st.now;
+    q.cancel(st.doomed);
+    st.doomed = q.add(at(st.now + 1000), kOnce, [] {});
+    q.add(at(st.now), kOnce, [s = &st] {
+      ++s->fired;
+      s->q->add(at(s->now + 1), kOnce, [s] { ++s->fired; });  // staged, fires next round
+    });
+    q.run_due(at(st.now));
+  };
+  for (int i = 0; i < 100; ++i)
+    round();
+  std::size_t allocations = 0;
+  {
+    test::Counting counting;
+    for (int i = 0; i < 1000; ++i)
+      round();
+    allocations = counting.calls();
+  }
+  EXPECT_EQ(st.ticks, 1100u);
+  EXPECT_EQ(st.fired, 2 * 1100u - 1);
+  EXPECT_EQ(allocations, 0u);
+}
+
+// reserve(n): "Pre-sizes for n live timers, so add() does not allocate until there are more."
+TEST(TimerQueueAllocation, ReserveMakesAddsUpToThatManyAllocationFree) {
+  constexpr std::size_t kReserved = 1000;
+  TimerQueue q;
+  q.reserve(kReserved);
+  std::size_t allocations = 0;
+  {
+    test::Counting counting;
+    for (std::size_t i = 0; i < kReserved; ++i)
+      q.add(at(static_cast<std::int64_t>(i % 7)), kOnce, [] {});
+    allocations = counting.calls();
+  }
+  EXPECT_EQ(allocations, 0u);
+  EXPECT_EQ(q.size(), kReserved);
+  {
+    test::Counting counting;
+    q.add(at(0), kOnce, [] {});
+    allocations = counting.calls();
+  }
+  EXPECT_GT(allocations, 0u) << "one more than reserved grows the vectors";
+}
+
+// add(): "Throws std::bad_alloc when the vectors must grow and cannot ...; the queue is unchanged
+// then." Each of add()'s allocations is failed in turn (outside and inside run_due(), where the
+// staging area grows too); after each failure the queue holds what it held, and works.
+TEST(TimerQueueAllocation, AddThatCannotAllocateThrowsAndLeavesTheQueueUnchanged) {
+  for (bool from_callback : {false, true}) {
+    for (int fail_at = 0;; ++fail_at) {
+      SCOPED_TRACE(std::string(from_callback ? "inside" : "outside") + " run_due, allocation " +
+                   std::to_string(fail_at));
+      TimerQueue q;
+      std::vector<int> log;
+      q.add(at(5), kOnce, record(log, 1));
+      bool threw = false;
+      bool added = false;
+      auto try_add = [&] {
+        test::Counting counting;
+        counting.fail_after(fail_at);
+        try {
+          // A callback too large for Function's inline storage: its heap block can fail too.
+          std::array<void*, 8> big{};
+          q.add(at(20), kOnce, [&log, big] { log.push_back(big[0] ? 0 : 2); });
+          added = true;
+        } catch (const std::bad_alloc&) {
+          threw = true;
+        }
+      };
+      if (from_callback) {
+        q.add(at(10), kOnce, [&] { try_add(); });
+        q.run_due(at(10));
+      } else {
+        try_add();
+      }
+      EXPECT_NE(threw, added);
+      const std::size_t base = from_callback ? 0u : 1u;  // the at(5) timer, unless it fired
+      EXPECT_EQ(q.size(), base + (added ? 1u : 0u));
+      q.run_due(at(100));
+      const std::vector<int> expected = added ? std::vector<int>{1, 2} : std::vector<int>{1};
+      EXPECT_EQ(log, expected);
+      EXPECT_TRUE(q.empty());
+      if (!threw) break;  // every allocation add() makes has been failed once
+    }
+  }
 }
 
 TEST(TimerQueue, ManyTimersScheduledThenAllCancelledInRandomOrder) {
@@ -680,6 +878,33 @@ TEST(TimerQueue, RandomOperationsMatchModel) {
   EXPECT_GT(total_fired, static_cast<std::size_t>(kOps / 10));
   EXPECT_GT(cancels_in_callbacks, 100u);
   EXPECT_GT(max_size, 50u);
+}
+
+// The programmer errors the header names, asserted in debug builds: a negative period, an empty
+// callback, run_due() from a callback (not reentrant), clear() from inside run_due(), and a
+// ManualClock moved backwards by advance().
+TEST(TimerQueueDeathTest, ProgrammerErrorsAreAssertedInDebugBuilds) {
+#ifdef NDEBUG
+  GTEST_SKIP() << "the assertions are compiled out (NDEBUG)";
+#else
+  TimerQueue q;
+  EXPECT_DEATH(q.add(at(1), nanoseconds(-1), [] {}), "negative period");
+  EXPECT_DEATH(q.add(at(1), kOnce, TimerQueue::Callback()), "empty callback");
+  EXPECT_DEATH(
+      {
+        q.add(at(1), kOnce, [&] { q.run_due(at(2)); });
+        q.run_due(at(1));
+      },
+      "not reentrant");
+  EXPECT_DEATH(
+      {
+        q.add(at(1), kOnce, [&] { q.clear(); });
+        q.run_due(at(1));
+      },
+      "clear from inside run_due");
+  ManualClock clock;
+  EXPECT_DEATH(clock.advance(nanoseconds(-1)), "never goes back");
+#endif
 }
 
 TEST(ManualClock, StartsWhereToldAndMovesOnlyWhenTold) {
