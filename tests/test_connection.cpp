@@ -217,10 +217,11 @@ class ConnectionTest : public ::testing::Test {
       ++r.data_calls;
       on_data_(c, input, r);
     };
-    handlers_.on_drained = [](Connection& c) {
+    handlers_.on_drained = [this](Connection& c) {
       Record& r = record_of(c);
       note(r);
       ++r.drained_calls;
+      if (on_drained_) on_drained_(c, r);
     };
     handlers_.on_high_water = [this](Connection& c, std::size_t queued) {
       Record& r = record_of(c);
@@ -296,6 +297,7 @@ class ConnectionTest : public ::testing::Test {
   // What the server does; the handlers above count every call before calling these.
   std::function<void(Connection&, Record&)> on_open_;
   std::function<void(Connection&, Buffer&, Record&)> on_data_ = echo;
+  std::function<void(Connection&, Record&)> on_drained_;
   std::function<void(Connection&, std::size_t, Record&)> on_high_water_;
   std::function<void(Connection&, Record&)> on_peer_shutdown_;
   std::function<void(Connection&, Record&)> on_close_;
@@ -538,6 +540,8 @@ TEST_F(ConnectionTest, SixtyFourMiBBothWaysThroughSlowReaderIsExactAndBounded) {
   EXPECT_EQ(echoed.verified, kTotal);
   EXPECT_EQ(client.error(), 0) << std::strerror(client.error());
   EXPECT_GE(rec.high_water_calls, 1);
+  // The client read everything: queued output reached zero at least once.
+  EXPECT_GE(rec.drained_calls, 1);
   EXPECT_EQ(bound_check.violations, 0) << "queued output reached " << bound_check.worst
                                        << " > high water " << kHighWater << " + one message";
 
@@ -655,6 +659,53 @@ TEST_F(ConnectionTest, ReadingResumesOnceOutputDrainsBelowLowWaterMark) {
   EXPECT_LT(most, kLow) << "reading resumed above the low-water mark";
 }
 
+// connection.hpp: "on_drained(conn): queued output reached zero". Only queued output drains: a
+// send the kernel takes whole queues nothing and calls nothing.
+TEST_F(ConnectionTest, OnDrainedRunsOnceWhenQueuedOutputReachesZero) {
+  const std::string big = random_bytes(4 << 20, 51);
+  std::vector<std::size_t> queued_in_drained;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record& r) {
+    input.consume(input.size());
+    EXPECT_TRUE(c.send("small"));
+    EXPECT_EQ(c.queued_bytes(), 0u) << "a small send to an empty socket was queued";
+    if (r.data_calls == 1) {
+      EXPECT_TRUE(c.send(big));
+    }
+  };
+  on_drained_ = [&](Connection& c, Record&) { queued_in_drained.push_back(c.queued_bytes()); };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].data_calls == 1; }));
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  ASSERT_GT(conn->queued_bytes(), 0u) << "the big reply did not queue";
+  for (int i = 0; i < 5; ++i)
+    loop_->run_once(1ms);
+  EXPECT_EQ(rec.drained_calls, 0) << "on_drained with output still queued";
+
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.received().size() >= 5 + big.size() || client.failed() || client.eof();
+  }));
+  ASSERT_TRUE(run_until([&] { return rec.drained_calls >= 1; }));
+  EXPECT_EQ(rec.drained_calls, 1);
+  EXPECT_EQ(queued_in_drained, std::vector<std::size_t>{0});
+
+  // A second message whose reply the kernel takes whole: nothing queued, nothing drained.
+  ASSERT_EQ(client.send_some("y"), 1u);
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.received().size() >= 10 + big.size() || client.failed() || client.eof();
+  }));
+  loop_->run_once(0ns);
+  EXPECT_EQ(rec.data_calls, 2);
+  EXPECT_EQ(rec.drained_calls, 1) << "on_drained after a send that queued nothing";
+  EXPECT_TRUE(client.received() == "small" + big + "small");
+}
+
 // ---- Half-close and graceful close ----
 
 TEST_F(ConnectionTest, ReplyAfterPeerHalfCloseIsStillDelivered) {
@@ -682,6 +733,7 @@ TEST_F(ConnectionTest, ReplyAfterPeerHalfCloseIsStillDelivered) {
       << "got " << client.received().size() << " bytes";
   ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].close_calls == 1; }));
   EXPECT_EQ(records_[0].peer_shutdown_calls, 1);
+  EXPECT_EQ(records_[0].drained_calls, 1) << "the reply queued once and drained once";
   EXPECT_EQ(records_[0].reason, CloseReason::peer_closed) << to_string(records_[0].reason);
   EXPECT_FALSE(records_[0].ec) << records_[0].ec.message();
 }
@@ -751,6 +803,7 @@ TEST_F(ConnectionTest, ShutdownWriteFlushesQueuedOutputThenEofAndKeepsReading) {
   EXPECT_EQ(client.error(), 0) << std::strerror(client.error());
   EXPECT_EQ(client.received().size(), reply.size());
   EXPECT_TRUE(client.received() == reply) << "bytes before EOF differ";
+  EXPECT_EQ(rec.drained_calls, 1) << "the reply queued once and drained once";
 
   ASSERT_EQ(client.send_some("still reading"), 13u);
   ASSERT_TRUE(run_until([&] { return rec.received == "still reading"; }));
@@ -1064,6 +1117,7 @@ TEST_F(ConnectionTest, SendAfterCloseReturnsFalse) {
   client.close();
   ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
   EXPECT_FALSE(send_in_on_close);
+  EXPECT_EQ(records_[0].drained_calls, 1) << "close() flushed: the queue drained once";
 }
 
 // ---- Timeouts on the test clock ----
@@ -1116,6 +1170,13 @@ TEST_F(ConnectionTest, QueueingToAPeerThatNeverReadsIsNotActivity) {
     loop_->run_once(0ns);
   }
   EXPECT_FALSE(conn->is_open()) << "still open 30 s after the last byte left";
+  // The idle close is graceful: it flushes toward a peer that never reads until linger (5 s by
+  // default) aborts it. The reason stays the idle timeout's; the output never drained.
+  clock_.advance(5s);
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].reason, CloseReason::timed_out) << to_string(records_[0].reason);
+  EXPECT_EQ(records_[0].ec, std::errc::timed_out) << records_[0].ec.message();
+  EXPECT_EQ(records_[0].drained_calls, 0) << "on_drained ran while output stayed queued";
 }
 
 TEST_F(ConnectionTest, InputPushesIdleTimeoutOut) {
