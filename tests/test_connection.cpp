@@ -4,6 +4,9 @@
 // on a ManualClock.
 #include "reactor/connection.hpp"
 
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sys/ioctl.h>
@@ -23,6 +26,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -46,6 +50,28 @@ extern "C" ssize_t send(int fd, const void* buf, size_t len, int flags) {
   using Real = ssize_t (*)(int, const void*, size_t, int);
   static const Real real = reactor::test::real_function<Real>("send");
   return real(fd, buf, len, flags);
+}
+
+// The same for reads (Buffer::read_from reads with recv, or readv into a small buffer): armed,
+// the next of either fails. Arm it right before the server's read, with no other read between.
+reactor::test::InjectedFault read_fault;
+extern "C" ssize_t recv(int fd, void* buf, size_t len, int flags) {
+  if (const int err = read_fault.take()) {
+    errno = err;
+    return -1;
+  }
+  using Real = ssize_t (*)(int, void*, size_t, int);
+  static const Real real = reactor::test::real_function<Real>("recv");
+  return real(fd, buf, len, flags);
+}
+extern "C" ssize_t readv(int fd, const iovec* iov, int count) {
+  if (const int err = read_fault.take()) {
+    errno = err;
+    return -1;
+  }
+  using Real = ssize_t (*)(int, const iovec*, int);
+  static const Real real = reactor::test::real_function<Real>("readv");
+  return real(fd, iov, count);
 }
 
 namespace reactor {
@@ -659,6 +685,146 @@ TEST_F(ConnectionTest, ReadingResumesOnceOutputDrainsBelowLowWaterMark) {
   EXPECT_LT(most, kLow) << "reading resumed above the low-water mark";
 }
 
+// connection.hpp, on_high_water: "It runs inside the send() that crossed the mark", with the
+// queued output, which has passed high_water_mark; once, until the output drains.
+TEST_F(ConnectionTest, OnHighWaterRunsInsideTheSendThatCrossedTheMark) {
+  ServerOptions options;
+  options.connection.high_water_mark = 256 * 1024;
+  const std::string big = random_bytes(1 << 20, 53);
+  bool in_send = false;
+  std::vector<std::pair<bool, std::size_t>> calls;  // (inside our send, queued)
+  std::size_t queued_in_call = 0;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    in_send = true;
+    EXPECT_TRUE(c.send(big));
+    in_send = false;
+    EXPECT_TRUE(c.send("and a little more"));  // past the mark again: no second call
+  };
+  on_high_water_ = [&](Connection& c, std::size_t queued, Record&) {
+    calls.emplace_back(in_send, queued);
+    queued_in_call = c.queued_bytes();
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].data_calls == 1; }));
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_TRUE(calls[0].first) << "on_high_water ran outside the send() that crossed the mark";
+  EXPECT_GE(calls[0].second, options.connection.high_water_mark);
+  EXPECT_EQ(calls[0].second, queued_in_call) << "the count passed is not queued_bytes()";
+}
+
+// ConnectionOptions::pause_reading_at_high_water = false: on_high_water still runs, but reading
+// goes on, so output toward a peer that does not read grows past the mark (bounded only by
+// max_queued_bytes, here zero: no bound).
+TEST_F(ConnectionTest, ReadingGoesOnPastTheHighWaterMarkWhenPausingIsOff) {
+  constexpr std::size_t kTotal = 4u << 20;
+  ServerOptions options;
+  options.connection.high_water_mark = 64 * 1024;
+  options.connection.low_water_mark = 16 * 1024;
+  options.connection.pause_reading_at_high_water = false;
+  const std::string payload = random_bytes(kTotal, 55);
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound, 64 * 1024);  // reads nothing until the server has read it all
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  std::size_t sent = 0;
+  ASSERT_TRUE(run_until([&] {
+    sent += client.send_some(std::string_view(payload).substr(sent));
+    return conn->bytes_received() == kTotal || client.failed();
+  })) << "the server stopped reading at "
+      << conn->bytes_received() << " of " << kTotal;
+  EXPECT_EQ(rec.high_water_calls, 1);
+  EXPECT_GT(conn->queued_bytes(), options.connection.high_water_mark + 2 * Buffer::kOverflowSize)
+      << "output stayed near the mark: reading paused";
+
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.received().size() >= kTotal || client.failed() || client.eof();
+  }));
+  EXPECT_TRUE(client.received() == payload) << "echo differs";
+  EXPECT_EQ(rec.close_calls, 0);
+}
+
+// connection.hpp: pause_reading()/resume_reading() on a live connection: on_data "never while
+// reading is paused ..., whatever the peer does meanwhile"; the bytes wait in the socket and
+// come after resume_reading().
+TEST_F(ConnectionTest, PauseAndResumeReadingOnALiveConnection) {
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  EXPECT_FALSE(set_tcp_nodelay(client.fd()));  // each send arrives at once, unacknowledged
+  ASSERT_EQ(client.send_some("one."), 4u);
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.received().size() >= 4;
+  }));
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+
+  conn->pause_reading();
+  ASSERT_EQ(client.send_some("two."), 4u);
+  ASSERT_TRUE(wait_for_input(conn->fd()));
+  for (int i = 0; i < 5; ++i)
+    loop_->run_once(1ms);
+  ASSERT_EQ(client.send_some("three."), 6u);
+  for (int i = 0; i < 5; ++i)
+    loop_->run_once(1ms);
+  EXPECT_EQ(rec.data_calls, 1) << "on_data while reading was paused";
+  int unread = 0;
+  ASSERT_EQ(::ioctl(conn->fd(), FIONREAD, &unread), 0);
+  EXPECT_EQ(unread, 10) << "the bytes did not wait in the socket";
+  EXPECT_TRUE(conn->is_open());
+
+  conn->resume_reading();
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.received().size() >= 14 || client.failed() || client.eof();
+  }));
+  EXPECT_EQ(client.received(), "one.two.three.");
+  EXPECT_EQ(rec.close_calls, 0);
+}
+
+// ConnectionOptions::reads_per_event: "reads per readiness while each read fills the buffer
+// (fairness)". With more waiting than that many reads take, one readiness reads that many
+// times and leaves the rest in the socket for a later iteration.
+TEST_F(ConnectionTest, ReadsPerEventBoundsTheReadsOfOneReadiness) {
+  test::TempDir dir;
+  ServerOptions options;
+  options.connection.reads_per_event = 2;
+  on_data_ = [](Connection&, Buffer& input, Record&) { input.consume(input.size()); };
+  const Address bound = start_server(test::unix_address(dir.file("s")), options);
+  RawClient client(bound);
+  ASSERT_EQ(client.send_some("x"), 1u);  // warm-up: the loop's read buffer takes its size
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].data_calls == 1; }));
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+
+  const std::string chunk(Buffer::kOverflowSize, 'y');
+  while (client.send_some(chunk) > 0) {
+  }
+  int waiting = 0;
+  ASSERT_EQ(::ioctl(conn->fd(), FIONREAD, &waiting), 0);
+  ASSERT_GT(static_cast<std::size_t>(waiting), 2 * Buffer::kOverflowSize)
+      << "the socket holds less than two full reads";
+  ASSERT_EQ(loop_->run_once(0ns), 1u);
+  EXPECT_EQ(rec.data_calls, 1 + 2) << "reads in one readiness";
+  EXPECT_EQ(conn->bytes_received(), 1 + 2 * Buffer::kOverflowSize);
+  int left = 0;
+  ASSERT_EQ(::ioctl(conn->fd(), FIONREAD, &left), 0);
+  EXPECT_EQ(static_cast<std::size_t>(left),
+            static_cast<std::size_t>(waiting) - 2 * Buffer::kOverflowSize);
+
+  ASSERT_TRUE(
+      run_until([&] { return conn->bytes_received() == 1 + static_cast<std::size_t>(waiting); }));
+}
+
 // connection.hpp: "on_drained(conn): queued output reached zero". Only queued output drains: a
 // send the kernel takes whole queues nothing and calls nothing.
 TEST_F(ConnectionTest, OnDrainedRunsOnceWhenQueuedOutputReachesZero) {
@@ -814,6 +980,172 @@ TEST_F(ConnectionTest, ShutdownWriteFlushesQueuedOutputThenEofAndKeepsReading) {
   EXPECT_EQ(rec.reason, CloseReason::peer_closed) << to_string(rec.reason);
 }
 
+// connection.hpp, transitions: "open -- shutdown_write() --> ... write_shut when nothing is
+// queued": the FIN goes at once, sends are refused, reading goes on.
+TEST_F(ConnectionTest, ShutdownWriteWithNothingQueuedSendsEofAtOnceAndKeepsReading) {
+  bool open_after_shutdown = true;
+  bool send_after_shutdown = true;
+  on_data_ = [&](Connection& c, Buffer& input, Record& r) {
+    if (r.data_calls == 1) {
+      c.shutdown_write();
+      open_after_shutdown = c.is_open();
+      send_after_shutdown = c.send("late");
+    } else {
+      r.received.append(input.view());
+    }
+    input.consume(input.size());
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_EQ(client.send_some("start"), 5u);
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_EQ(client.received(), "");
+  EXPECT_FALSE(open_after_shutdown);
+  EXPECT_FALSE(send_after_shutdown);
+  Record& rec = records_[0];
+  ASSERT_EQ(client.send_some("still reading"), 13u);
+  ASSERT_TRUE(run_until([&] { return rec.received == "still reading"; }));
+  EXPECT_EQ(rec.close_calls, 0);
+  client.close();
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::peer_closed) << to_string(rec.reason);
+  EXPECT_FALSE(rec.ec) << rec.ec.message();
+}
+
+// Transitions: "peer_shut -- shutdown_write() --> flushing, or closed when nothing is queued".
+TEST_F(ConnectionTest, ShutdownWriteAfterThePeersEofWithNothingQueuedEndsTheConnection) {
+  bool closed_inside = false;
+  on_peer_shutdown_ = [&](Connection& c, Record&) {
+    EXPECT_TRUE(c.peer_has_shut_down());
+    c.shutdown_write();
+    closed_inside = c.is_closed();
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  client.shutdown_write();
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_TRUE(closed_inside) << "both directions done, yet not closed";
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].reason, CloseReason::peer_closed) << to_string(records_[0].reason);
+  EXPECT_FALSE(records_[0].ec) << records_[0].ec.message();
+}
+
+TEST_F(ConnectionTest, ShutdownWriteAfterThePeersEofFlushesThenEndsTheConnection) {
+  const std::string reply = random_bytes(4 << 20, 57);
+  std::size_t queued_at_shutdown = 0;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_peer_shutdown_ = [&](Connection& c, Record&) {
+    EXPECT_TRUE(c.send(reply));
+    queued_at_shutdown = c.queued_bytes();
+    c.shutdown_write();
+    EXPECT_FALSE(c.is_closed());
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound, 64 * 1024);
+  client.shutdown_write();
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_GT(queued_at_shutdown, 0u) << "nothing queued: shutdown_write() had nothing to flush";
+  EXPECT_TRUE(client.received() == reply) << "got " << client.received().size() << " bytes";
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].reason, CloseReason::peer_closed) << to_string(records_[0].reason);
+  EXPECT_FALSE(records_[0].ec) << records_[0].ec.message();
+}
+
+// Transitions: "flushing -- peer EOF --> flushing (reading stops; on_peer_shutdown unless close()
+// asked)", then "flushing -- output drained --> ... closed after the peer's EOF".
+TEST_F(ConnectionTest, PeerEofWhileShutdownWriteFlushesRunsOnPeerShutdownThenEndsOnceDrained) {
+  const std::string reply = random_bytes(4 << 20, 59);
+  // Reading must go on while the reply is queued: no pause at the high-water mark.
+  ServerOptions options;
+  options.connection.high_water_mark = 64 << 20;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    EXPECT_TRUE(c.send(reply));
+    c.shutdown_write();
+  };
+  on_peer_shutdown_ = [](Connection& c, Record&) { EXPECT_FALSE(c.send("refused")); };
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].data_calls == 1; }));
+  Record& rec = records_[0];
+  client.shutdown_write();
+  ASSERT_TRUE(run_until([&] { return rec.peer_shutdown_calls == 1; }));
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  EXPECT_TRUE(conn->peer_has_shut_down());
+  EXPECT_GT(conn->queued_bytes(), 0u) << "the output drained before the peer's EOF";
+  EXPECT_EQ(rec.close_calls, 0);
+
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_TRUE(client.received() == reply) << "got " << client.received().size() << " bytes";
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.peer_shutdown_calls, 1);
+  EXPECT_EQ(rec.reason, CloseReason::peer_closed) << to_string(rec.reason);
+  EXPECT_FALSE(rec.ec) << rec.ec.message();
+}
+
+TEST_F(ConnectionTest, PeerEofWhileCloseFlushesRunsNoOnPeerShutdown) {
+  const std::string reply = random_bytes(4 << 20, 63);
+  ServerOptions options;  // reading goes on while the reply is queued
+  options.connection.high_water_mark = 64 << 20;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    EXPECT_TRUE(c.send(reply));
+    c.close();
+  };
+  on_peer_shutdown_ = [](Connection&, Record&) {};
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].data_calls == 1; }));
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  client.shutdown_write();
+  ASSERT_TRUE(run_until([&] { return conn->peer_has_shut_down(); }));
+  EXPECT_GT(conn->queued_bytes(), 0u) << "the output drained before the peer's EOF";
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_TRUE(client.received() == reply) << "got " << client.received().size() << " bytes";
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.peer_shutdown_calls, 0) << "on_peer_shutdown although close() was asked";
+  EXPECT_EQ(rec.reason, CloseReason::local_close) << to_string(rec.reason);
+  EXPECT_FALSE(rec.ec) << rec.ec.message();
+}
+
+// Transitions: close() after shutdown_write() ("write_shut"): input is drained to the peer's
+// EOF (and discarded) even while the user paused reading, where it would otherwise wait.
+TEST_F(ConnectionTest, CloseAfterShutdownWriteDrainsInputEvenWhilePaused) {
+  on_data_ = [](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    c.shutdown_write();
+    c.pause_reading();
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until_eof(client));
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  ASSERT_EQ(client.send_some("unread"), 6u);
+  ASSERT_TRUE(wait_for_input(conn->fd()));
+  for (int i = 0; i < 5; ++i)
+    loop_->run_once(1ms);
+  EXPECT_EQ(conn->bytes_received(), 1u) << "read while paused";
+
+  conn->close();
+  ASSERT_TRUE(run_until([&] { return conn->bytes_received() == 7; }))
+      << "close() did not drain the input of a paused connection";
+  client.shutdown_write();
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.data_calls, 1) << "on_data while paused, or with input close() discards";
+  EXPECT_EQ(rec.reason, CloseReason::local_close) << to_string(rec.reason);
+  EXPECT_FALSE(rec.ec) << rec.ec.message();
+}
+
 // ---- Resets ----
 
 TEST_F(ConnectionTest, PeerResetMidSendIsReportedAsReset) {
@@ -867,6 +1199,11 @@ void ConnectionTest::expect_gather_send_to_closed_peer_is_reset(
   EXPECT_FALSE(conn->send("after the failure"));
   ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
   EXPECT_EQ(rec.reason, CloseReason::reset) << to_string(rec.reason) << ": " << rec.ec.message();
+}
+
+TEST_F(ConnectionTest, ViewSendToClosedPeerRaisesNoSigpipeAndReportsReset) {
+  const std::string data = random_bytes(64 * 1024, 14);
+  expect_gather_send_to_closed_peer_is_reset([&](Connection& c) { return c.send(data); });
 }
 
 TEST_F(ConnectionTest, TwoPartSendToClosedPeerRaisesNoSigpipeAndReportsReset) {
@@ -1343,6 +1680,39 @@ TEST_F(ConnectionTest, PausedConnectionKeepsThePeersLastBytesUntilResumed) {
   EXPECT_EQ(records_[0].reason, CloseReason::peer_closed) << to_string(records_[0].reason);
 }
 
+// connection.hpp: send(const iovec*, int): the entries go out in order as one stream, empty
+// ones included ("any iovec count"); nothing to send is a success that sends nothing.
+TEST_F(ConnectionTest, IovecSendDeliversTheEntriesInOrder) {
+  std::string alpha = "alpha", empty, gamma = "gamma", delta = "delta";
+  std::vector<bool> results;
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    iovec nothing[1] = {{empty.data(), 0}};
+    results.push_back(c.send(nothing, 0));
+    results.push_back(c.send(nothing, 1));
+    iovec one[1] = {{alpha.data(), alpha.size()}};
+    results.push_back(c.send(one, 1));
+    iovec parts[4] = {{alpha.data(), alpha.size()},
+                      {empty.data(), 0},
+                      {gamma.data(), gamma.size()},
+                      {delta.data(), delta.size()}};
+    results.push_back(c.send(parts, 4));
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.received().size() >= 20 || client.eof() || client.failed();
+  }));
+  EXPECT_EQ(results, (std::vector<bool>{true, true, true, true}));
+  EXPECT_EQ(client.received(), "alphaalphagammadelta");
+  Connection* conn = server_side(records_[0]);
+  ASSERT_NE(conn, nullptr);
+  EXPECT_EQ(conn->bytes_sent(), 20u);
+  EXPECT_EQ(conn->queued_bytes(), 0u);
+}
+
 TEST_F(ConnectionTest, GatherSendOfMoreThanIovMaxEntriesIsSentWhole) {
   constexpr int kCount = IOV_MAX * 2 + 3;
   const std::string bytes = random_bytes(kCount, 31);
@@ -1516,6 +1886,73 @@ TEST_F(ConnectionTest, SendErrorOnAUsableSocketEndsTheConnectionOnceFromTheLoop)
   EXPECT_EQ(records_[0].reason, CloseReason::error) << to_string(records_[0].reason);
   EXPECT_EQ(records_[0].ec, std::errc::no_buffer_space) << records_[0].ec.message();
   EXPECT_EQ(send_fault.injected.load(), 1);
+}
+
+// connection.hpp: "A send error ends the connection (on_close with the error), whatever the
+// error": here the loop's write of queued output fails.
+TEST_F(ConnectionTest, SendErrorOnQueuedOutputEndsTheConnectionWithTheError) {
+  const std::string big = random_bytes(4 << 20, 61);
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    EXPECT_TRUE(c.send(big));
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].data_calls == 1; }));
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  ASSERT_GT(conn->queued_bytes(), 0u) << "nothing queued";
+  // The client only reads from here on: the next send in this process is the loop's write of
+  // the queued output, once the client made room.
+  send_fault.arm(ENOBUFS, 1);
+  const bool ended = run_until([&] {
+    client.receive_some();
+    return rec.close_calls == 1 || client.eof() || client.failed();
+  });
+  send_fault.disarm();
+  ASSERT_TRUE(ended);
+  EXPECT_EQ(send_fault.injected.load(), 1);
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::error) << to_string(rec.reason);
+  EXPECT_EQ(rec.ec, std::errc::no_buffer_space) << rec.ec.message();
+  EXPECT_EQ(rec.drained_calls, 0);
+}
+
+// CloseReason::error: "another socket error, in ec", here from a read.
+TEST_F(ConnectionTest, ReadErrorEndsTheConnectionWithCloseReasonError) {
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(wait_for_input(conn->fd()));
+  read_fault.arm(EIO, 1);
+  const bool ended = run_until([&] { return rec.close_calls == 1; });
+  read_fault.disarm();
+  ASSERT_TRUE(ended);
+  EXPECT_EQ(read_fault.injected.load(), 1);
+  EXPECT_EQ(rec.data_calls, 0);
+  EXPECT_EQ(rec.reason, CloseReason::error) << to_string(rec.reason);
+  EXPECT_EQ(rec.ec, std::errc::io_error) << rec.ec.message();
+  EXPECT_NE(test::read_until_closed(*loop_, client.fd()), test::PeerEnd::open);
+}
+
+TEST(CloseReasonNames, EveryReasonHasItsOwnName) {
+  const CloseReason all[] = {CloseReason::peer_closed, CloseReason::reset,   CloseReason::timed_out,
+                             CloseReason::local_close, CloseReason::aborted, CloseReason::error,
+                             CloseReason::output_limit};
+  std::set<std::string> names;
+  for (CloseReason reason : all) {
+    const std::string name = to_string(reason);
+    EXPECT_NE(name, "unknown");
+    names.insert(name);
+  }
+  EXPECT_EQ(names.size(), std::size(all)) << "two reasons share a name";
 }
 
 // The header: an owner that drops the connection before its on_close ran cancels it.
