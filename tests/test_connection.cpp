@@ -307,6 +307,7 @@ class ConnectionTest : public ::testing::Test {
   Connection* server_side(const Record& r) const { return server_->find(r.id); }
 
   void expect_echo_round_trip(const Address& at);
+  void expect_tcp_nodelay(bool nodelay);
   void expect_gather_send_to_closed_peer_is_reset(const std::function<bool(Connection&)>& send);
 
   static Record& record_of(Connection& c) { return *c.context_as<Record>(); }
@@ -1549,6 +1550,80 @@ TEST_F(ConnectionTest, InputPushesIdleTimeoutOut) {
   EXPECT_EQ(rec.reason, CloseReason::timed_out) << to_string(rec.reason);
 }
 
+// connection.hpp: set_idle_timeout() on a live connection replaces its timeout, and the
+// countdown starts at the call.
+TEST_F(ConnectionTest, SetIdleTimeoutOnALiveConnectionReplacesTheTimeoutFromNow) {
+  use_manual_clock();
+  ServerOptions options;
+  options.connection.idle_timeout = 30s;
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+
+  clock_.advance(20s);
+  loop_->run_once(0ns);
+  conn->set_idle_timeout(5s);
+  clock_.advance(5s - 1ns);  // 25 s after the open, 5 s less 1 ns after the call
+  loop_->run_once(0ns);
+  EXPECT_TRUE(conn->is_open()) << "closed before the new timeout passed";
+  clock_.advance(1ns);
+  loop_->run_once(0ns);
+  EXPECT_FALSE(conn->is_open()) << "the new, shorter timeout did not close it";
+  ASSERT_TRUE(run_until_eof(client));
+  client.close();
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::timed_out) << to_string(rec.reason);
+}
+
+TEST_F(ConnectionTest, SetIdleTimeoutOnALiveConnectionWithoutOneStartsIt) {
+  use_manual_clock();
+  const Address bound = start_server(Address::ipv4_loopback(0));  // no idle timeout
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  clock_.advance(1h);
+  loop_->run_once(0ns);
+  ASSERT_TRUE(conn->is_open());
+  conn->set_idle_timeout(10s);
+  clock_.advance(10s - 1ns);
+  loop_->run_once(0ns);
+  EXPECT_TRUE(conn->is_open()) << "the hour before the call counted as idle";
+  clock_.advance(1ns);
+  loop_->run_once(0ns);
+  EXPECT_FALSE(conn->is_open());
+  ASSERT_TRUE(run_until_eof(client));
+  client.close();
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::timed_out) << to_string(rec.reason);
+}
+
+// set_idle_timeout(): "Zero turns it off."
+TEST_F(ConnectionTest, SetIdleTimeoutZeroTurnsTheTimeoutOff) {
+  use_manual_clock();
+  ServerOptions options;
+  options.connection.idle_timeout = 30s;
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  clock_.advance(20s);
+  loop_->run_once(0ns);
+  conn->set_idle_timeout(Duration::zero());
+  for (int i = 0; i < 10; ++i) {
+    clock_.advance(1h);
+    loop_->run_once(0ns);
+  }
+  EXPECT_TRUE(conn->is_open()) << "closed by a timeout turned off";
+  EXPECT_EQ(rec.close_calls, 0);
+}
+
 TEST_F(ConnectionTest, LingerAbortsCloseTowardPeerThatNeitherReadsNorSendsEof) {
   use_manual_clock();
   const std::string big = random_bytes(8 << 20, 21);
@@ -1870,6 +1945,31 @@ TEST_F(ConnectionTest, CloseOfAParkedConnectionDrainsToThePeersEofWithoutOnData)
   EXPECT_EQ(records_[0].reason, CloseReason::local_close) << to_string(records_[0].reason);
 }
 
+// connection.hpp: a clean hangup while paused parks the connection "until resume_reading() or
+// close() (the idle timeout and linger still run)": the idle timeout closes it, discarding the
+// unread bytes.
+TEST_F(ConnectionTest, IdleTimeoutStillClosesAParkedConnection) {
+  use_manual_clock();
+  test::TempDir dir;
+  ServerOptions options;
+  options.connection.idle_timeout = 10s;
+  on_open_ = [](Connection& c, Record&) { c.pause_reading(); };
+  const Address bound = start_server(test::unix_address(dir.file("s")), options);
+  {
+    RawClient client(bound);
+    ASSERT_TRUE(run_until_open());
+    ASSERT_EQ(client.send_some("last words"), 10u);
+  }  // writes and closes while the server does not read: a clean hangup, parked
+  for (int i = 0; i < 5; ++i)
+    loop_->run_once(1ms);
+  ASSERT_EQ(records_[0].close_calls, 0);
+  clock_.advance(10s);
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].data_calls, 0);
+  EXPECT_EQ(records_[0].reason, CloseReason::timed_out) << to_string(records_[0].reason);
+  EXPECT_FALSE(records_[0].ec) << records_[0].ec.message();
+}
+
 TEST_F(ConnectionTest, SendErrorOnAUsableSocketEndsTheConnectionOnceFromTheLoop) {
   const Address bound = start_server(Address::ipv4_loopback(0));
   RawClient client(bound);
@@ -2012,8 +2112,210 @@ TEST_F(ConnectionTest, ConnectionMethodsOffTheLoopThreadAreAssertedInDebugBuilds
         t.join();
       },
       "off its loop's thread");
+  // The rest of "each method that acts: send, close, abort, shutdown_write, pause and resume,
+  // timeouts".
+  iovec iov{const_cast<char*>("x"), 1};
+  const std::function<void(Connection&)> calls[] = {
+      [](Connection& c) { c.send("a", "b"); },
+      [&iov](Connection& c) { c.send(&iov, 1); },
+      [](Connection& c) { c.close(); },
+      [](Connection& c) { c.shutdown_write(); },
+      [](Connection& c) { c.pause_reading(); },
+      [](Connection& c) { c.resume_reading(); },
+      [](Connection& c) { c.set_idle_timeout(1s); },
+  };
+  for (const auto& call : calls) {
+    EXPECT_DEATH(
+        {
+          std::thread t([conn, &call] { call(*conn); });
+          t.join();
+        },
+        "off its loop's thread");
+  }
 }
 #endif
+
+// ---- Options, accessors, set-up and owners ----
+
+int tcp_nodelay_of(int fd) {
+  int value = -1;
+  socklen_t length = sizeof value;
+  EXPECT_EQ(::getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &value, &length), 0) << std::strerror(errno);
+  return value;
+}
+
+// ConnectionOptions::tcp_nodelay (default true): set on the accepted and the connected socket;
+// false leaves Nagle's algorithm on.
+void ConnectionTest::expect_tcp_nodelay(bool nodelay) {
+  ServerOptions options;
+  options.connection.tcp_nodelay = nodelay;
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  ConnectionHandlers client_handlers;
+  Connector connector(*loop_);
+  ConnectionHandle handle;
+  ConnectionOptions client_options;
+  client_options.tcp_nodelay = nodelay;
+  ASSERT_FALSE(connector.connect(
+      bound, kDeadline, client_handlers,
+      [&](std::error_code ec, ConnectionHandle h) {
+        EXPECT_FALSE(ec) << ec.message();
+        handle = std::move(h);
+      },
+      client_options));
+  ASSERT_TRUE(run_until([&] { return handle && records_.size() == 1; }));
+  Connection* accepted = server_side(records_[0]);
+  ASSERT_NE(accepted, nullptr);
+  EXPECT_EQ(tcp_nodelay_of(accepted->fd()) != 0, nodelay) << "accepted socket";
+  EXPECT_EQ(tcp_nodelay_of(handle->fd()) != 0, nodelay) << "connected socket";
+}
+
+TEST_F(ConnectionTest, TcpNodelayIsSetOnAcceptedAndConnectedSockets) {
+  expect_tcp_nodelay(true);
+}
+
+TEST_F(ConnectionTest, TcpNodelayFalseLeavesNagleOn) {
+  expect_tcp_nodelay(false);
+}
+
+// peer(): the other end's address; loop(): the loop it runs on.
+TEST_F(ConnectionTest, PeerIsTheOtherEndsAddressAndLoopItsLoop) {
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  sockaddr_storage local{};
+  socklen_t length = sizeof local;
+  ASSERT_EQ(::getsockname(client.fd(), reinterpret_cast<sockaddr*>(&local), &length), 0);
+  auto client_address = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&local), length);
+  ASSERT_TRUE(client_address.ok()) << client_address.error().message();
+  Connection* conn = server_side(records_[0]);
+  ASSERT_NE(conn, nullptr);
+  EXPECT_EQ(conn->peer(), *client_address)
+      << conn->peer().to_string() << " vs " << client_address->to_string();
+  EXPECT_EQ(&conn->loop(), loop_.get());
+}
+
+// in_callback(): "True while one of this connection's callbacks is running", on_high_water
+// inside a send() made outside any callback included.
+TEST_F(ConnectionTest, InCallbackIsTrueOnlyWhileOneOfItsCallbacksRuns) {
+  ServerOptions options;
+  options.connection.high_water_mark = 256 * 1024;
+  std::map<std::string, bool> seen;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    seen["on_data"] = c.in_callback();
+    input.consume(input.size());
+  };
+  on_high_water_ = [&](Connection& c, std::size_t, Record&) {
+    seen["on_high_water"] = c.in_callback();
+  };
+  on_drained_ = [&](Connection& c, Record&) { seen["on_drained"] = c.in_callback(); };
+  on_close_ = [&](Connection& c, Record&) { seen["on_close"] = c.in_callback(); };
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound, 64 * 1024);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  EXPECT_FALSE(conn->in_callback());
+  const std::string big = random_bytes(1 << 20, 65);
+  ASSERT_TRUE(conn->send(big));  // crosses the mark: on_high_water, inside this call
+  EXPECT_FALSE(conn->in_callback());
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return rec.drained_calls == 1 && rec.data_calls == 1;
+  }));
+  EXPECT_FALSE(conn->in_callback());
+  client.close();
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(
+      seen,
+      (std::map<std::string, bool>{
+          {"on_close", true}, {"on_data", true}, {"on_drained", true}, {"on_high_water", true}}));
+}
+
+// start() registers with the loop, or says why it could not (epoll takes no regular file); a
+// refused TCP_NODELAY is ignored.
+TEST(ConnectionStart, ReportsWhyTheSocketCannotBeRegistered) {
+  EventLoop loop;
+  ConnectionHandlers handlers;
+  const std::size_t registrations = loop.registrations();
+  Fd file(::open("/dev/null", O_RDWR | O_CLOEXEC));
+  ASSERT_TRUE(file) << std::strerror(errno);
+  Connection c(loop, std::move(file), Address::ipv4_loopback(9), handlers);
+  const std::error_code ec = c.start();
+  EXPECT_EQ(ec, std::errc::operation_not_permitted) << ec.message();
+  EXPECT_EQ(loop.registrations(), registrations);
+}
+
+// A Connection made directly on a connected socket (connection.hpp: "construct it with the fd,
+// then start()"), on one end of a socketpair; the test holds the other end.
+class DirectConnectionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    int fds[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds), 0);
+    fd_ = fds[0];
+    peer_.reset(fds[1]);
+    handlers_.on_data = [this](Connection&, Buffer& input) {
+      ++data_calls_;
+      input.consume(input.size());
+    };
+    handlers_.on_close = [this](Connection&, CloseReason, std::error_code) { ++close_calls_; };
+    baseline_ = loop_.registrations();
+    conn_ = std::make_unique<Connection>(loop_, Fd(fd_), Address{}, handlers_);
+    ASSERT_FALSE(conn_->start());
+    ASSERT_EQ(loop_.registrations(), baseline_ + 1);
+  }
+
+  bool fd_is_open() const { return ::fcntl(fd_, F_GETFD) >= 0; }
+
+  EventLoop loop_;
+  ConnectionHandlers handlers_;
+  std::unique_ptr<Connection> conn_;
+  int fd_ = -1;
+  Fd peer_;
+  std::size_t baseline_ = 0;
+  int data_calls_ = 0;
+  int close_calls_ = 0;
+};
+
+// detach(): "stop all callbacks ... and deregister now, without closing the socket (the
+// destructor does that)".
+TEST_F(DirectConnectionTest, DetachDeregistersAndStopsCallbacksWithoutClosingTheSocket) {
+  conn_->detach();
+  EXPECT_EQ(loop_.registrations(), baseline_);
+  EXPECT_TRUE(fd_is_open()) << "detach() closed the socket";
+  ASSERT_EQ(::send(peer_.get(), "x", 1, MSG_NOSIGNAL), 1);
+  for (int i = 0; i < 3; ++i)
+    loop_.run_once(1ms);
+  EXPECT_EQ(data_calls_, 0) << "on_data after detach()";
+  conn_.reset();
+  EXPECT_FALSE(fd_is_open()) << "the destructor left the socket open";
+  EXPECT_NE(wait_for_hangup(peer_.get()) & POLLHUP, 0);
+  EXPECT_EQ(close_calls_, 0);
+}
+
+// detach() stops "a pending on_close included".
+TEST_F(DirectConnectionTest, DetachCancelsAPendingOnClose) {
+  conn_->abort();  // ended: on_close is due from the loop
+  conn_->detach();
+  for (int i = 0; i < 3; ++i)
+    loop_.run_once(0ns);
+  EXPECT_EQ(close_calls_, 0);
+}
+
+// ~Connection(): "Closes the socket if still open, without callbacks."
+TEST_F(DirectConnectionTest, DestroyingALiveConnectionClosesItsSocketWithoutCallbacks) {
+  conn_.reset();
+  EXPECT_EQ(loop_.registrations(), baseline_);
+  EXPECT_FALSE(fd_is_open());
+  EXPECT_NE(wait_for_hangup(peer_.get()) & POLLHUP, 0);
+  for (int i = 0; i < 3; ++i)
+    loop_.run_once(0ns);
+  EXPECT_EQ(close_calls_, 0);
+  EXPECT_EQ(data_calls_, 0);
+}
 
 // ---- Cost in steady state ----
 
