@@ -7,7 +7,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
+#include <new>
 #include <string>
 #include <utility>
 
@@ -149,6 +151,21 @@ TEST(Buffer, ReserveNeverShrinks) {
   std::size_t capacity = b.capacity();
   EXPECT_GE(capacity, 10000u);
   b.reserve(1);
+  EXPECT_EQ(b.capacity(), capacity);
+}
+
+// buffer.hpp: reserve() "Ensures writable() >= n", and "Allocation failure throws
+// std::bad_alloc, like new": a request no block can hold throws, with the buffer as it was,
+// rather than looping on a doubling that overflows or returning a block too small.
+TEST(Buffer, ReserveBeyondAnyBlockThrowsBadAllocAndKeepsTheBuffer) {
+  Buffer empty;
+  EXPECT_THROW(empty.reserve(SIZE_MAX), std::bad_alloc);
+  EXPECT_EQ(empty.capacity(), 0u);
+  Buffer b;
+  b.append("live");
+  const std::size_t capacity = b.capacity();
+  EXPECT_THROW(b.reserve(SIZE_MAX - 1), std::bad_alloc);
+  EXPECT_EQ(b.view(), "live");
   EXPECT_EQ(b.capacity(), capacity);
 }
 
