@@ -94,6 +94,11 @@ TEST(Buffer, StartsEmptyWithoutAllocating) {
   EXPECT_EQ(b.capacity(), 0u);
   EXPECT_EQ(b.writable(), 0u);
   EXPECT_TRUE(b.view().empty());
+  // "never before the first write": appending nothing is no write.
+  b.append("");
+  b.append(nullptr, 0);
+  EXPECT_EQ(b.capacity(), 0u);
+  EXPECT_TRUE(b.empty());
 }
 
 // Layout: "Reading from the front is consume(), which only moves an index": the bytes stay

@@ -9,6 +9,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -76,6 +77,12 @@ extern "C" ssize_t readv(int fd, const iovec* iov, int count) {
   static const Real real = reactor::test::real_function<Real>("readv");
   return real(fd, iov, count);
 }
+
+// epoll_ctl failures (ENOMEM, ENOSPC: the kernel's limits), which a test cannot provoke: armed,
+// the next epoll_ctl in this executable fails.
+reactor::test::InjectedFault epoll_ctl_fault;
+REACTOR_INJECTABLE(epoll_ctl_fault, epoll_ctl, (int epfd, int op, int fd, epoll_event* event),
+                   (epfd, op, fd, event))
 
 // Counts allocations while `counting_allocations` is set (for the steady-state test): every
 // form of new this process uses without an alignment goes through here, to malloc and free.
@@ -1352,18 +1359,22 @@ TEST_F(ConnectionTest, OnDataMayCloseItsOwnConnection) {
 // (or aborts) the other, whose event is still in the batch.
 class SameBatchTest : public ConnectionTest {
  protected:
-  void run_batch(bool abort_other) {
-    on_data_ = [this, abort_other](Connection&, Buffer& input, Record& r) {
+  enum class Act { close, abort, pause };
+  void run_batch(bool abort_other) { run_batch(abort_other ? Act::abort : Act::close); }
+  void run_batch(Act act) {
+    on_data_ = [this, act](Connection&, Buffer& input, Record& r) {
       input.consume(input.size());
       if (closer_ != nullptr) return;
       closer_ = &r;
       victim_ = &records_[&r == &records_[0] ? 1 : 0];
       Connection* other = server_->find(victim_->id);
       ASSERT_NE(other, nullptr);
-      if (abort_other) {
+      if (act == Act::abort) {
         other->abort();
-      } else {
+      } else if (act == Act::close) {
         other->close();
+      } else {
+        other->pause_reading();
       }
       victim_data_calls_at_close_ = victim_->data_calls;
     };
@@ -1426,6 +1437,21 @@ TEST_F(SameBatchTest, AbortingAnotherConnectionInSameBatchDropsItsEvent) {
   ASSERT_TRUE(run_until([&] { return closer_->close_calls == 1; }));
   EXPECT_EQ(victim_->close_calls, 1);
   EXPECT_EQ(victim_->data_calls, 0);
+}
+
+// on_data "Never while reading is paused ..., whatever the peer does meanwhile": not even for
+// input whose readiness was already in the batch when another callback paused it.
+TEST_F(SameBatchTest, PausingAnotherConnectionInSameBatchHoldsItsInput) {
+  run_batch(Act::pause);
+  EXPECT_EQ(victim_->data_calls, 0) << "on_data for a connection paused in the same batch";
+  Connection* victim = server_side(*victim_);
+  ASSERT_NE(victim, nullptr);
+  for (int i = 0; i < 3; ++i)
+    loop_->run_once(1ms);
+  EXPECT_EQ(victim_->data_calls, 0);
+  victim->resume_reading();
+  ASSERT_TRUE(run_until([&] { return victim_->data_calls == 1; }));
+  EXPECT_EQ(victim_->close_calls, 0);
 }
 
 TEST_F(ConnectionTest, OnCloseRunsOnceAndNothingFollowsIt) {
@@ -1637,7 +1663,7 @@ TEST_F(ConnectionTest, SetIdleTimeoutOnALiveConnectionWithoutOneStartsIt) {
 }
 
 // set_idle_timeout(): "Zero turns it off."
-TEST_F(ConnectionTest, SetIdleTimeoutZeroTurnsTheTimeoutOff) {
+TEST_F(ConnectionTest, SetIdleTimeoutZeroOrMaxTurnsTheTimeoutOff) {
   use_manual_clock();
   ServerOptions options;
   options.connection.idle_timeout = 30s;
@@ -1649,6 +1675,7 @@ TEST_F(ConnectionTest, SetIdleTimeoutZeroTurnsTheTimeoutOff) {
   ASSERT_NE(conn, nullptr);
   clock_.advance(20s);
   loop_->run_once(0ns);
+  conn->set_idle_timeout(Duration::max());  // connection.hpp: "zero or Duration::max(): none"
   conn->set_idle_timeout(Duration::zero());
   for (int i = 0; i < 10; ++i) {
     clock_.advance(1h);
@@ -1746,6 +1773,27 @@ TEST_F(ConnectionTest, ResetAfterPeerEofEndsTheConnectionOnceWithoutSpinning) {
   EXPECT_TRUE(records_[0].ec == std::errc::connection_reset ||
               records_[0].ec == std::errc::broken_pipe)
       << records_[0].ec.message();
+}
+
+// After the peer's EOF, the peer goes away with output still queued (on a Unix socket, its
+// shutdown of reading: a hangup with no socket error pending): the connection ends once and says
+// why, from the write that finds the peer gone (EPIPE), not as a clean peer_closed.
+TEST_F(ConnectionTest, PeerGoneAfterItsEofWithOutputQueuedEndsTheConnectionWithTheSendError) {
+  test::TempDir dir;
+  const std::string reply = random_bytes(4 << 20, 67);
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_peer_shutdown_ = [&](Connection& c, Record&) { EXPECT_TRUE(c.send(reply)); };
+  const Address bound = start_server(test::unix_address(dir.file("s")));
+  RawClient client(bound);
+  client.shutdown_write();
+  ASSERT_TRUE(run_until([&] { return !records_.empty() && records_[0].peer_shutdown_calls == 1; }));
+  Connection* conn = server_side(records_[0]);
+  ASSERT_NE(conn, nullptr);
+  ASSERT_GT(conn->queued_bytes(), 0u) << "the reply did not queue";
+  ASSERT_EQ(::shutdown(client.fd(), SHUT_RD), 0) << std::strerror(errno);
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].reason, CloseReason::reset) << to_string(records_[0].reason);
+  EXPECT_EQ(records_[0].ec, std::errc::broken_pipe) << records_[0].ec.message();
 }
 
 TEST_F(ConnectionTest, PausedConnectionGetsNoDataWhenThePeerResets) {
@@ -2076,6 +2124,78 @@ TEST_F(ConnectionTest, ReadErrorEndsTheConnectionWithCloseReasonError) {
   EXPECT_NE(test::read_until_closed(*loop_, client.fd()), test::PeerEnd::open);
 }
 
+// CloseReason::error "another socket error, in ec": a failed epoll_ctl (the kernel out of
+// memory) where the connection changes its interest ends it like a socket error.
+TEST_F(ConnectionTest, EpollCtlFailureOnPauseEndsTheConnectionWithCloseReasonError) {
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  epoll_ctl_fault.arm(ENOMEM, 1);
+  conn->pause_reading();
+  epoll_ctl_fault.disarm();
+  EXPECT_EQ(epoll_ctl_fault.injected.load(), 1);
+  EXPECT_TRUE(conn->is_closed());
+  EXPECT_EQ(rec.close_calls, 0) << "on_close inside pause_reading()";
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::error) << to_string(rec.reason);
+  EXPECT_EQ(rec.ec, std::errc::not_enough_memory) << rec.ec.message();
+}
+
+// send(): false "when this send failed ...: then the connection has ended and on_close
+// follows"; here arming EPOLLOUT for the queued rest fails, before on_high_water could run.
+TEST_F(ConnectionTest, EpollCtlFailureInTheSendThatCrossesTheMarkEndsTheConnection) {
+  ServerOptions options;
+  options.connection.high_water_mark = 256 * 1024;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound, 64 * 1024);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  const std::string big = random_bytes(1 << 20, 69);
+  epoll_ctl_fault.arm(ENOMEM, 1);
+  const bool sent = conn->send(big);
+  epoll_ctl_fault.disarm();
+  EXPECT_FALSE(sent);
+  EXPECT_EQ(epoll_ctl_fault.injected.load(), 1);
+  EXPECT_TRUE(conn->is_closed());
+  EXPECT_EQ(rec.high_water_calls, 0) << "on_high_water on a connection that had ended";
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::error) << to_string(rec.reason);
+  EXPECT_EQ(rec.ec, std::errc::not_enough_memory) << rec.ec.message();
+}
+
+// A parked connection goes back on the loop at resume_reading(); when the loop refuses it,
+// the connection ends (error) rather than staying parked with nobody to wake it.
+TEST_F(ConnectionTest, EpollCtlFailureWhenAParkedConnectionResumesEndsIt) {
+  test::TempDir dir;
+  on_open_ = [](Connection& c, Record&) { c.pause_reading(); };
+  const Address bound = start_server(test::unix_address(dir.file("s")));
+  {
+    RawClient client(bound);
+    ASSERT_TRUE(run_until_open());
+    ASSERT_EQ(client.send_some("last words"), 10u);
+  }  // a clean hangup while paused: parked
+  EXPECT_LE(iterations_over(*loop_, 50ms), kQuietIterations);
+  Record& rec = records_[0];
+  ASSERT_EQ(rec.close_calls, 0);
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  epoll_ctl_fault.arm(ENOSPC, 1);
+  conn->resume_reading();
+  epoll_ctl_fault.disarm();
+  EXPECT_EQ(epoll_ctl_fault.injected.load(), 1);
+  EXPECT_TRUE(conn->is_closed());
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.data_calls, 0);
+  EXPECT_EQ(rec.reason, CloseReason::error) << to_string(rec.reason);
+  EXPECT_EQ(rec.ec, std::errc::no_space_on_device) << rec.ec.message();
+}
+
 TEST(CloseReasonNames, EveryReasonHasItsOwnName) {
   const CloseReason all[] = {CloseReason::peer_closed, CloseReason::reset,   CloseReason::timed_out,
                              CloseReason::local_close, CloseReason::aborted, CloseReason::error,
@@ -2349,6 +2469,39 @@ TEST_F(DirectConnectionTest, DestroyingALiveConnectionClosesItsSocketWithoutCall
     loop_.run_once(0ns);
   EXPECT_EQ(close_calls_, 0);
   EXPECT_EQ(data_calls_, 0);
+}
+
+// "Callbacks (all optional except that unread input accumulates without on_data)": a
+// connection with no callbacks at all reads, flushes queued output past its high-water mark,
+// and ends at the peer's EOF.
+TEST(DirectConnection, EveryCallbackIsOptional) {
+  EventLoop loop;
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds), 0);
+  Fd peer(fds[1]);
+  ConnectionHandlers none;
+  ConnectionOptions options;
+  options.high_water_mark = 64 * 1024;
+  Connection c(loop, Fd(fds[0]), Address{}, none, options);
+  ASSERT_FALSE(c.start());
+  ASSERT_EQ(::send(peer.get(), "ignored", 7, MSG_NOSIGNAL), 7);
+  const std::string big = random_bytes(1 << 20, 71);
+  ASSERT_TRUE(c.send(big));
+  EXPECT_GT(c.queued_bytes(), options.high_water_mark);
+  std::string received;
+  ASSERT_TRUE(test::run_until(loop, [&] {
+    char buf[65536];
+    ssize_t n;
+    while ((n = ::recv(peer.get(), buf, sizeof buf, MSG_DONTWAIT)) > 0)
+      received.append(buf, static_cast<std::size_t>(n));
+    return received.size() >= big.size();
+  }));
+  EXPECT_TRUE(received == big);
+  EXPECT_EQ(c.queued_bytes(), 0u);
+  EXPECT_EQ(c.bytes_received(), 7u);
+  ASSERT_EQ(::shutdown(peer.get(), SHUT_WR), 0);
+  ASSERT_TRUE(test::run_until(loop, [&] { return c.is_closed(); }));
+  loop.run_once(0ns);  // the on_close nobody listens to
 }
 
 // ---- Cost in steady state ----
