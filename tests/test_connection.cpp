@@ -914,6 +914,38 @@ TEST_F(ConnectionTest, OnDrainedRunsOnceWhenQueuedOutputReachesZero) {
   EXPECT_TRUE(client.received() == "small" + big + "small");
 }
 
+// "A callback may send, close or abort this or any other connection": on_drained sends the next
+// part of a stream each time the output drains, then closes after the last.
+TEST_F(ConnectionTest, OnDrainedMaySendTheNextPartOfAStream) {
+  const std::string stream = random_bytes(2 << 20, 73);
+  constexpr std::size_t kPart = 256 * 1024;
+  std::size_t next = 0;
+  auto send_next = [&](Connection& c) {
+    if (next >= stream.size()) {
+      c.close();
+      return;
+    }
+    EXPECT_TRUE(c.send(std::string_view(stream).substr(next, kPart)));
+    next += kPart;
+  };
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    send_next(c);
+  };
+  on_drained_ = [&](Connection& c, Record&) { send_next(c); };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("go"), 2u);
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_EQ(client.error(), 0) << std::strerror(client.error());
+  EXPECT_TRUE(client.received() == stream) << "got " << client.received().size() << " bytes";
+  EXPECT_GE(records_[0].drained_calls, 2) << "the parts did not queue";
+  client.close();
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].reason, CloseReason::local_close) << to_string(records_[0].reason);
+}
+
 // ---- Half-close and graceful close ----
 
 TEST_F(ConnectionTest, ReplyAfterPeerHalfCloseIsStillDelivered) {
@@ -1337,6 +1369,7 @@ TEST_F(ConnectionTest, OnDataMayCloseItsOwnConnection) {
     input.consume(input.size());
     EXPECT_TRUE(c.send("bye\n"));
     c.close();
+    c.close();  // already closing: nothing more happens
     EXPECT_FALSE(c.is_open());
   };
   const Address bound = start_server(Address::ipv4_loopback(0));
@@ -1353,6 +1386,21 @@ TEST_F(ConnectionTest, OnDataMayCloseItsOwnConnection) {
   EXPECT_EQ(records_[0].data_calls, 1);
   EXPECT_EQ(records_[0].reason, CloseReason::local_close) << to_string(records_[0].reason);
   EXPECT_FALSE(records_[0].ec) << records_[0].ec.message();
+}
+
+// on_data may abort with its input unconsumed: the bytes go with the connection (RST), nothing
+// more is read, and on_close follows once.
+TEST_F(ConnectionTest, OnDataMayAbortWithItsInputUnconsumed) {
+  on_data_ = [](Connection& c, Buffer&, Record&) { c.abort(); };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_EQ(client.send_some("never consumed"), 14u);
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].close_calls == 1; }));
+  for (int i = 0; i < 3; ++i)
+    loop_->run_once(1ms);
+  EXPECT_EQ(records_[0].data_calls, 1);
+  EXPECT_EQ(test::read_until_closed(*loop_, client.fd()), test::PeerEnd::reset);
+  EXPECT_EQ(records_[0].reason, CloseReason::aborted) << to_string(records_[0].reason);
 }
 
 // Two connections with input ready in one epoll batch; whichever on_data runs first closes
