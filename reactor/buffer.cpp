@@ -5,7 +5,9 @@
 
 #include <cassert>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
+#include <new>
 #include <utility>
 
 namespace reactor {
@@ -43,6 +45,9 @@ void Buffer::reserve(std::size_t n) {
     write_pos_ = live;
     return;
   }
+  // No block holds more than PTRDIFF_MAX bytes: past it, live + n and the doubling below would
+  // wrap around (a block too small, or a loop that never ends).
+  if (n > static_cast<std::size_t>(PTRDIFF_MAX) - live) throw std::bad_alloc();
   std::size_t needed = live + n;
   std::size_t new_capacity = capacity_ * 2 > kMinCapacity ? capacity_ * 2 : kMinCapacity;
   while (new_capacity < needed)

@@ -4,17 +4,58 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <string>
 #include <utility>
 
 #include <gtest/gtest.h>
 
+#include "injected_fault.hpp"
 #include "reactor/address.hpp"
 #include "reactor/socket.hpp"
+
+// Seams for what the kernel and the allocator rarely do on demand. Armed, the next recv or
+// readv (Buffer::read_from's two reads) fails with the fault's errno; the next new[] (the
+// Buffer's block) throws std::bad_alloc. Unarmed, each passes through.
+reactor::test::InjectedFault read_fault;
+extern "C" ssize_t recv(int fd, void* buf, size_t len, int flags) {
+  if (const int err = read_fault.take()) {
+    errno = err;
+    return -1;
+  }
+  using Real = ssize_t (*)(int, void*, size_t, int);
+  static const Real real = reactor::test::real_function<Real>("recv");
+  return real(fd, buf, len, flags);
+}
+extern "C" ssize_t readv(int fd, const iovec* iov, int count) {
+  if (const int err = read_fault.take()) {
+    errno = err;
+    return -1;
+  }
+  using Real = ssize_t (*)(int, const iovec*, int);
+  static const Real real = reactor::test::real_function<Real>("readv");
+  return real(fd, iov, count);
+}
+
+reactor::test::InjectedFault allocation_fault;  // any errno arms it: new[] throws bad_alloc
+void* operator new[](std::size_t n) {
+  if (allocation_fault.take() != 0) throw std::bad_alloc();
+  if (void* p = std::malloc(n != 0 ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete[](void* p) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, std::size_t) noexcept {
+  std::free(p);
+}
 
 namespace reactor {
 namespace {
@@ -53,6 +94,26 @@ TEST(Buffer, StartsEmptyWithoutAllocating) {
   EXPECT_EQ(b.capacity(), 0u);
   EXPECT_EQ(b.writable(), 0u);
   EXPECT_TRUE(b.view().empty());
+  // "never before the first write": appending nothing is no write.
+  b.append("");
+  b.append(nullptr, 0);
+  EXPECT_EQ(b.capacity(), 0u);
+  EXPECT_TRUE(b.empty());
+}
+
+// Layout: "Reading from the front is consume(), which only moves an index": the bytes stay
+// where they are, and the block with them.
+TEST(Buffer, ConsumeOnlyMovesTheFrontIndex) {
+  Buffer b;
+  b.append(pattern(100));
+  const char* front = b.data();
+  const std::size_t capacity = b.capacity();
+  const std::size_t writable = b.writable();
+  b.consume(30);
+  EXPECT_EQ(b.data(), front + 30);
+  EXPECT_EQ(b.view(), pattern(100).substr(30));
+  EXPECT_EQ(b.capacity(), capacity);
+  EXPECT_EQ(b.writable(), writable);
 }
 
 TEST(Buffer, AppendThenConsume) {
@@ -151,6 +212,52 @@ TEST(Buffer, ReserveNeverShrinks) {
   b.reserve(1);
   EXPECT_EQ(b.capacity(), capacity);
 }
+
+// buffer.hpp: reserve() "Ensures writable() >= n", and "Allocation failure throws
+// std::bad_alloc, like new": a request no block can hold throws, with the buffer as it was,
+// rather than looping on a doubling that overflows or returning a block too small.
+TEST(Buffer, ReserveBeyondAnyBlockThrowsBadAllocAndKeepsTheBuffer) {
+  Buffer empty;
+  EXPECT_THROW(empty.reserve(SIZE_MAX), std::bad_alloc);
+  EXPECT_EQ(empty.capacity(), 0u);
+  Buffer b;
+  b.append("live");
+  const std::size_t capacity = b.capacity();
+  EXPECT_THROW(b.reserve(SIZE_MAX - 1), std::bad_alloc);
+  EXPECT_EQ(b.view(), "live");
+  EXPECT_EQ(b.capacity(), capacity);
+}
+
+// "Allocation failure throws std::bad_alloc, like new", injected: the buffer is left as it was.
+TEST(Buffer, AllocationFailureThrowsBadAllocAndKeepsTheBuffer) {
+  Buffer b;
+  allocation_fault.arm(ENOMEM, 1);
+  EXPECT_THROW(b.append("first"), std::bad_alloc);
+  EXPECT_EQ(allocation_fault.injected.load(), 1);
+  EXPECT_TRUE(b.empty());
+  EXPECT_EQ(b.capacity(), 0u);
+
+  b.append(pattern(1000));
+  const std::size_t capacity = b.capacity();
+  allocation_fault.arm(ENOMEM, 1);
+  EXPECT_THROW(b.append(pattern(5000)), std::bad_alloc);
+  allocation_fault.disarm();
+  EXPECT_EQ(b.view(), pattern(1000));
+  EXPECT_EQ(b.capacity(), capacity);
+  b.append(pattern(5000, 1000));  // and it grows once memory is there
+  EXPECT_EQ(b.view(), pattern(1000) + pattern(5000, 1000));
+}
+
+// "consume(n) and commit(n) with n beyond size() / writable() are programmer errors (asserted
+// in debug builds)."
+#ifndef NDEBUG
+TEST(BufferDeathTest, ConsumeOrCommitBeyondTheRegionIsAssertedInDebugBuilds) {
+  Buffer b;
+  b.append("four");
+  EXPECT_DEATH(b.consume(5), "n <= size");
+  EXPECT_DEATH(b.commit(b.writable() + 1), "n <= writable");
+}
+#endif
 
 TEST(Buffer, LargeAppend) {
   Buffer b;
@@ -255,6 +362,54 @@ TEST(BufferReadFrom, EagainOnEmptySocket) {
   EXPECT_EQ(r.bytes, 0u);
   EXPECT_FALSE(r.eof());
   EXPECT_TRUE(b.empty());
+}
+
+// read_from(): "One read (retried on EINTR)", on both of its paths.
+TEST(BufferReadFrom, InterruptedReadIsRetried) {
+  SocketPair p = unix_pair();
+  write_all(p.writer.get(), "hello");
+  Buffer small;  // under kOverflowSize free: readv into the free space and the stack area
+  read_fault.arm(EINTR, 1);
+  ReadResult r = small.read_from(p.reader.get());
+  EXPECT_EQ(read_fault.injected.load(), 1);
+  EXPECT_FALSE(r.error()) << r.error().message();
+  EXPECT_EQ(r.bytes, 5u);
+  EXPECT_EQ(small.view(), "hello");
+
+  write_all(p.writer.get(), "world");
+  Buffer large;  // kOverflowSize free: one recv into the free space
+  large.reserve(Buffer::kOverflowSize);
+  read_fault.arm(EINTR, 1);
+  r = large.read_from(p.reader.get());
+  EXPECT_EQ(read_fault.injected.load(), 1);
+  EXPECT_FALSE(r.error()) << r.error().message();
+  EXPECT_EQ(r.bytes, 5u);
+  EXPECT_EQ(large.view(), "world");
+}
+
+// "read_from() never throws for I/O failures: it reports them in ReadResult::err", on both
+// paths, leaving the buffer as it was.
+TEST(BufferReadFrom, ReadErrorIsReportedNotThrownAndKeepsTheBuffer) {
+  SocketPair p = unix_pair();
+  write_all(p.writer.get(), "unread");
+  Buffer small;
+  small.append("kept");
+  read_fault.arm(EIO, 1);
+  ReadResult r = small.read_from(p.reader.get());
+  EXPECT_EQ(r.err, EIO);
+  EXPECT_EQ(r.error(), std::errc::io_error);
+  EXPECT_EQ(r.bytes, 0u);
+  EXPECT_FALSE(r.eof());
+  EXPECT_FALSE(r.would_block());
+  EXPECT_EQ(small.view(), "kept");
+
+  Buffer large;
+  large.reserve(Buffer::kOverflowSize);
+  read_fault.arm(EIO, 1);
+  r = large.read_from(p.reader.get());
+  EXPECT_EQ(r.err, EIO);
+  EXPECT_TRUE(large.empty());
+  EXPECT_EQ(large.read_from(p.reader.get()).bytes, 6u) << "the bytes were lost";
 }
 
 TEST(BufferReadFrom, BadDescriptorIsAnError) {

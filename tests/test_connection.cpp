@@ -4,25 +4,33 @@
 // on a ManualClock.
 #include "reactor/connection.hpp"
 
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <climits>
 #include <csignal>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <new>
 #include <random>
+#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -46,6 +54,65 @@ extern "C" ssize_t send(int fd, const void* buf, size_t len, int flags) {
   using Real = ssize_t (*)(int, const void*, size_t, int);
   static const Real real = reactor::test::real_function<Real>("send");
   return real(fd, buf, len, flags);
+}
+
+// The same for reads (Buffer::read_from reads with recv, or readv into a small buffer): armed,
+// the next of either fails. Arm it right before the server's read, with no other read between.
+reactor::test::InjectedFault read_fault;
+extern "C" ssize_t recv(int fd, void* buf, size_t len, int flags) {
+  if (const int err = read_fault.take()) {
+    errno = err;
+    return -1;
+  }
+  using Real = ssize_t (*)(int, void*, size_t, int);
+  static const Real real = reactor::test::real_function<Real>("recv");
+  return real(fd, buf, len, flags);
+}
+extern "C" ssize_t readv(int fd, const iovec* iov, int count) {
+  if (const int err = read_fault.take()) {
+    errno = err;
+    return -1;
+  }
+  using Real = ssize_t (*)(int, const iovec*, int);
+  static const Real real = reactor::test::real_function<Real>("readv");
+  return real(fd, iov, count);
+}
+
+// epoll_ctl failures (ENOMEM, ENOSPC: the kernel's limits), which a test cannot provoke: armed,
+// the next epoll_ctl in this executable fails.
+reactor::test::InjectedFault epoll_ctl_fault;
+REACTOR_INJECTABLE(epoll_ctl_fault, epoll_ctl, (int epfd, int op, int fd, epoll_event* event),
+                   (epfd, op, fd, event))
+
+// Counts allocations while `counting_allocations` is set (for the steady-state test): every
+// form of new this process uses without an alignment goes through here, to malloc and free.
+std::atomic<bool> counting_allocations{false};
+std::atomic<std::uint64_t> allocations{0};
+namespace {
+void* counted_new(std::size_t n) {
+  if (counting_allocations.load(std::memory_order_relaxed))
+    allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n != 0 ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+}  // namespace
+void* operator new(std::size_t n) {
+  return counted_new(n);
+}
+void* operator new[](std::size_t n) {
+  return counted_new(n);
+}
+void operator delete(void* p) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, std::size_t) noexcept {
+  std::free(p);
 }
 
 namespace reactor {
@@ -217,10 +284,11 @@ class ConnectionTest : public ::testing::Test {
       ++r.data_calls;
       on_data_(c, input, r);
     };
-    handlers_.on_drained = [](Connection& c) {
+    handlers_.on_drained = [this](Connection& c) {
       Record& r = record_of(c);
       note(r);
       ++r.drained_calls;
+      if (on_drained_) on_drained_(c, r);
     };
     handlers_.on_high_water = [this](Connection& c, std::size_t queued) {
       Record& r = record_of(c);
@@ -280,6 +348,7 @@ class ConnectionTest : public ::testing::Test {
   Connection* server_side(const Record& r) const { return server_->find(r.id); }
 
   void expect_echo_round_trip(const Address& at);
+  void expect_tcp_nodelay(bool nodelay);
   void expect_gather_send_to_closed_peer_is_reset(const std::function<bool(Connection&)>& send);
 
   static Record& record_of(Connection& c) { return *c.context_as<Record>(); }
@@ -296,6 +365,7 @@ class ConnectionTest : public ::testing::Test {
   // What the server does; the handlers above count every call before calling these.
   std::function<void(Connection&, Record&)> on_open_;
   std::function<void(Connection&, Buffer&, Record&)> on_data_ = echo;
+  std::function<void(Connection&, Record&)> on_drained_;
   std::function<void(Connection&, std::size_t, Record&)> on_high_water_;
   std::function<void(Connection&, Record&)> on_peer_shutdown_;
   std::function<void(Connection&, Record&)> on_close_;
@@ -538,6 +608,8 @@ TEST_F(ConnectionTest, SixtyFourMiBBothWaysThroughSlowReaderIsExactAndBounded) {
   EXPECT_EQ(echoed.verified, kTotal);
   EXPECT_EQ(client.error(), 0) << std::strerror(client.error());
   EXPECT_GE(rec.high_water_calls, 1);
+  // The client read everything: queued output reached zero at least once.
+  EXPECT_GE(rec.drained_calls, 1);
   EXPECT_EQ(bound_check.violations, 0) << "queued output reached " << bound_check.worst
                                        << " > high water " << kHighWater << " + one message";
 
@@ -655,6 +727,225 @@ TEST_F(ConnectionTest, ReadingResumesOnceOutputDrainsBelowLowWaterMark) {
   EXPECT_LT(most, kLow) << "reading resumed above the low-water mark";
 }
 
+// connection.hpp, on_high_water: "It runs inside the send() that crossed the mark", with the
+// queued output, which has passed high_water_mark; once, until the output drains.
+TEST_F(ConnectionTest, OnHighWaterRunsInsideTheSendThatCrossedTheMark) {
+  ServerOptions options;
+  options.connection.high_water_mark = 256 * 1024;
+  const std::string big = random_bytes(1 << 20, 53);
+  bool in_send = false;
+  std::vector<std::pair<bool, std::size_t>> calls;  // (inside our send, queued)
+  std::size_t queued_in_call = 0;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    in_send = true;
+    EXPECT_TRUE(c.send(big));
+    in_send = false;
+    EXPECT_TRUE(c.send("and a little more"));  // past the mark again: no second call
+  };
+  on_high_water_ = [&](Connection& c, std::size_t queued, Record&) {
+    calls.emplace_back(in_send, queued);
+    queued_in_call = c.queued_bytes();
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].data_calls == 1; }));
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_TRUE(calls[0].first) << "on_high_water ran outside the send() that crossed the mark";
+  EXPECT_GE(calls[0].second, options.connection.high_water_mark);
+  EXPECT_EQ(calls[0].second, queued_in_call) << "the count passed is not queued_bytes()";
+}
+
+// ConnectionOptions::pause_reading_at_high_water = false: on_high_water still runs, but reading
+// goes on, so output toward a peer that does not read grows past the mark (bounded only by
+// max_queued_bytes, here zero: no bound).
+TEST_F(ConnectionTest, ReadingGoesOnPastTheHighWaterMarkWhenPausingIsOff) {
+  constexpr std::size_t kTotal = 4u << 20;
+  ServerOptions options;
+  options.connection.high_water_mark = 64 * 1024;
+  options.connection.low_water_mark = 16 * 1024;
+  options.connection.pause_reading_at_high_water = false;
+  const std::string payload = random_bytes(kTotal, 55);
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound, 64 * 1024);  // reads nothing until the server has read it all
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  std::size_t sent = 0;
+  ASSERT_TRUE(run_until([&] {
+    sent += client.send_some(std::string_view(payload).substr(sent));
+    return conn->bytes_received() == kTotal || client.failed();
+  })) << "the server stopped reading at "
+      << conn->bytes_received() << " of " << kTotal;
+  EXPECT_EQ(rec.high_water_calls, 1);
+  EXPECT_GT(conn->queued_bytes(), options.connection.high_water_mark + 2 * Buffer::kOverflowSize)
+      << "output stayed near the mark: reading paused";
+
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.received().size() >= kTotal || client.failed() || client.eof();
+  }));
+  EXPECT_TRUE(client.received() == payload) << "echo differs";
+  EXPECT_EQ(rec.close_calls, 0);
+}
+
+// connection.hpp: pause_reading()/resume_reading() on a live connection: on_data "never while
+// reading is paused ..., whatever the peer does meanwhile"; the bytes wait in the socket and
+// come after resume_reading().
+TEST_F(ConnectionTest, PauseAndResumeReadingOnALiveConnection) {
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  EXPECT_FALSE(set_tcp_nodelay(client.fd()));  // each send arrives at once, unacknowledged
+  ASSERT_EQ(client.send_some("one."), 4u);
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.received().size() >= 4;
+  }));
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+
+  conn->pause_reading();
+  ASSERT_EQ(client.send_some("two."), 4u);
+  ASSERT_TRUE(wait_for_input(conn->fd()));
+  for (int i = 0; i < 5; ++i)
+    loop_->run_once(1ms);
+  ASSERT_EQ(client.send_some("three."), 6u);
+  for (int i = 0; i < 5; ++i)
+    loop_->run_once(1ms);
+  EXPECT_EQ(rec.data_calls, 1) << "on_data while reading was paused";
+  int unread = 0;
+  ASSERT_EQ(::ioctl(conn->fd(), FIONREAD, &unread), 0);
+  EXPECT_EQ(unread, 10) << "the bytes did not wait in the socket";
+  EXPECT_TRUE(conn->is_open());
+
+  conn->resume_reading();
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.received().size() >= 14 || client.failed() || client.eof();
+  }));
+  EXPECT_EQ(client.received(), "one.two.three.");
+  EXPECT_EQ(rec.close_calls, 0);
+}
+
+// ConnectionOptions::reads_per_event: "reads per readiness while each read fills the buffer
+// (fairness)". With more waiting than that many reads take, one readiness reads that many
+// times and leaves the rest in the socket for a later iteration.
+TEST_F(ConnectionTest, ReadsPerEventBoundsTheReadsOfOneReadiness) {
+  test::TempDir dir;
+  ServerOptions options;
+  options.connection.reads_per_event = 2;
+  on_data_ = [](Connection&, Buffer& input, Record&) { input.consume(input.size()); };
+  const Address bound = start_server(test::unix_address(dir.file("s")), options);
+  RawClient client(bound);
+  ASSERT_EQ(client.send_some("x"), 1u);  // warm-up: the loop's read buffer takes its size
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].data_calls == 1; }));
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+
+  const std::string chunk(Buffer::kOverflowSize, 'y');
+  while (client.send_some(chunk) > 0) {
+  }
+  int waiting = 0;
+  ASSERT_EQ(::ioctl(conn->fd(), FIONREAD, &waiting), 0);
+  ASSERT_GT(static_cast<std::size_t>(waiting), 2 * Buffer::kOverflowSize)
+      << "the socket holds less than two full reads";
+  ASSERT_EQ(loop_->run_once(0ns), 1u);
+  EXPECT_EQ(rec.data_calls, 1 + 2) << "reads in one readiness";
+  EXPECT_EQ(conn->bytes_received(), 1 + 2 * Buffer::kOverflowSize);
+  int left = 0;
+  ASSERT_EQ(::ioctl(conn->fd(), FIONREAD, &left), 0);
+  EXPECT_EQ(static_cast<std::size_t>(left),
+            static_cast<std::size_t>(waiting) - 2 * Buffer::kOverflowSize);
+
+  ASSERT_TRUE(
+      run_until([&] { return conn->bytes_received() == 1 + static_cast<std::size_t>(waiting); }));
+}
+
+// connection.hpp: "on_drained(conn): queued output reached zero". Only queued output drains: a
+// send the kernel takes whole queues nothing and calls nothing.
+TEST_F(ConnectionTest, OnDrainedRunsOnceWhenQueuedOutputReachesZero) {
+  const std::string big = random_bytes(4 << 20, 51);
+  std::vector<std::size_t> queued_in_drained;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record& r) {
+    input.consume(input.size());
+    EXPECT_TRUE(c.send("small"));
+    EXPECT_EQ(c.queued_bytes(), 0u) << "a small send to an empty socket was queued";
+    if (r.data_calls == 1) {
+      EXPECT_TRUE(c.send(big));
+    }
+  };
+  on_drained_ = [&](Connection& c, Record&) { queued_in_drained.push_back(c.queued_bytes()); };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].data_calls == 1; }));
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  ASSERT_GT(conn->queued_bytes(), 0u) << "the big reply did not queue";
+  for (int i = 0; i < 5; ++i)
+    loop_->run_once(1ms);
+  EXPECT_EQ(rec.drained_calls, 0) << "on_drained with output still queued";
+
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.received().size() >= 5 + big.size() || client.failed() || client.eof();
+  }));
+  ASSERT_TRUE(run_until([&] { return rec.drained_calls >= 1; }));
+  EXPECT_EQ(rec.drained_calls, 1);
+  EXPECT_EQ(queued_in_drained, std::vector<std::size_t>{0});
+
+  // A second message whose reply the kernel takes whole: nothing queued, nothing drained.
+  ASSERT_EQ(client.send_some("y"), 1u);
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.received().size() >= 10 + big.size() || client.failed() || client.eof();
+  }));
+  loop_->run_once(0ns);
+  EXPECT_EQ(rec.data_calls, 2);
+  EXPECT_EQ(rec.drained_calls, 1) << "on_drained after a send that queued nothing";
+  EXPECT_TRUE(client.received() == "small" + big + "small");
+}
+
+// "A callback may send, close or abort this or any other connection": on_drained sends the next
+// part of a stream each time the output drains, then closes after the last.
+TEST_F(ConnectionTest, OnDrainedMaySendTheNextPartOfAStream) {
+  const std::string stream = random_bytes(2 << 20, 73);
+  constexpr std::size_t kPart = 256 * 1024;
+  std::size_t next = 0;
+  auto send_next = [&](Connection& c) {
+    if (next >= stream.size()) {
+      c.close();
+      return;
+    }
+    EXPECT_TRUE(c.send(std::string_view(stream).substr(next, kPart)));
+    next += kPart;
+  };
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    send_next(c);
+  };
+  on_drained_ = [&](Connection& c, Record&) { send_next(c); };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("go"), 2u);
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_EQ(client.error(), 0) << std::strerror(client.error());
+  EXPECT_TRUE(client.received() == stream) << "got " << client.received().size() << " bytes";
+  EXPECT_GE(records_[0].drained_calls, 2) << "the parts did not queue";
+  client.close();
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].reason, CloseReason::local_close) << to_string(records_[0].reason);
+}
+
 // ---- Half-close and graceful close ----
 
 TEST_F(ConnectionTest, ReplyAfterPeerHalfCloseIsStillDelivered) {
@@ -682,6 +973,7 @@ TEST_F(ConnectionTest, ReplyAfterPeerHalfCloseIsStillDelivered) {
       << "got " << client.received().size() << " bytes";
   ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].close_calls == 1; }));
   EXPECT_EQ(records_[0].peer_shutdown_calls, 1);
+  EXPECT_EQ(records_[0].drained_calls, 1) << "the reply queued once and drained once";
   EXPECT_EQ(records_[0].reason, CloseReason::peer_closed) << to_string(records_[0].reason);
   EXPECT_FALSE(records_[0].ec) << records_[0].ec.message();
 }
@@ -751,6 +1043,7 @@ TEST_F(ConnectionTest, ShutdownWriteFlushesQueuedOutputThenEofAndKeepsReading) {
   EXPECT_EQ(client.error(), 0) << std::strerror(client.error());
   EXPECT_EQ(client.received().size(), reply.size());
   EXPECT_TRUE(client.received() == reply) << "bytes before EOF differ";
+  EXPECT_EQ(rec.drained_calls, 1) << "the reply queued once and drained once";
 
   ASSERT_EQ(client.send_some("still reading"), 13u);
   ASSERT_TRUE(run_until([&] { return rec.received == "still reading"; }));
@@ -759,6 +1052,172 @@ TEST_F(ConnectionTest, ShutdownWriteFlushesQueuedOutputThenEofAndKeepsReading) {
   client.close();
   ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
   EXPECT_EQ(rec.reason, CloseReason::peer_closed) << to_string(rec.reason);
+}
+
+// connection.hpp, transitions: "open -- shutdown_write() --> ... write_shut when nothing is
+// queued": the FIN goes at once, sends are refused, reading goes on.
+TEST_F(ConnectionTest, ShutdownWriteWithNothingQueuedSendsEofAtOnceAndKeepsReading) {
+  bool open_after_shutdown = true;
+  bool send_after_shutdown = true;
+  on_data_ = [&](Connection& c, Buffer& input, Record& r) {
+    if (r.data_calls == 1) {
+      c.shutdown_write();
+      open_after_shutdown = c.is_open();
+      send_after_shutdown = c.send("late");
+    } else {
+      r.received.append(input.view());
+    }
+    input.consume(input.size());
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_EQ(client.send_some("start"), 5u);
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_EQ(client.received(), "");
+  EXPECT_FALSE(open_after_shutdown);
+  EXPECT_FALSE(send_after_shutdown);
+  Record& rec = records_[0];
+  ASSERT_EQ(client.send_some("still reading"), 13u);
+  ASSERT_TRUE(run_until([&] { return rec.received == "still reading"; }));
+  EXPECT_EQ(rec.close_calls, 0);
+  client.close();
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::peer_closed) << to_string(rec.reason);
+  EXPECT_FALSE(rec.ec) << rec.ec.message();
+}
+
+// Transitions: "peer_shut -- shutdown_write() --> flushing, or closed when nothing is queued".
+TEST_F(ConnectionTest, ShutdownWriteAfterThePeersEofWithNothingQueuedEndsTheConnection) {
+  bool closed_inside = false;
+  on_peer_shutdown_ = [&](Connection& c, Record&) {
+    EXPECT_TRUE(c.peer_has_shut_down());
+    c.shutdown_write();
+    closed_inside = c.is_closed();
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  client.shutdown_write();
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_TRUE(closed_inside) << "both directions done, yet not closed";
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].reason, CloseReason::peer_closed) << to_string(records_[0].reason);
+  EXPECT_FALSE(records_[0].ec) << records_[0].ec.message();
+}
+
+TEST_F(ConnectionTest, ShutdownWriteAfterThePeersEofFlushesThenEndsTheConnection) {
+  const std::string reply = random_bytes(4 << 20, 57);
+  std::size_t queued_at_shutdown = 0;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_peer_shutdown_ = [&](Connection& c, Record&) {
+    EXPECT_TRUE(c.send(reply));
+    queued_at_shutdown = c.queued_bytes();
+    c.shutdown_write();
+    EXPECT_FALSE(c.is_closed());
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound, 64 * 1024);
+  client.shutdown_write();
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_GT(queued_at_shutdown, 0u) << "nothing queued: shutdown_write() had nothing to flush";
+  EXPECT_TRUE(client.received() == reply) << "got " << client.received().size() << " bytes";
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].reason, CloseReason::peer_closed) << to_string(records_[0].reason);
+  EXPECT_FALSE(records_[0].ec) << records_[0].ec.message();
+}
+
+// Transitions: "flushing -- peer EOF --> flushing (reading stops; on_peer_shutdown unless close()
+// asked)", then "flushing -- output drained --> ... closed after the peer's EOF".
+TEST_F(ConnectionTest, PeerEofWhileShutdownWriteFlushesRunsOnPeerShutdownThenEndsOnceDrained) {
+  const std::string reply = random_bytes(4 << 20, 59);
+  // Reading must go on while the reply is queued: no pause at the high-water mark.
+  ServerOptions options;
+  options.connection.high_water_mark = 64 << 20;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    EXPECT_TRUE(c.send(reply));
+    c.shutdown_write();
+  };
+  on_peer_shutdown_ = [](Connection& c, Record&) { EXPECT_FALSE(c.send("refused")); };
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].data_calls == 1; }));
+  Record& rec = records_[0];
+  client.shutdown_write();
+  ASSERT_TRUE(run_until([&] { return rec.peer_shutdown_calls == 1; }));
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  EXPECT_TRUE(conn->peer_has_shut_down());
+  EXPECT_GT(conn->queued_bytes(), 0u) << "the output drained before the peer's EOF";
+  EXPECT_EQ(rec.close_calls, 0);
+
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_TRUE(client.received() == reply) << "got " << client.received().size() << " bytes";
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.peer_shutdown_calls, 1);
+  EXPECT_EQ(rec.reason, CloseReason::peer_closed) << to_string(rec.reason);
+  EXPECT_FALSE(rec.ec) << rec.ec.message();
+}
+
+TEST_F(ConnectionTest, PeerEofWhileCloseFlushesRunsNoOnPeerShutdown) {
+  const std::string reply = random_bytes(4 << 20, 63);
+  ServerOptions options;  // reading goes on while the reply is queued
+  options.connection.high_water_mark = 64 << 20;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    EXPECT_TRUE(c.send(reply));
+    c.close();
+  };
+  on_peer_shutdown_ = [](Connection&, Record&) {};
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].data_calls == 1; }));
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  client.shutdown_write();
+  ASSERT_TRUE(run_until([&] { return conn->peer_has_shut_down(); }));
+  EXPECT_GT(conn->queued_bytes(), 0u) << "the output drained before the peer's EOF";
+  ASSERT_TRUE(run_until_eof(client));
+  EXPECT_TRUE(client.received() == reply) << "got " << client.received().size() << " bytes";
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.peer_shutdown_calls, 0) << "on_peer_shutdown although close() was asked";
+  EXPECT_EQ(rec.reason, CloseReason::local_close) << to_string(rec.reason);
+  EXPECT_FALSE(rec.ec) << rec.ec.message();
+}
+
+// Transitions: close() after shutdown_write() ("write_shut"): input is drained to the peer's
+// EOF (and discarded) even while the user paused reading, where it would otherwise wait.
+TEST_F(ConnectionTest, CloseAfterShutdownWriteDrainsInputEvenWhilePaused) {
+  on_data_ = [](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    c.shutdown_write();
+    c.pause_reading();
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until_eof(client));
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  ASSERT_EQ(client.send_some("unread"), 6u);
+  ASSERT_TRUE(wait_for_input(conn->fd()));
+  for (int i = 0; i < 5; ++i)
+    loop_->run_once(1ms);
+  EXPECT_EQ(conn->bytes_received(), 1u) << "read while paused";
+
+  conn->close();
+  ASSERT_TRUE(run_until([&] { return conn->bytes_received() == 7; }))
+      << "close() did not drain the input of a paused connection";
+  client.shutdown_write();
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.data_calls, 1) << "on_data while paused, or with input close() discards";
+  EXPECT_EQ(rec.reason, CloseReason::local_close) << to_string(rec.reason);
+  EXPECT_FALSE(rec.ec) << rec.ec.message();
 }
 
 // ---- Resets ----
@@ -814,6 +1273,11 @@ void ConnectionTest::expect_gather_send_to_closed_peer_is_reset(
   EXPECT_FALSE(conn->send("after the failure"));
   ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
   EXPECT_EQ(rec.reason, CloseReason::reset) << to_string(rec.reason) << ": " << rec.ec.message();
+}
+
+TEST_F(ConnectionTest, ViewSendToClosedPeerRaisesNoSigpipeAndReportsReset) {
+  const std::string data = random_bytes(64 * 1024, 14);
+  expect_gather_send_to_closed_peer_is_reset([&](Connection& c) { return c.send(data); });
 }
 
 TEST_F(ConnectionTest, TwoPartSendToClosedPeerRaisesNoSigpipeAndReportsReset) {
@@ -905,6 +1369,7 @@ TEST_F(ConnectionTest, OnDataMayCloseItsOwnConnection) {
     input.consume(input.size());
     EXPECT_TRUE(c.send("bye\n"));
     c.close();
+    c.close();  // already closing: nothing more happens
     EXPECT_FALSE(c.is_open());
   };
   const Address bound = start_server(Address::ipv4_loopback(0));
@@ -923,22 +1388,41 @@ TEST_F(ConnectionTest, OnDataMayCloseItsOwnConnection) {
   EXPECT_FALSE(records_[0].ec) << records_[0].ec.message();
 }
 
+// on_data may abort with its input unconsumed: the bytes go with the connection (RST), nothing
+// more is read, and on_close follows once.
+TEST_F(ConnectionTest, OnDataMayAbortWithItsInputUnconsumed) {
+  on_data_ = [](Connection& c, Buffer&, Record&) { c.abort(); };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_EQ(client.send_some("never consumed"), 14u);
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].close_calls == 1; }));
+  for (int i = 0; i < 3; ++i)
+    loop_->run_once(1ms);
+  EXPECT_EQ(records_[0].data_calls, 1);
+  EXPECT_EQ(test::read_until_closed(*loop_, client.fd()), test::PeerEnd::reset);
+  EXPECT_EQ(records_[0].reason, CloseReason::aborted) << to_string(records_[0].reason);
+}
+
 // Two connections with input ready in one epoll batch; whichever on_data runs first closes
 // (or aborts) the other, whose event is still in the batch.
 class SameBatchTest : public ConnectionTest {
  protected:
-  void run_batch(bool abort_other) {
-    on_data_ = [this, abort_other](Connection&, Buffer& input, Record& r) {
+  enum class Act { close, abort, pause };
+  void run_batch(bool abort_other) { run_batch(abort_other ? Act::abort : Act::close); }
+  void run_batch(Act act) {
+    on_data_ = [this, act](Connection&, Buffer& input, Record& r) {
       input.consume(input.size());
       if (closer_ != nullptr) return;
       closer_ = &r;
       victim_ = &records_[&r == &records_[0] ? 1 : 0];
       Connection* other = server_->find(victim_->id);
       ASSERT_NE(other, nullptr);
-      if (abort_other) {
+      if (act == Act::abort) {
         other->abort();
-      } else {
+      } else if (act == Act::close) {
         other->close();
+      } else {
+        other->pause_reading();
       }
       victim_data_calls_at_close_ = victim_->data_calls;
     };
@@ -1003,6 +1487,21 @@ TEST_F(SameBatchTest, AbortingAnotherConnectionInSameBatchDropsItsEvent) {
   EXPECT_EQ(victim_->data_calls, 0);
 }
 
+// on_data "Never while reading is paused ..., whatever the peer does meanwhile": not even for
+// input whose readiness was already in the batch when another callback paused it.
+TEST_F(SameBatchTest, PausingAnotherConnectionInSameBatchHoldsItsInput) {
+  run_batch(Act::pause);
+  EXPECT_EQ(victim_->data_calls, 0) << "on_data for a connection paused in the same batch";
+  Connection* victim = server_side(*victim_);
+  ASSERT_NE(victim, nullptr);
+  for (int i = 0; i < 3; ++i)
+    loop_->run_once(1ms);
+  EXPECT_EQ(victim_->data_calls, 0);
+  victim->resume_reading();
+  ASSERT_TRUE(run_until([&] { return victim_->data_calls == 1; }));
+  EXPECT_EQ(victim_->close_calls, 0);
+}
+
 TEST_F(ConnectionTest, OnCloseRunsOnceAndNothingFollowsIt) {
   bool send_in_on_close = true;
   on_data_ = [](Connection& c, Buffer& input, Record&) {
@@ -1064,6 +1563,7 @@ TEST_F(ConnectionTest, SendAfterCloseReturnsFalse) {
   client.close();
   ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
   EXPECT_FALSE(send_in_on_close);
+  EXPECT_EQ(records_[0].drained_calls, 1) << "close() flushed: the queue drained once";
 }
 
 // ---- Timeouts on the test clock ----
@@ -1116,6 +1616,13 @@ TEST_F(ConnectionTest, QueueingToAPeerThatNeverReadsIsNotActivity) {
     loop_->run_once(0ns);
   }
   EXPECT_FALSE(conn->is_open()) << "still open 30 s after the last byte left";
+  // The idle close is graceful: it flushes toward a peer that never reads until linger (5 s by
+  // default) aborts it. The reason stays the idle timeout's; the output never drained.
+  clock_.advance(5s);
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].reason, CloseReason::timed_out) << to_string(records_[0].reason);
+  EXPECT_EQ(records_[0].ec, std::errc::timed_out) << records_[0].ec.message();
+  EXPECT_EQ(records_[0].drained_calls, 0) << "on_drained ran while output stayed queued";
 }
 
 TEST_F(ConnectionTest, InputPushesIdleTimeoutOut) {
@@ -1149,6 +1656,81 @@ TEST_F(ConnectionTest, InputPushesIdleTimeoutOut) {
   client.close();
   ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
   EXPECT_EQ(rec.reason, CloseReason::timed_out) << to_string(rec.reason);
+}
+
+// connection.hpp: set_idle_timeout() on a live connection replaces its timeout, and the
+// countdown starts at the call.
+TEST_F(ConnectionTest, SetIdleTimeoutOnALiveConnectionReplacesTheTimeoutFromNow) {
+  use_manual_clock();
+  ServerOptions options;
+  options.connection.idle_timeout = 30s;
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+
+  clock_.advance(20s);
+  loop_->run_once(0ns);
+  conn->set_idle_timeout(5s);
+  clock_.advance(5s - 1ns);  // 25 s after the open, 5 s less 1 ns after the call
+  loop_->run_once(0ns);
+  EXPECT_TRUE(conn->is_open()) << "closed before the new timeout passed";
+  clock_.advance(1ns);
+  loop_->run_once(0ns);
+  EXPECT_FALSE(conn->is_open()) << "the new, shorter timeout did not close it";
+  ASSERT_TRUE(run_until_eof(client));
+  client.close();
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::timed_out) << to_string(rec.reason);
+}
+
+TEST_F(ConnectionTest, SetIdleTimeoutOnALiveConnectionWithoutOneStartsIt) {
+  use_manual_clock();
+  const Address bound = start_server(Address::ipv4_loopback(0));  // no idle timeout
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  clock_.advance(1h);
+  loop_->run_once(0ns);
+  ASSERT_TRUE(conn->is_open());
+  conn->set_idle_timeout(10s);
+  clock_.advance(10s - 1ns);
+  loop_->run_once(0ns);
+  EXPECT_TRUE(conn->is_open()) << "the hour before the call counted as idle";
+  clock_.advance(1ns);
+  loop_->run_once(0ns);
+  EXPECT_FALSE(conn->is_open());
+  ASSERT_TRUE(run_until_eof(client));
+  client.close();
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::timed_out) << to_string(rec.reason);
+}
+
+// set_idle_timeout(): "Zero turns it off."
+TEST_F(ConnectionTest, SetIdleTimeoutZeroOrMaxTurnsTheTimeoutOff) {
+  use_manual_clock();
+  ServerOptions options;
+  options.connection.idle_timeout = 30s;
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  clock_.advance(20s);
+  loop_->run_once(0ns);
+  conn->set_idle_timeout(Duration::max());  // connection.hpp: "zero or Duration::max(): none"
+  conn->set_idle_timeout(Duration::zero());
+  for (int i = 0; i < 10; ++i) {
+    clock_.advance(1h);
+    loop_->run_once(0ns);
+  }
+  EXPECT_TRUE(conn->is_open()) << "closed by a timeout turned off";
+  EXPECT_EQ(rec.close_calls, 0);
 }
 
 TEST_F(ConnectionTest, LingerAbortsCloseTowardPeerThatNeitherReadsNorSendsEof) {
@@ -1241,6 +1823,27 @@ TEST_F(ConnectionTest, ResetAfterPeerEofEndsTheConnectionOnceWithoutSpinning) {
       << records_[0].ec.message();
 }
 
+// After the peer's EOF, the peer goes away with output still queued (on a Unix socket, its
+// shutdown of reading: a hangup with no socket error pending): the connection ends once and says
+// why, from the write that finds the peer gone (EPIPE), not as a clean peer_closed.
+TEST_F(ConnectionTest, PeerGoneAfterItsEofWithOutputQueuedEndsTheConnectionWithTheSendError) {
+  test::TempDir dir;
+  const std::string reply = random_bytes(4 << 20, 67);
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_peer_shutdown_ = [&](Connection& c, Record&) { EXPECT_TRUE(c.send(reply)); };
+  const Address bound = start_server(test::unix_address(dir.file("s")));
+  RawClient client(bound);
+  client.shutdown_write();
+  ASSERT_TRUE(run_until([&] { return !records_.empty() && records_[0].peer_shutdown_calls == 1; }));
+  Connection* conn = server_side(records_[0]);
+  ASSERT_NE(conn, nullptr);
+  ASSERT_GT(conn->queued_bytes(), 0u) << "the reply did not queue";
+  ASSERT_EQ(::shutdown(client.fd(), SHUT_RD), 0) << std::strerror(errno);
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].reason, CloseReason::reset) << to_string(records_[0].reason);
+  EXPECT_EQ(records_[0].ec, std::errc::broken_pipe) << records_[0].ec.message();
+}
+
 TEST_F(ConnectionTest, PausedConnectionGetsNoDataWhenThePeerResets) {
   on_open_ = [](Connection& c, Record&) { c.pause_reading(); };
   const Address bound = start_server(Address::ipv4_loopback(0));
@@ -1280,6 +1883,39 @@ TEST_F(ConnectionTest, PausedConnectionKeepsThePeersLastBytesUntilResumed) {
   ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
   EXPECT_EQ(records_[0].received, "last words");
   EXPECT_EQ(records_[0].reason, CloseReason::peer_closed) << to_string(records_[0].reason);
+}
+
+// connection.hpp: send(const iovec*, int): the entries go out in order as one stream, empty
+// ones included ("any iovec count"); nothing to send is a success that sends nothing.
+TEST_F(ConnectionTest, IovecSendDeliversTheEntriesInOrder) {
+  std::string alpha = "alpha", empty, gamma = "gamma", delta = "delta";
+  std::vector<bool> results;
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    iovec nothing[1] = {{empty.data(), 0}};
+    results.push_back(c.send(nothing, 0));
+    results.push_back(c.send(nothing, 1));
+    iovec one[1] = {{alpha.data(), alpha.size()}};
+    results.push_back(c.send(one, 1));
+    iovec parts[4] = {{alpha.data(), alpha.size()},
+                      {empty.data(), 0},
+                      {gamma.data(), gamma.size()},
+                      {delta.data(), delta.size()}};
+    results.push_back(c.send(parts, 4));
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.received().size() >= 20 || client.eof() || client.failed();
+  }));
+  EXPECT_EQ(results, (std::vector<bool>{true, true, true, true}));
+  EXPECT_EQ(client.received(), "alphaalphagammadelta");
+  Connection* conn = server_side(records_[0]);
+  ASSERT_NE(conn, nullptr);
+  EXPECT_EQ(conn->bytes_sent(), 20u);
+  EXPECT_EQ(conn->queued_bytes(), 0u);
 }
 
 TEST_F(ConnectionTest, GatherSendOfMoreThanIovMaxEntriesIsSentWhole) {
@@ -1439,6 +2075,31 @@ TEST_F(ConnectionTest, CloseOfAParkedConnectionDrainsToThePeersEofWithoutOnData)
   EXPECT_EQ(records_[0].reason, CloseReason::local_close) << to_string(records_[0].reason);
 }
 
+// connection.hpp: a clean hangup while paused parks the connection "until resume_reading() or
+// close() (the idle timeout and linger still run)": the idle timeout closes it, discarding the
+// unread bytes.
+TEST_F(ConnectionTest, IdleTimeoutStillClosesAParkedConnection) {
+  use_manual_clock();
+  test::TempDir dir;
+  ServerOptions options;
+  options.connection.idle_timeout = 10s;
+  on_open_ = [](Connection& c, Record&) { c.pause_reading(); };
+  const Address bound = start_server(test::unix_address(dir.file("s")), options);
+  {
+    RawClient client(bound);
+    ASSERT_TRUE(run_until_open());
+    ASSERT_EQ(client.send_some("last words"), 10u);
+  }  // writes and closes while the server does not read: a clean hangup, parked
+  for (int i = 0; i < 5; ++i)
+    loop_->run_once(1ms);
+  ASSERT_EQ(records_[0].close_calls, 0);
+  clock_.advance(10s);
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(records_[0].data_calls, 0);
+  EXPECT_EQ(records_[0].reason, CloseReason::timed_out) << to_string(records_[0].reason);
+  EXPECT_FALSE(records_[0].ec) << records_[0].ec.message();
+}
+
 TEST_F(ConnectionTest, SendErrorOnAUsableSocketEndsTheConnectionOnceFromTheLoop) {
   const Address bound = start_server(Address::ipv4_loopback(0));
   RawClient client(bound);
@@ -1455,6 +2116,145 @@ TEST_F(ConnectionTest, SendErrorOnAUsableSocketEndsTheConnectionOnceFromTheLoop)
   EXPECT_EQ(records_[0].reason, CloseReason::error) << to_string(records_[0].reason);
   EXPECT_EQ(records_[0].ec, std::errc::no_buffer_space) << records_[0].ec.message();
   EXPECT_EQ(send_fault.injected.load(), 1);
+}
+
+// connection.hpp: "A send error ends the connection (on_close with the error), whatever the
+// error": here the loop's write of queued output fails.
+TEST_F(ConnectionTest, SendErrorOnQueuedOutputEndsTheConnectionWithTheError) {
+  const std::string big = random_bytes(4 << 20, 61);
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    EXPECT_TRUE(c.send(big));
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] { return records_.size() == 1 && records_[0].data_calls == 1; }));
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  ASSERT_GT(conn->queued_bytes(), 0u) << "nothing queued";
+  // The client only reads from here on: the next send in this process is the loop's write of
+  // the queued output, once the client made room.
+  send_fault.arm(ENOBUFS, 1);
+  const bool ended = run_until([&] {
+    client.receive_some();
+    return rec.close_calls == 1 || client.eof() || client.failed();
+  });
+  send_fault.disarm();
+  ASSERT_TRUE(ended);
+  EXPECT_EQ(send_fault.injected.load(), 1);
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::error) << to_string(rec.reason);
+  EXPECT_EQ(rec.ec, std::errc::no_buffer_space) << rec.ec.message();
+  EXPECT_EQ(rec.drained_calls, 0);
+}
+
+// CloseReason::error: "another socket error, in ec", here from a read.
+TEST_F(ConnectionTest, ReadErrorEndsTheConnectionWithCloseReasonError) {
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(wait_for_input(conn->fd()));
+  read_fault.arm(EIO, 1);
+  const bool ended = run_until([&] { return rec.close_calls == 1; });
+  read_fault.disarm();
+  ASSERT_TRUE(ended);
+  EXPECT_EQ(read_fault.injected.load(), 1);
+  EXPECT_EQ(rec.data_calls, 0);
+  EXPECT_EQ(rec.reason, CloseReason::error) << to_string(rec.reason);
+  EXPECT_EQ(rec.ec, std::errc::io_error) << rec.ec.message();
+  EXPECT_NE(test::read_until_closed(*loop_, client.fd()), test::PeerEnd::open);
+}
+
+// CloseReason::error "another socket error, in ec": a failed epoll_ctl (the kernel out of
+// memory) where the connection changes its interest ends it like a socket error.
+TEST_F(ConnectionTest, EpollCtlFailureOnPauseEndsTheConnectionWithCloseReasonError) {
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  epoll_ctl_fault.arm(ENOMEM, 1);
+  conn->pause_reading();
+  epoll_ctl_fault.disarm();
+  EXPECT_EQ(epoll_ctl_fault.injected.load(), 1);
+  EXPECT_TRUE(conn->is_closed());
+  EXPECT_EQ(rec.close_calls, 0) << "on_close inside pause_reading()";
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::error) << to_string(rec.reason);
+  EXPECT_EQ(rec.ec, std::errc::not_enough_memory) << rec.ec.message();
+}
+
+// send(): false "when this send failed ...: then the connection has ended and on_close
+// follows"; here arming EPOLLOUT for the queued rest fails, before on_high_water could run.
+TEST_F(ConnectionTest, EpollCtlFailureInTheSendThatCrossesTheMarkEndsTheConnection) {
+  ServerOptions options;
+  options.connection.high_water_mark = 256 * 1024;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound, 64 * 1024);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  const std::string big = random_bytes(1 << 20, 69);
+  epoll_ctl_fault.arm(ENOMEM, 1);
+  const bool sent = conn->send(big);
+  epoll_ctl_fault.disarm();
+  EXPECT_FALSE(sent);
+  EXPECT_EQ(epoll_ctl_fault.injected.load(), 1);
+  EXPECT_TRUE(conn->is_closed());
+  EXPECT_EQ(rec.high_water_calls, 0) << "on_high_water on a connection that had ended";
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::error) << to_string(rec.reason);
+  EXPECT_EQ(rec.ec, std::errc::not_enough_memory) << rec.ec.message();
+}
+
+// A parked connection goes back on the loop at resume_reading(); when the loop refuses it,
+// the connection ends (error) rather than staying parked with nobody to wake it.
+TEST_F(ConnectionTest, EpollCtlFailureWhenAParkedConnectionResumesEndsIt) {
+  test::TempDir dir;
+  on_open_ = [](Connection& c, Record&) { c.pause_reading(); };
+  const Address bound = start_server(test::unix_address(dir.file("s")));
+  {
+    RawClient client(bound);
+    ASSERT_TRUE(run_until_open());
+    ASSERT_EQ(client.send_some("last words"), 10u);
+  }  // a clean hangup while paused: parked
+  EXPECT_LE(iterations_over(*loop_, 50ms), kQuietIterations);
+  Record& rec = records_[0];
+  ASSERT_EQ(rec.close_calls, 0);
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  epoll_ctl_fault.arm(ENOSPC, 1);
+  conn->resume_reading();
+  epoll_ctl_fault.disarm();
+  EXPECT_EQ(epoll_ctl_fault.injected.load(), 1);
+  EXPECT_TRUE(conn->is_closed());
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.data_calls, 0);
+  EXPECT_EQ(rec.reason, CloseReason::error) << to_string(rec.reason);
+  EXPECT_EQ(rec.ec, std::errc::no_space_on_device) << rec.ec.message();
+}
+
+TEST(CloseReasonNames, EveryReasonHasItsOwnName) {
+  const CloseReason all[] = {CloseReason::peer_closed, CloseReason::reset,   CloseReason::timed_out,
+                             CloseReason::local_close, CloseReason::aborted, CloseReason::error,
+                             CloseReason::output_limit};
+  std::set<std::string> names;
+  for (CloseReason reason : all) {
+    const std::string name = to_string(reason);
+    EXPECT_NE(name, "unknown");
+    names.insert(name);
+  }
+  EXPECT_EQ(names.size(), std::size(all)) << "two reasons share a name";
 }
 
 // The header: an owner that drops the connection before its on_close ran cancels it.
@@ -1514,8 +2314,243 @@ TEST_F(ConnectionTest, ConnectionMethodsOffTheLoopThreadAreAssertedInDebugBuilds
         t.join();
       },
       "off its loop's thread");
+  // The rest of "each method that acts: send, close, abort, shutdown_write, pause and resume,
+  // timeouts".
+  iovec iov{const_cast<char*>("x"), 1};
+  const std::function<void(Connection&)> calls[] = {
+      [](Connection& c) { c.send("a", "b"); },
+      [&iov](Connection& c) { c.send(&iov, 1); },
+      [](Connection& c) { c.close(); },
+      [](Connection& c) { c.shutdown_write(); },
+      [](Connection& c) { c.pause_reading(); },
+      [](Connection& c) { c.resume_reading(); },
+      [](Connection& c) { c.set_idle_timeout(1s); },
+  };
+  for (const auto& call : calls) {
+    EXPECT_DEATH(
+        {
+          std::thread t([conn, &call] { call(*conn); });
+          t.join();
+        },
+        "off its loop's thread");
+  }
 }
 #endif
+
+// ---- Options, accessors, set-up and owners ----
+
+int tcp_nodelay_of(int fd) {
+  int value = -1;
+  socklen_t length = sizeof value;
+  EXPECT_EQ(::getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &value, &length), 0) << std::strerror(errno);
+  return value;
+}
+
+// ConnectionOptions::tcp_nodelay (default true): set on the accepted and the connected socket;
+// false leaves Nagle's algorithm on.
+void ConnectionTest::expect_tcp_nodelay(bool nodelay) {
+  ServerOptions options;
+  options.connection.tcp_nodelay = nodelay;
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  ConnectionHandlers client_handlers;
+  Connector connector(*loop_);
+  ConnectionHandle handle;
+  ConnectionOptions client_options;
+  client_options.tcp_nodelay = nodelay;
+  ASSERT_FALSE(connector.connect(
+      bound, kDeadline, client_handlers,
+      [&](std::error_code ec, ConnectionHandle h) {
+        EXPECT_FALSE(ec) << ec.message();
+        handle = std::move(h);
+      },
+      client_options));
+  ASSERT_TRUE(run_until([&] { return handle && records_.size() == 1; }));
+  Connection* accepted = server_side(records_[0]);
+  ASSERT_NE(accepted, nullptr);
+  EXPECT_EQ(tcp_nodelay_of(accepted->fd()) != 0, nodelay) << "accepted socket";
+  EXPECT_EQ(tcp_nodelay_of(handle->fd()) != 0, nodelay) << "connected socket";
+}
+
+TEST_F(ConnectionTest, TcpNodelayIsSetOnAcceptedAndConnectedSockets) {
+  expect_tcp_nodelay(true);
+}
+
+TEST_F(ConnectionTest, TcpNodelayFalseLeavesNagleOn) {
+  expect_tcp_nodelay(false);
+}
+
+// peer(): the other end's address; loop(): the loop it runs on.
+TEST_F(ConnectionTest, PeerIsTheOtherEndsAddressAndLoopItsLoop) {
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  sockaddr_storage local{};
+  socklen_t length = sizeof local;
+  ASSERT_EQ(::getsockname(client.fd(), reinterpret_cast<sockaddr*>(&local), &length), 0);
+  auto client_address = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&local), length);
+  ASSERT_TRUE(client_address.ok()) << client_address.error().message();
+  Connection* conn = server_side(records_[0]);
+  ASSERT_NE(conn, nullptr);
+  EXPECT_EQ(conn->peer(), *client_address)
+      << conn->peer().to_string() << " vs " << client_address->to_string();
+  EXPECT_EQ(&conn->loop(), loop_.get());
+}
+
+// in_callback(): "True while one of this connection's callbacks is running", on_high_water
+// inside a send() made outside any callback included.
+TEST_F(ConnectionTest, InCallbackIsTrueOnlyWhileOneOfItsCallbacksRuns) {
+  ServerOptions options;
+  options.connection.high_water_mark = 256 * 1024;
+  std::map<std::string, bool> seen;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    seen["on_data"] = c.in_callback();
+    input.consume(input.size());
+  };
+  on_high_water_ = [&](Connection& c, std::size_t, Record&) {
+    seen["on_high_water"] = c.in_callback();
+  };
+  on_drained_ = [&](Connection& c, Record&) { seen["on_drained"] = c.in_callback(); };
+  on_close_ = [&](Connection& c, Record&) { seen["on_close"] = c.in_callback(); };
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound, 64 * 1024);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  EXPECT_FALSE(conn->in_callback());
+  const std::string big = random_bytes(1 << 20, 65);
+  ASSERT_TRUE(conn->send(big));  // crosses the mark: on_high_water, inside this call
+  EXPECT_FALSE(conn->in_callback());
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return rec.drained_calls == 1 && rec.data_calls == 1;
+  }));
+  EXPECT_FALSE(conn->in_callback());
+  client.close();
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(
+      seen,
+      (std::map<std::string, bool>{
+          {"on_close", true}, {"on_data", true}, {"on_drained", true}, {"on_high_water", true}}));
+}
+
+// start() registers with the loop, or says why it could not (epoll takes no regular file); a
+// refused TCP_NODELAY is ignored.
+TEST(ConnectionStart, ReportsWhyTheSocketCannotBeRegistered) {
+  EventLoop loop;
+  ConnectionHandlers handlers;
+  const std::size_t registrations = loop.registrations();
+  Fd file(::open("/dev/null", O_RDWR | O_CLOEXEC));
+  ASSERT_TRUE(file) << std::strerror(errno);
+  Connection c(loop, std::move(file), Address::ipv4_loopback(9), handlers);
+  const std::error_code ec = c.start();
+  EXPECT_EQ(ec, std::errc::operation_not_permitted) << ec.message();
+  EXPECT_EQ(loop.registrations(), registrations);
+}
+
+// A Connection made directly on a connected socket (connection.hpp: "construct it with the fd,
+// then start()"), on one end of a socketpair; the test holds the other end.
+class DirectConnectionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    int fds[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds), 0);
+    fd_ = fds[0];
+    peer_.reset(fds[1]);
+    handlers_.on_data = [this](Connection&, Buffer& input) {
+      ++data_calls_;
+      input.consume(input.size());
+    };
+    handlers_.on_close = [this](Connection&, CloseReason, std::error_code) { ++close_calls_; };
+    baseline_ = loop_.registrations();
+    conn_ = std::make_unique<Connection>(loop_, Fd(fd_), Address{}, handlers_);
+    ASSERT_FALSE(conn_->start());
+    ASSERT_EQ(loop_.registrations(), baseline_ + 1);
+  }
+
+  bool fd_is_open() const { return ::fcntl(fd_, F_GETFD) >= 0; }
+
+  EventLoop loop_;
+  ConnectionHandlers handlers_;
+  std::unique_ptr<Connection> conn_;
+  int fd_ = -1;
+  Fd peer_;
+  std::size_t baseline_ = 0;
+  int data_calls_ = 0;
+  int close_calls_ = 0;
+};
+
+// detach(): "stop all callbacks ... and deregister now, without closing the socket (the
+// destructor does that)".
+TEST_F(DirectConnectionTest, DetachDeregistersAndStopsCallbacksWithoutClosingTheSocket) {
+  conn_->detach();
+  EXPECT_EQ(loop_.registrations(), baseline_);
+  EXPECT_TRUE(fd_is_open()) << "detach() closed the socket";
+  ASSERT_EQ(::send(peer_.get(), "x", 1, MSG_NOSIGNAL), 1);
+  for (int i = 0; i < 3; ++i)
+    loop_.run_once(1ms);
+  EXPECT_EQ(data_calls_, 0) << "on_data after detach()";
+  conn_.reset();
+  EXPECT_FALSE(fd_is_open()) << "the destructor left the socket open";
+  EXPECT_NE(wait_for_hangup(peer_.get()) & POLLHUP, 0);
+  EXPECT_EQ(close_calls_, 0);
+}
+
+// detach() stops "a pending on_close included".
+TEST_F(DirectConnectionTest, DetachCancelsAPendingOnClose) {
+  conn_->abort();  // ended: on_close is due from the loop
+  conn_->detach();
+  for (int i = 0; i < 3; ++i)
+    loop_.run_once(0ns);
+  EXPECT_EQ(close_calls_, 0);
+}
+
+// ~Connection(): "Closes the socket if still open, without callbacks."
+TEST_F(DirectConnectionTest, DestroyingALiveConnectionClosesItsSocketWithoutCallbacks) {
+  conn_.reset();
+  EXPECT_EQ(loop_.registrations(), baseline_);
+  EXPECT_FALSE(fd_is_open());
+  EXPECT_NE(wait_for_hangup(peer_.get()) & POLLHUP, 0);
+  for (int i = 0; i < 3; ++i)
+    loop_.run_once(0ns);
+  EXPECT_EQ(close_calls_, 0);
+  EXPECT_EQ(data_calls_, 0);
+}
+
+// "Callbacks (all optional except that unread input accumulates without on_data)": a
+// connection with no callbacks at all reads, flushes queued output past its high-water mark,
+// and ends at the peer's EOF.
+TEST(DirectConnection, EveryCallbackIsOptional) {
+  EventLoop loop;
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds), 0);
+  Fd peer(fds[1]);
+  ConnectionHandlers none;
+  ConnectionOptions options;
+  options.high_water_mark = 64 * 1024;
+  Connection c(loop, Fd(fds[0]), Address{}, none, options);
+  ASSERT_FALSE(c.start());
+  ASSERT_EQ(::send(peer.get(), "ignored", 7, MSG_NOSIGNAL), 7);
+  const std::string big = random_bytes(1 << 20, 71);
+  ASSERT_TRUE(c.send(big));
+  EXPECT_GT(c.queued_bytes(), options.high_water_mark);
+  std::string received;
+  ASSERT_TRUE(test::run_until(loop, [&] {
+    char buf[65536];
+    ssize_t n;
+    while ((n = ::recv(peer.get(), buf, sizeof buf, MSG_DONTWAIT)) > 0)
+      received.append(buf, static_cast<std::size_t>(n));
+    return received.size() >= big.size();
+  }));
+  EXPECT_TRUE(received == big);
+  EXPECT_EQ(c.queued_bytes(), 0u);
+  EXPECT_EQ(c.bytes_received(), 7u);
+  ASSERT_EQ(::shutdown(peer.get(), SHUT_WR), 0);
+  ASSERT_TRUE(test::run_until(loop, [&] { return c.is_closed(); }));
+  loop.run_once(0ns);  // the on_close nobody listens to
+}
 
 // ---- Cost in steady state ----
 
@@ -1561,6 +2596,42 @@ TEST_F(ConnectionTest, PingPongCallsNoEpollCtlPerMessage) {
   const std::uint64_t ctl_calls = loop_->stats().epoll_ctl_calls - ctl_before;
   EXPECT_LE(ctl_calls, 4u) << "epoll_ctl calls for 1,000 round trips: not a small constant";
   EXPECT_EQ(state.mismatches, 0);
+}
+
+// connection.hpp, Output: "No allocation per message once the buffers have grown to fit"; Input:
+// "a connection that always consumes what it reads never allocates an input buffer". Only the
+// loop's iterations are counted; the client is plain syscalls into a fixed array.
+TEST_F(ConnectionTest, EchoAllocatesNothingPerMessageInSteadyState) {
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  constexpr std::string_view kMessage = "0123456789abcdef";
+  std::uint64_t counted = 0;
+  auto round_trip = [&] {
+    if (::send(client.fd(), kMessage.data(), kMessage.size(), MSG_NOSIGNAL) !=
+        static_cast<ssize_t>(kMessage.size()))
+      return false;
+    char reply[64];
+    std::size_t got = 0;
+    const auto give_up = std::chrono::steady_clock::now() + kDeadline;
+    while (got < kMessage.size() && std::chrono::steady_clock::now() < give_up) {
+      const std::uint64_t before = allocations.load();
+      counting_allocations = true;
+      loop_->run_once(10ms);
+      counting_allocations = false;
+      counted += allocations.load() - before;
+      const ssize_t n = ::recv(client.fd(), reply + got, sizeof reply - got, MSG_DONTWAIT);
+      if (n > 0) got += static_cast<std::size_t>(n);
+    }
+    return std::string_view(reply, got) == kMessage;
+  };
+  for (int i = 0; i < 10; ++i)
+    ASSERT_TRUE(round_trip()) << "warm-up round trip " << i;
+  counted = 0;
+  for (int i = 0; i < 1000; ++i)
+    ASSERT_TRUE(round_trip()) << "round trip " << i;
+  EXPECT_EQ(counted, 0u) << "allocations during 1,000 echoes";
+  EXPECT_EQ(records_[0].data_calls, 1010);
 }
 
 }  // namespace

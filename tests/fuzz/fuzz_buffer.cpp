@@ -7,9 +7,12 @@
 // written to the peer and not yet read. Invariants (buffer.hpp): contents and size equal the
 // model; reserve(n) leaves writable() >= n; an empty buffer has its whole block writable (it
 // rewinds); shrink_to_fit() frees an empty buffer's block and keeps a non-empty one; a moved-from
-// buffer is empty; read_from() appends exactly the next bytes of the stream, says EAGAIN when
-// nothing is there, EOF after the peer's shutdown, and reports `filled` exactly when it used all
-// the space offered (a short read leaves the socket drained).
+// buffer is empty; capacity never shrinks but by shrink_to_fit() (moves keep the block); no
+// reallocation or compaction (capacity, block and data() unchanged) when append, reserve,
+// commit or read_from need n <= writable(); no reallocation without growth; read_from() appends
+// exactly the next bytes of the stream, says EAGAIN when nothing is there, EOF after the peer's
+// shutdown, and reports `filled` exactly when it used all the space offered (a short read leaves
+// the socket drained).
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -72,6 +75,8 @@ class Script {
 
   void step(std::size_t index, std::uint8_t op, std::size_t arg) {
     step_ = index;
+    const std::size_t capacity_before = buffer_.capacity();
+    const char* block_before = block();
     switch (op % 10) {
       case 0:
         append(arg % (kMaxChunk + 1));
@@ -83,8 +88,10 @@ class Script {
         break;
       }
       case 2: {
+        const Unmoved unmoved(*this, arg);
         buffer_.reserve(arg);
         if (buffer_.writable() < arg) fail("reserve(n) left writable() < n", step_);
+        unmoved.check();
         break;
       }
       case 3:
@@ -130,21 +137,62 @@ class Script {
         writer_shut_ = true;
         break;
     }
+    if (op % 10 != 5) {
+      if (buffer_.capacity() < capacity_before) fail("the capacity shrank", step_);
+      if (buffer_.capacity() == capacity_before && block() != block_before) {
+        fail("reallocated without growing", step_);
+      }
+    }
     check();
   }
 
  private:
+  // The start of the block (null before the first allocation).
+  const char* block() { return buffer_.write_ptr() - (buffer_.capacity() - buffer_.writable()); }
+
+  // An operation that needs at most writable() bytes neither reallocates nor compacts: the
+  // capacity, the block and the readable bytes' address stay as they were.
+  class Unmoved {
+   public:
+    Unmoved(Script& s, std::size_t n)
+        : s_(s),
+          fits_(n <= s.buffer_.writable()),
+          capacity_(s.buffer_.capacity()),
+          block_(s.block()),
+          data_(s.buffer_.data()) {}
+    void check() const {
+      if (!fits_) return;
+      if (s_.buffer_.capacity() != capacity_ || s_.block() != block_) {
+        fail("reallocated although n <= writable()", s_.step_);
+      }
+      if (!s_.buffer_.empty() && s_.buffer_.data() != data_) {
+        fail("moved the readable bytes although n <= writable()", s_.step_);
+      }
+    }
+
+   private:
+    Script& s_;
+    bool fits_;
+    std::size_t capacity_;
+    const char* block_;
+    const char* data_;
+  };
+
   void append(std::size_t n) {
     if (model_.size() + n > kMaxModel) return;
     const std::string_view bytes = content(counter_, n);
     counter_ += n;
+    const Unmoved unmoved(*this, n);
     buffer_.append(bytes);
+    unmoved.check();
     model_ += bytes;
   }
 
   void commit(std::size_t n) {
     if (model_.size() + n > kMaxModel) return;
+    const Unmoved unmoved(*this, n);
     buffer_.reserve(n);
+    unmoved.check();
     if (buffer_.writable() < n) fail("reserve(n) left writable() < n", step_);
     const std::string_view bytes = content(counter_, n);
     counter_ += n;
@@ -171,7 +219,19 @@ class Script {
     const std::size_t space = buffer_.writable();
     const std::size_t offered =
         space >= reactor::Buffer::kOverflowSize ? space : space + reactor::Buffer::kOverflowSize;
+    const std::size_t capacity = buffer_.capacity();
+    const char* block_before = block();
+    const char* data_before = buffer_.data();
     const reactor::ReadResult r = buffer_.read_from(reader_);
+    // What fits in the free space is read there: no reallocation, no compaction.
+    if (r.bytes <= space) {
+      if (buffer_.capacity() != capacity || block() != block_before) {
+        fail("read_from() reallocated for bytes that fit", step_);
+      }
+      if (!model_.empty() && buffer_.data() != data_before) {
+        fail("read_from() moved the readable bytes for bytes that fit", step_);
+      }
+    }
     if (r.err != 0) {
       if (r.error() != std::errc::resource_unavailable_try_again) fail("read_from() failed", step_);
       if (!pending_.empty()) fail("read_from() said EAGAIN with bytes pending", step_);

@@ -24,6 +24,8 @@
 //   already closed, and never inside a call the server made (close, abort, send, ...);
 // - on_peer_shutdown at most once; no on_data while the server paused reading; queued_bytes()
 //   is 0 inside on_drained;
+// - with pause_reading_at_high_water, queued output stays within the high-water mark plus one
+//   read (the input of the latest on_data, which this echo server sends back whole);
 // - the loop does not spin (op 12);
 // - a graceful close completes without the clock once the peer has shut down and reads;
 // - at the end the peer has received every byte the server's kernel took (AF_UNIX delivers
@@ -357,6 +359,7 @@ class Harness {
     // The usual handler shape: note what it will consume, use it, then consume it.
     const std::size_t n = input.size();
     server_seen_ += n;
+    last_read_ = n;
     check(!paused_, "on_data while the server paused reading");
     const InCallback action = std::exchange(in_data_, InCallback::nothing);
     if (action == InCallback::close_before_echo) {
@@ -377,7 +380,16 @@ class Harness {
             "send() refused on an open connection");
     }
     input.consume(n);
+    check_output_bound(c);
     act(c, action);
+  }
+
+  // Reading pauses once queued output reaches the high-water mark, and resumes below the
+  // low-water mark: every on_data starts below the mark and adds at most the read it echoes.
+  void check_output_bound(const Connection& c) const {
+    if (!config_.options.pause_reading_at_high_water) return;
+    check(c.queued_bytes() <= config_.options.high_water_mark + last_read_,
+          "queued output passed the high-water mark plus one read");
   }
 
   void on_drained(Connection& c) {
@@ -531,6 +543,7 @@ class Harness {
       check(received_ <= c->bytes_sent(), "the peer received more than the server sent");
       check(c->bytes_sent() + c->queued_bytes() <= c->bytes_received(),
             "queued output exceeds what was echoed");
+      check_output_bound(*c);
     }
   }
 
@@ -550,6 +563,7 @@ class Harness {
   std::size_t sent_ = 0;         // what the peer's kernel accepted, in order
   std::size_t received_ = 0;     // how much of it came back
   std::size_t server_seen_ = 0;  // how much of it on_data saw
+  std::size_t last_read_ = 0;    // the input of the latest on_data
 
   InCallback in_data_ = InCallback::nothing;
   InCallback in_drained_ = InCallback::nothing;
