@@ -19,6 +19,8 @@ const char* to_string(Mode mode) {
       return "slowread";
     case Mode::idle:
       return "idle";
+    case Mode::rate:
+      return "rate";
   }
   return "?";
 }
@@ -113,6 +115,7 @@ void Worker::client_lost() {
 }
 
 void Worker::stop() {
+  if (schedule) schedule->stop();
   running = false;
   if (ping_timer) loop.cancel(ping_timer);
   for (auto& client : clients)
@@ -210,6 +213,16 @@ void LoadRun::worker_echoed() {
   });
 }
 
+void LoadRun::schedule_started(TimePoint start) {
+  control_->post([this, start] {
+    if (ending_) return;
+    schedule_started_ = start;
+    const auto duration =
+        std::chrono::duration_cast<Duration>(std::chrono::duration<double>(settings_.duration_s));
+    deadline_ = control_->after(start + duration - Clock::now(), [this] { end_run(); });
+  });
+}
+
 void LoadRun::end_run() {
   if (ending_) return;
   ending_ = true;
@@ -256,28 +269,46 @@ int LoadRun::run() {
     std::fprintf(stderr, "cannot handle SIGINT: %s\n", ec.message().c_str());
   }
   for (int i = 0; i < settings_.threads; ++i) {
-    threads_.push_back(std::make_unique<reactor::LoopThread>());
+    reactor::EventLoop::Options options;
+    // rate --spin: the probe loop (the first) busy-polls until its next message is due and
+    // never sleeps; an hour is "for ever" without overflowing the loop's deadline arithmetic.
+    if (settings_.mode == Mode::rate && settings_.spin && i == 0) options.busy_poll = 1h;
+    threads_.push_back(std::make_unique<reactor::LoopThread>(options));
     workers_.push_back(std::make_unique<Worker>(*this, threads_.back()->loop()));
   }
-  for (int i = 0; i < settings_.connections; ++i) {
-    Worker& w = *workers_[static_cast<std::size_t>(i) % workers_.size()];
-    const auto seed = static_cast<std::uint64_t>(i) * 37;
-    switch (settings_.mode) {
-      case Mode::echo:
-        w.clients.push_back(make_echo_client(w, seed));
-        break;
-      case Mode::accept:
-        w.clients.push_back(make_accept_client(w, seed));
-        break;
-      case Mode::churn:
-        w.clients.push_back(make_churn_client(w, static_cast<std::uint64_t>(i)));
-        break;
-      case Mode::slowread:
-        w.clients.push_back(make_slowread_client(w, seed));
-        break;
-      case Mode::idle:
-        w.clients.push_back(make_idle_client(w, seed));
-        break;
+  if (settings_.mode == Mode::rate) {
+    // The probes on the first loop, the --bulk connections on the second (main.cpp asks for
+    // one loop more when there are any), so that the bulk's work does not delay the probes.
+    make_rate_clients(*workers_[0], settings_.connections);
+    if (settings_.bulk > 0) {
+      Worker& w = *workers_[1];
+      w.bulk = true;
+      for (int i = 0; i < settings_.bulk; ++i)
+        w.clients.push_back(make_bulk_client(w, static_cast<std::uint64_t>(i) * 41 + 7));
+    }
+  } else {
+    for (int i = 0; i < settings_.connections; ++i) {
+      Worker& w = *workers_[static_cast<std::size_t>(i) % workers_.size()];
+      const auto seed = static_cast<std::uint64_t>(i) * 37;
+      switch (settings_.mode) {
+        case Mode::echo:
+          w.clients.push_back(make_echo_client(w, seed));
+          break;
+        case Mode::accept:
+          w.clients.push_back(make_accept_client(w, seed));
+          break;
+        case Mode::churn:
+          w.clients.push_back(make_churn_client(w, static_cast<std::uint64_t>(i)));
+          break;
+        case Mode::slowread:
+          w.clients.push_back(make_slowread_client(w, seed));
+          break;
+        case Mode::idle:
+          w.clients.push_back(make_idle_client(w, seed));
+          break;
+        case Mode::rate:
+          break;
+      }
     }
   }
 
@@ -296,10 +327,12 @@ int LoadRun::run() {
       }
       for (auto& client : w->clients)
         client->start();
+      if (w->schedule) w->schedule->start();
     });
   }
-  // idle: the hold begins when every connect settled (worker_settled).
-  if (settings_.mode != Mode::idle) {
+  // idle: the hold begins when every connect settled (worker_settled); rate: the schedule, when
+  // every probe's connect settled (schedule_started).
+  if (settings_.mode != Mode::idle && settings_.mode != Mode::rate) {
     const auto duration =
         std::chrono::duration_cast<Duration>(std::chrono::duration<double>(settings_.duration_s));
     deadline_ = control_->after(duration, [this] { end_run(); });

@@ -5,8 +5,10 @@
 //   the workers, the merged result and its report (core.cpp, report.cpp).
 // - Worker: one client loop (a reactor::LoopThread) and its clients (core.cpp).
 // - Client: one simulated client on a worker's loop; one subclass per mode, each in its own
-//   file (echo.cpp, accept.cpp, churn.cpp, slowread.cpp, idle.cpp), made by make_*_client().
-//   StreamClient is what churn and idle share: one message in flight, every byte verified.
+//   file (echo.cpp, accept.cpp, churn.cpp, slowread.cpp, idle.cpp, rate.cpp), made by
+//   make_*_client(). StreamClient is what churn and idle share: one message in flight, every
+//   byte verified.
+// - Schedule: rate's open-loop timetable, which drives its worker's probe clients (rate.cpp).
 // - Pattern: the bytes every client sends and verifies. ErrorKind: errors counted by kind.
 #pragma once
 
@@ -40,7 +42,7 @@ using reactor::Clock;
 using reactor::Duration;
 using reactor::TimePoint;
 
-enum class Mode { echo, accept, churn, slowread, idle };
+enum class Mode { echo, accept, churn, slowread, idle, rate };
 
 const char* to_string(Mode mode);
 
@@ -54,9 +56,13 @@ struct Settings {
   double duration_s = 5;
   int threads = 1;
   bool json = false;
-  std::uint64_t seed = 1;  // churn
-  double ping_s = 0;       // idle: 0, no pings during the hold
-  double retry_s = 0;      // idle: 0, a lost connection stays lost
+  std::uint64_t seed = 1;          // churn
+  double ping_s = 0;               // idle: 0, no pings during the hold
+  double retry_s = 0;              // idle: 0, a lost connection stays lost
+  double rate = 0;                 // rate: messages per second over all probe connections
+  bool spin = false;               // rate: the probe loop never sleeps
+  int bulk = 0;                    // rate: closed-loop echo connections beside the probes
+  std::int64_t bulk_size = 16384;  // rate: their message size
 };
 
 inline constexpr Duration kConnectTimeout = 5s;
@@ -65,6 +71,8 @@ inline constexpr Duration kConnectTimeout = 5s;
 inline constexpr std::size_t kMaxConnecting = 256;
 // idle: bound on the final echo round; a connection that has not echoed by then counts as lost.
 inline constexpr Duration kEchoRoundBound = 60s;
+// rate: a probe message sent later than this after its due time counts as a late send.
+inline constexpr Duration kLateSend = 10us;
 
 // ---- The byte pattern: byte k of a connection's stream is pattern[(k + seed) % kPeriod]. ----
 // A prime period: a stream shifted by any amount that is not a multiple of it reads wrong.
@@ -112,6 +120,15 @@ class Counter {
 class LoadRun;
 class Client;
 
+// rate: the open-loop timetable of one worker's probe connections (rate.cpp). Runs on the
+// worker's thread.
+class Schedule {
+ public:
+  virtual ~Schedule() = default;
+  virtual void start() = 0;  // on the worker's thread, after its clients' start()
+  virtual void stop() = 0;   // the run is over: before the clients stop
+};
+
 // One worker loop and its clients. Everything but the Counters is touched only on the loop's
 // thread while the run lasts, and read by the main thread after the loop's thread was joined.
 struct Worker {
@@ -145,6 +162,11 @@ struct Worker {
   std::uint64_t held = 0;    // connections open when the echo round began
   std::uint64_t echoed = 0;  // clients that echoed in the round
 
+  // rate
+  std::unique_ptr<Schedule> schedule;  // the probe worker's; null on the bulk worker
+  bool bulk = false;                   // this worker's clients are --bulk connections
+  std::uint64_t due = 0;               // messages due before the run ended
+
   Counter messages;
   Counter bytes;
   Counter errors;
@@ -152,6 +174,8 @@ struct Worker {
   Counter bytes_sent;  // churn, slowread: bytes the kernel took from the clients
   Counter closes;      // churn: graceful closes done
   Counter resets;      // churn: resets (SO_LINGER 0) done
+  Counter sent;        // rate: probe messages sent
+  Counter late_sends;  // rate: of those, sent more than kLateSend after they were due
   std::array<std::uint64_t, kErrorKinds> error_counts{};
   std::array<std::string, kErrorKinds> first_detail;
   demo::Histogram latency;  // nanoseconds
@@ -174,6 +198,9 @@ class LoadRun {
   // Any worker thread (idle): every client of one more worker has settled / done its echo round.
   void worker_settled();
   void worker_echoed();
+  // The probe worker's thread (rate): every probe connect settled and message 0 was due at
+  // `start`; the run lasts --duration from then.
+  void schedule_started(TimePoint start);
 
  private:
   void end_run();
@@ -182,6 +209,7 @@ class LoadRun {
   void begin_echo_round();
   int report();
   int report_fault_mode();
+  int report_rate();
 
   Settings settings_;
   Pattern pattern_;
@@ -193,12 +221,13 @@ class LoadRun {
   bool ending_ = false;
   std::size_t workers_running_ = 0;
   std::size_t workers_emptied_ = 0;
-  std::size_t workers_with_clients_ = 0;  // --threads may exceed --connections
-  std::size_t workers_settled_ = 0;       // idle
-  std::size_t workers_echoed_ = 0;        // idle
-  TimePoint hold_started_{};              // idle
-  TimePoint hold_ended_{};                // idle
-  std::string early_end_;                 // why the run ended before --duration
+  std::size_t workers_with_clients_ = 0;       // --threads may exceed --connections
+  std::size_t workers_settled_ = 0;            // idle
+  std::size_t workers_echoed_ = 0;             // idle
+  TimePoint hold_started_{};                   // idle
+  TimePoint hold_ended_{};                     // idle
+  std::optional<TimePoint> schedule_started_;  // rate
+  std::string early_end_;                      // why the run ended before --duration
   reactor::TimerId deadline_;
   reactor::TimerId progress_timer_;
   std::uint64_t last_messages_ = 0;
@@ -359,5 +388,9 @@ std::unique_ptr<Client> make_accept_client(Worker& worker, std::uint64_t seed);
 std::unique_ptr<Client> make_churn_client(Worker& worker, std::uint64_t index);
 std::unique_ptr<Client> make_slowread_client(Worker& worker, std::uint64_t seed);
 std::unique_ptr<Client> make_idle_client(Worker& worker, std::uint64_t seed);
+// rate: N probe clients on `worker`, and the Schedule that drives them.
+void make_rate_clients(Worker& worker, int connections);
+// rate --bulk: an echo client of --bulk-size messages, one in flight.
+std::unique_ptr<Client> make_bulk_client(Worker& worker, std::uint64_t seed);
 
 }  // namespace load

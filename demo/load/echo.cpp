@@ -4,11 +4,14 @@
 namespace load {
 namespace {
 
-// echo: one connection, `depth` messages of `size` bytes in flight, every byte verified.
+// echo: one connection, `depth` messages of `size` bytes in flight, every byte verified. Also
+// rate's --bulk connections (--bulk-size, depth 1).
 class EchoClient final : public Client {
  public:
-  EchoClient(Worker& worker, std::uint64_t seed)
-      : Client(worker, seed), send_times_(static_cast<std::size_t>(worker.run.settings().depth)) {}
+  EchoClient(Worker& worker, std::uint64_t seed, std::int64_t size, int depth)
+      : Client(worker, seed),
+        size_(static_cast<std::uint64_t>(size)),
+        send_times_(static_cast<std::size_t>(depth)) {}
 
   void start() override {
     if (auto ec = connect()) on_connect_failed(ec);
@@ -40,7 +43,7 @@ class EchoClient final : public Client {
     input.consume(got.size());
     if (!worker_.running) return;
     worker_.bytes.add(got.size());
-    const auto size = static_cast<std::uint64_t>(settings().size);
+    const std::uint64_t size = size_;
     const TimePoint now = Clock::now();
     std::uint64_t done = 0;
     while (recv_offset_ >= (completed_ + 1) * size) {
@@ -78,7 +81,7 @@ class EchoClient final : public Client {
     for (std::uint64_t i = 0; i < count; ++i)
       send_times_[(sent_ + i) % send_times_.size()] = now;
     sent_ += count;
-    auto left = count * static_cast<std::uint64_t>(settings().size);
+    auto left = count * size_;
     while (left > 0) {
       const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(left, kChunk));
       if (!conn_->send(std::string_view(pattern().at(send_offset_ + seed_), n))) return;
@@ -87,6 +90,7 @@ class EchoClient final : public Client {
     }
   }
 
+  std::uint64_t size_;                 // message size
   std::vector<TimePoint> send_times_;  // ring: message k was sent at send_times_[k % depth]
   std::uint64_t sent_ = 0;             // messages sent
   std::uint64_t completed_ = 0;        // messages fully echoed
@@ -97,7 +101,12 @@ class EchoClient final : public Client {
 }  // namespace
 
 std::unique_ptr<Client> make_echo_client(Worker& worker, std::uint64_t seed) {
-  return std::make_unique<EchoClient>(worker, seed);
+  const Settings& settings = worker.run.settings();
+  return std::make_unique<EchoClient>(worker, seed, settings.size, settings.depth);
+}
+
+std::unique_ptr<Client> make_bulk_client(Worker& worker, std::uint64_t seed) {
+  return std::make_unique<EchoClient>(worker, seed, worker.run.settings().bulk_size, 1);
 }
 
 }  // namespace load

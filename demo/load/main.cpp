@@ -7,11 +7,20 @@
 //   reactor-load slowread --target ADDR [--connections N] [--duration SEC] [...]
 //   reactor-load idle     --target ADDR [--connections N] [--duration SEC] [--size BYTES]
 //                         [--ping SEC] [--retry SEC] [...]
+//   reactor-load rate     --target ADDR --rate R [--connections N] [--size BYTES]
+//                         [--duration SEC] [--spin] [--bulk K --bulk-size B] [--json]
 //
 // echo: N connections each keep D messages of BYTES in flight and verify every echoed byte
 // against what was sent (a position-dependent pattern, offset per connection, so lost,
 // duplicated, reordered or crossed bytes all show). accept: C clients each loop
 // connect -> send 1 byte -> receive it -> close with RST.
+//
+// rate (open loop, for latency): message k is due at start + k/R, sent on connection k mod N
+// (pipelined when the previous one is still in flight), and its latency runs from its due time,
+// not its send time (wrk2's correction for coordinated omission). Reports offered and achieved
+// rates, p50..p99.99 and max, and late_sends (sent > 10 us after due: the client's own
+// lateness). --spin: never sleep. --bulk K: K closed-loop echo connections of --bulk-size bytes
+// beside the probes, on a loop of their own, reported as bulk_msgs_per_s. See rate.cpp.
 //
 // The fault modes (the soak test's clients, bench/soak.sh):
 // - churn: N clients each loop connect -> echo 0..8 messages of random size (1 B..64 KiB, one at
@@ -36,7 +45,7 @@
 //
 // Files: main.cpp (this: the command line), core.hpp/core.cpp (settings, Pattern, error kinds,
 // Client, Worker, LoadRun's control loop), report.cpp (text and JSON), and one file per mode:
-// echo.cpp, accept.cpp, churn.cpp, slowread.cpp, idle.cpp.
+// echo.cpp, accept.cpp, churn.cpp, slowread.cpp, idle.cpp, rate.cpp.
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
@@ -78,7 +87,7 @@ int main(int argc, char** argv) {
                "reactor-load"};
   app.allow_extras();  // before the subcommands: they inherit it
   app.footer("Exit status: 0 when the run saw no error, 1 when it saw any, 2 for usage errors.");
-  auto add_common = [&settings](CLI::App* mode, const char* connections_help) {
+  auto add_common = [&settings](CLI::App* mode, const char* connections_help, bool threads = true) {
     mode->add_option("--target", settings.target_text,
                      "Server address: 127.0.0.1:PORT, [::1]:PORT, unix:/path")
         ->type_name("ADDR")
@@ -86,8 +95,10 @@ int main(int argc, char** argv) {
     demo::add_number(*mode, "--connections", settings.connections, 1, 1'000'000, connections_help);
     demo::add_number(*mode, "--duration", settings.duration_s, 0.01, 1e6,
                      "Run for SEC seconds, then stop, whatever the server does", "SEC");
-    demo::add_number(*mode, "--threads", settings.threads, 1, 1024,
-                     "Client loops, one per thread; connections are spread over them", "T");
+    if (threads) {
+      demo::add_number(*mode, "--threads", settings.threads, 1, 1024,
+                       "Client loops, one per thread; connections are spread over them", "T");
+    }
     mode->add_flag("--json", settings.json, "Print the result as one JSON object on stdout");
   };
   CLI::App* echo = app.add_subcommand(
@@ -138,10 +149,38 @@ int main(int argc, char** argv) {
       "--duration counts from when every connect settled. Exit status: 0 when every connection "
       "echoed and no error was seen, 1 otherwise, 2 for usage errors.");
 
+  CLI::App* rate = app.add_subcommand(
+      "rate",
+      "Open-loop latency: messages due at a fixed rate over the connections, latency from each "
+      "one's due time, every byte verified");
+  add_common(rate, "Probe connections; message k goes to connection k mod N", false);
+  demo::add_number(*rate, "--rate", settings.rate, 1e-3, 1e9,
+                   "Messages per second over all probe connections (the offered load)", "R")
+      ->required()
+      ->default_str("");
+  demo::add_number<std::int64_t>(*rate, "--size", settings.size, 1,
+                                 static_cast<std::int64_t>(kChunk), "Probe message size", "BYTES");
+  rate->add_flag("--spin", settings.spin,
+                 "Never sleep: busy-poll until each message is due (exact schedule; takes a core)");
+  demo::add_number(*rate, "--bulk", settings.bulk, 0, 1'000'000,
+                   "Closed-loop echo connections beside the probes, on a loop of their own (their "
+                   "rate is reported apart, without latency)",
+                   "K");
+  auto* bulk_size = demo::add_number<std::int64_t>(
+      *rate, "--bulk-size", settings.bulk_size, 1, kMaxMessageSize,
+      "Message size of the --bulk connections (one in flight each)", "B");
+  rate->footer(
+      "Message k is due at start + k/R (start: when every probe connected) and goes to "
+      "connection k mod N, pipelined behind any still in flight; its latency runs from when it "
+      "was due, not from when it was sent, so a stall shows in every message that waited. "
+      "late_sends counts the messages the client itself sent more than 10 us after due.\n"
+      "Exit status: 0 when the run saw no error, 1 when it saw any, 2 for usage errors.");
+
   // In the order of enum Mode.
   const std::vector<std::pair<const char*, CLI::App*>> modes = {
-      {"echo", echo}, {"accept", accept}, {"churn", churn}, {"slowread", slowread}, {"idle", idle}};
-  const char* mode_list = "echo, accept, churn, slowread or idle";
+      {"echo", echo},         {"accept", accept}, {"churn", churn},
+      {"slowread", slowread}, {"idle", idle},     {"rate", rate}};
+  const char* mode_list = "echo, accept, churn, slowread, idle or rate";
   // A first word that is not an option must name a mode.
   if (argc > 1 && argv[1][0] != '-' &&
       std::none_of(modes.begin(), modes.end(),
@@ -161,6 +200,11 @@ int main(int argc, char** argv) {
   }
   settings.target = *target;
   if (settings.mode == Mode::accept) settings.size = 1;
+  if (settings.mode == Mode::rate) {
+    if (bulk_size->count() > 0 && settings.bulk == 0)
+      return demo::usage_error(app, "--bulk-size needs --bulk K");
+    settings.threads = settings.bulk > 0 ? 2 : 1;  // the probes' loop, and the bulk's
+  }
 
   LoadRun run(settings);
   return run.run();

@@ -8,6 +8,7 @@
 namespace load {
 
 int LoadRun::report() {
+  if (settings_.mode == Mode::rate) return report_rate();
   if (settings_.mode != Mode::echo && settings_.mode != Mode::accept) return report_fault_mode();
   std::uint64_t messages = 0, bytes = 0, errors = 0;
   std::array<std::uint64_t, kErrorKinds> error_counts{};
@@ -143,6 +144,7 @@ int LoadRun::report_fault_mode() {
       break;
     case Mode::echo:
     case Mode::accept:
+    case Mode::rate:
       break;
   }
 
@@ -212,6 +214,118 @@ int LoadRun::report_fault_mode() {
   }
   std::fflush(stdout);
   return t.errors == 0 && worked ? demo::kExitOk : demo::kExitRuntime;
+}
+
+// rate: the probes' schedule and latency from due time; the bulk connections' rate apart.
+int LoadRun::report_rate() {
+  std::uint64_t due = 0, sent = 0, late = 0, messages = 0, bytes = 0, errors = 0;
+  std::uint64_t bulk_messages = 0;
+  std::array<std::uint64_t, kErrorKinds> error_counts{};
+  std::array<std::string, kErrorKinds> details;
+  demo::Histogram latency;
+  for (const auto& w : workers_) {
+    errors += w->errors.load();
+    for (std::size_t k = 0; k < kErrorKinds; ++k) {
+      error_counts[k] += w->error_counts[k];
+      if (details[k].empty()) details[k] = w->first_detail[k];
+    }
+    if (w->bulk) {
+      bulk_messages += w->messages.load();
+      continue;
+    }
+    due += w->due;
+    sent += w->sent.load();
+    late += w->late_sends.load();
+    messages += w->messages.load();
+    bytes += w->bytes.load();
+    latency.merge(w->latency);
+  }
+  workers_.clear();
+
+  // The probes' time is the schedule's (from message 0's due time); the bulk ran from the start.
+  const TimePoint from = schedule_started_.value_or(started_);
+  const double seconds = std::max(1e-9, std::chrono::duration<double>(ended_ - from).count());
+  const double bulk_seconds =
+      std::max(1e-9, std::chrono::duration<double>(ended_ - started_).count());
+  const double achieved = static_cast<double>(messages) / seconds;
+  const double bulk_per_s = static_cast<double>(bulk_messages) / bulk_seconds;
+  auto us = [&latency](double p) {
+    return static_cast<double>(latency.value_at_percentile(p)) / 1000;
+  };
+  const double p50 = us(50), p90 = us(90), p99 = us(99), p999 = us(99.9), p9999 = us(99.99);
+  const double max = static_cast<double>(latency.max()) / 1000;
+  const std::string target = settings_.target.to_string();
+
+  if (!early_end_.empty()) std::fprintf(stderr, "reactor-load: %s\n", early_end_.c_str());
+  for (std::size_t k = 0; k < kErrorKinds; ++k) {
+    if (error_counts[k] == 0) continue;
+    std::fprintf(stderr, "error: %llu x %s (first: %s)\n",
+                 static_cast<unsigned long long>(error_counts[k]),
+                 to_string(static_cast<ErrorKind>(k)), details[k].c_str());
+  }
+  if (messages == 0 && errors == 0) {
+    std::fprintf(stderr, "reactor-load: no echo came back from %s within %.3g s\n", target.c_str(),
+                 seconds);
+  }
+
+  if (settings_.json) {
+    nlohmann::ordered_json by_kind = nlohmann::ordered_json::object();
+    for (std::size_t k = 0; k < kErrorKinds; ++k)
+      by_kind[key_of(static_cast<ErrorKind>(k))] = error_counts[k];
+    const nlohmann::ordered_json result = {
+        {"mode", "rate"},
+        {"target", target},
+        {"connections", settings_.connections},
+        {"size", settings_.size},
+        {"spin", settings_.spin},
+        {"duration_s", seconds},
+        {"offered_per_s", settings_.rate},
+        {"achieved_per_s", achieved},
+        {"due", due},
+        {"sent", sent},
+        {"late_sends", late},
+        {"messages", messages},
+        {"bytes", bytes},
+        {"errors", errors},
+        {"errors_by_kind", by_kind},
+        {"bulk_connections", settings_.bulk},
+        {"bulk_size", settings_.bulk > 0 ? settings_.bulk_size : 0},
+        {"bulk_messages", bulk_messages},
+        {"bulk_msgs_per_s", bulk_per_s},
+        {"latency_us",
+         {{"p50", p50},
+          {"p90", p90},
+          {"p99", p99},
+          {"p999", p999},
+          {"p9999", p9999},
+          {"max", max}}},
+    };
+    std::printf("%s\n",
+                result.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  } else {
+    std::printf("reactor-load rate -> %s\n", target.c_str());
+    std::printf("  connections   %d (size %lld B%s)\n", settings_.connections,
+                static_cast<long long>(settings_.size), settings_.spin ? ", spinning" : "");
+    std::printf("  duration      %.3f s\n", seconds);
+    std::printf("  offered       %.0f/s (%llu due, %llu sent, %llu late by > %lld us)\n",
+                settings_.rate, static_cast<unsigned long long>(due),
+                static_cast<unsigned long long>(sent), static_cast<unsigned long long>(late),
+                static_cast<long long>(
+                    std::chrono::duration_cast<std::chrono::microseconds>(kLateSend).count()));
+    std::printf("  achieved      %.0f/s (%llu messages)\n", achieved,
+                static_cast<unsigned long long>(messages));
+    std::printf(
+        "  latency (us)  p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  p99.99 %.1f  max %.1f  (from "
+        "due time)\n",
+        p50, p90, p99, p999, p9999, max);
+    if (settings_.bulk > 0) {
+      std::printf("  bulk          %d connections x %lld B: %.0f msgs/s\n", settings_.bulk,
+                  static_cast<long long>(settings_.bulk_size), bulk_per_s);
+    }
+    std::printf("  errors        %llu\n", static_cast<unsigned long long>(errors));
+  }
+  std::fflush(stdout);
+  return errors == 0 && messages > 0 ? demo::kExitOk : demo::kExitRuntime;
 }
 
 }  // namespace load
