@@ -87,7 +87,7 @@ class RateSchedule final : public Schedule {
  public:
   RateSchedule(Worker& worker, double rate)
       : worker_(worker),
-        ns_per_message_(1e9 / rate),
+        rate_(rate),
         length_(std::chrono::duration_cast<Duration>(
             std::chrono::duration<double>(worker.run.settings().duration_s))) {}
 
@@ -116,10 +116,12 @@ class RateSchedule final : public Schedule {
     worker_.due = next_;
   }
 
-  // The due time of message k of the run.
+  // The due time of message k of the run: k/R seconds after the start, rounded down to the
+  // nanosecond. k x 1e9 / R, not k x (1e9 / R): exact whenever k/R is a whole number of
+  // nanoseconds, so that a schedule of R x duration messages has exactly that many.
   TimePoint due(std::uint64_t k) const noexcept {
-    return start_ + Duration(static_cast<Duration::rep>(
-                        std::floor(static_cast<double>(k) * ns_per_message_)));
+    return start_ +
+           Duration(static_cast<Duration::rep>(std::floor(static_cast<double>(k) * 1e9 / rate_)));
   }
 
  private:
@@ -140,7 +142,7 @@ class RateSchedule final : public Schedule {
   }
 
   Worker& worker_;
-  double ns_per_message_;
+  double rate_;  // messages per second
   Duration length_;
   std::vector<RateClient*> probes_;
   std::size_t settled_ = 0;
