@@ -160,7 +160,7 @@ INSTANTIATE_TEST_SUITE_P(Bad, KvServerCommandLine, ::testing::ValuesIn(kServerCa
 // gets as far as connecting.
 const std::vector<CommandCase> kLoadCases = [] {
   std::vector<CommandCase> cases = {
-      {"NoArguments", {}, 2, "missing mode: echo, accept, churn, slowread or idle"},
+      {"NoArguments", {}, 2, "missing mode: echo, accept, churn, slowread, idle or rate"},
       {"UnknownMode", {"bogus"}, 2, "unknown mode: bogus ("},
       {"NonUtf8Mode", {"\xff"}, 2, "unknown mode: \xff ("},
       {"FlagsWithoutMode", {"--target", "127.0.0.1:1"}, 2, "unknown option: --target"},
@@ -204,13 +204,64 @@ const std::vector<CommandCase> kLoadCases = [] {
        {"idle", "--target", "127.0.0.1:1", "--retry", "soon"},
        2,
        "invalid value for --retry: soon ("},
+      {"RateNoRate", {"rate", "--target", "127.0.0.1:1"}, 2, "missing option: --rate"},
+      {"RateRateZero",
+       {"rate", "--target", "127.0.0.1:1", "--rate", "0"},
+       2,
+       "invalid value for --rate: 0 ("},
+      {"RateRateNegative",
+       {"rate", "--target", "127.0.0.1:1", "--rate", "-5"},
+       2,
+       "invalid value for --rate: -5 ("},
+      {"RateRateWord",
+       {"rate", "--target", "127.0.0.1:1", "--rate", "fast"},
+       2,
+       "invalid value for --rate: fast ("},
+      {"RateRateInfinite",
+       {"rate", "--target", "127.0.0.1:1", "--rate", "inf"},
+       2,
+       "invalid value for --rate: inf ("},
+      {"RateRateWithoutValue",
+       {"rate", "--target", "127.0.0.1:1", "--rate"},
+       2,
+       "missing value: --rate"},
+      {"RateSizeZero",
+       {"rate", "--target", "127.0.0.1:1", "--rate", "10", "--size", "0"},
+       2,
+       "invalid value for --size: 0 ("},
+      {"RateSizeOverChunk",
+       {"rate", "--target", "127.0.0.1:1", "--rate", "10", "--size", "65537"},
+       2,
+       "invalid value for --size: 65537 ("},
+      {"RateBulkNegative",
+       {"rate", "--target", "127.0.0.1:1", "--rate", "10", "--bulk", "-1"},
+       2,
+       "invalid value for --bulk: -1 ("},
+      {"RateBulkSizeZero",
+       {"rate", "--target", "127.0.0.1:1", "--rate", "10", "--bulk", "1", "--bulk-size", "0"},
+       2,
+       "invalid value for --bulk-size: 0 ("},
+      {"RateBulkSizeWithoutBulk",
+       {"rate", "--target", "127.0.0.1:1", "--rate", "10", "--bulk-size", "100"},
+       2,
+       "--bulk-size needs --bulk K"},
+      {"RateThreadsIsNotAnOption",
+       {"rate", "--target", "127.0.0.1:1", "--rate", "10", "--threads", "2"},
+       2,
+       "unknown option: --threads"},
+      {"RateDepthIsNotAnOption",
+       {"rate", "--target", "127.0.0.1:1", "--rate", "10", "--depth", "2"},
+       2,
+       "unknown option: --depth"},
   };
-  for (const char* mode : {"echo", "accept", "churn", "slowread", "idle"}) {
+  for (const char* mode : {"echo", "accept", "churn", "slowread", "idle", "rate"}) {
     const std::string m = mode;
     auto add = [&cases, &m](const std::string& what, std::vector<std::string> args, int code,
                             std::string prefix) {
       std::string name = m;
       name[0] = static_cast<char>(name[0] - 'a' + 'A');
+      // rate: its required --rate first, so that each case fails for the reason it names.
+      if (m == "rate") args.insert(args.begin(), {"--rate", "10"});
       args.insert(args.begin(), m);
       cases.push_back({name + what, std::move(args), code, std::move(prefix)});
     };
@@ -226,8 +277,10 @@ const std::vector<CommandCase> kLoadCases = [] {
         "invalid value for --duration: -1 (");
     add("DurationNan", {"--target", "127.0.0.1:1", "--duration", "nan"}, 2,
         "invalid value for --duration: nan (");
-    add("ThreadsZero", {"--target", "127.0.0.1:1", "--threads", "0"}, 2,
-        "invalid value for --threads: 0 (");
+    if (m != "rate") {  // rate runs one probe loop: RateThreadsIsNotAnOption
+      add("ThreadsZero", {"--target", "127.0.0.1:1", "--threads", "0"}, 2,
+          "invalid value for --threads: 0 (");
+    }
     add("UnknownFlag", {"--target", "127.0.0.1:1", "--bogus"}, 2, "unknown option: --bogus");
     add("StrayWord", {"--target", "127.0.0.1:1", "stray"}, 2, "unexpected argument: stray");
   }

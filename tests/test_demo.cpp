@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -22,6 +23,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -386,6 +388,256 @@ TEST_F(DemoTest, LoadEndsWithAMessageWhenTheServerGoesAway) {
   ASSERT_TRUE(json.is_object()) << load.out();
   EXPECT_GT(json["errors"].get<std::uint64_t>(), 0u);
   EXPECT_LT(json["duration_s"].get<double>(), 60.0);
+}
+
+// ---- reactor-load rate: open loop, latency from the due time ----
+
+// Checks a rate-mode JSON result: the keys, no error, and the counts that follow from the
+// schedule whatever the timing: every message sent was due, every one completed was sent.
+void expect_clean_rate(const LoadResult& r, int connections, int size) {
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  ASSERT_TRUE(r.json.is_object()) << r.out;
+  for (const char* key : {"mode", "target", "connections", "duration_s", "offered_per_s",
+                          "achieved_per_s", "due", "sent", "late_sends", "messages", "bytes",
+                          "errors", "errors_by_kind", "bulk_msgs_per_s", "latency_us"}) {
+    EXPECT_TRUE(r.json.contains(key)) << key;
+  }
+  EXPECT_EQ(r.json["mode"], "rate");
+  EXPECT_EQ(r.json["connections"], connections);
+  EXPECT_EQ(r.json["errors"], 0);
+  ASSERT_TRUE(r.json["late_sends"].is_number_unsigned()) << r.json["late_sends"];
+  const auto due = r.json["due"].get<std::uint64_t>();
+  const auto sent = r.json["sent"].get<std::uint64_t>();
+  const auto messages = r.json["messages"].get<std::uint64_t>();
+  const auto bytes = r.json["bytes"].get<std::uint64_t>();
+  EXPECT_LE(r.json["late_sends"].get<std::uint64_t>(), sent);
+  EXPECT_LE(sent, due);
+  EXPECT_LE(messages, sent);
+  EXPECT_GT(messages, 0u);
+  const auto n = static_cast<std::uint64_t>(size);
+  EXPECT_GE(bytes, messages * n);  // every completed message, and parts of those in flight
+  EXPECT_LE(bytes, sent * n);
+  EXPECT_DOUBLE_EQ(r.json["achieved_per_s"].get<double>(),
+                   static_cast<double>(messages) / r.json["duration_s"].get<double>());
+  const auto& latency = r.json["latency_us"];
+  double previous = 0;
+  for (const char* key : {"p50", "p90", "p99", "p999", "p9999", "max"}) {
+    ASSERT_TRUE(latency.contains(key)) << key;
+    EXPECT_GE(latency[key].get<double>(), previous) << key;  // percentiles never decrease
+    previous = latency[key].get<double>();
+  }
+  EXPECT_GT(latency["p50"].get<double>(), 0.0);
+}
+
+TEST_F(DemoTest, RateLoadOffersExactlyRateTimesDurationMessagesAndSendsEach) {
+  Server server({"--listen", "127.0.0.1:0"});
+  ASSERT_TRUE(server.ready()) << server.child().err();
+  // 200/s for 1 s over 3 connections: messages 0..199 are due (k/R < 1 s); 200 is not.
+  auto r = run_load({"rate", "--target", server.address(), "--rate", "200", "--connections", "3",
+                     "--size", "100", "--duration", "1", "--json"});
+  expect_clean_rate(r, 3, 100);
+  EXPECT_EQ(r.json["target"], server.address());
+  EXPECT_EQ(r.json["offered_per_s"], 200.0);
+  EXPECT_EQ(r.json["due"], 200);
+  // A low rate against a healthy server: every due message went out (open loop, never skipped).
+  EXPECT_EQ(r.json["sent"], 200);
+  EXPECT_GE(r.json["duration_s"].get<double>(), 1.0);  // the schedule ran its full length
+  EXPECT_EQ(r.json["bulk_msgs_per_s"], 0.0);
+}
+
+TEST_F(DemoTest, RateLoadScheduleOfAFractionalLengthHasCeilRateTimesDuration) {
+  Server server({"--listen", "127.0.0.1:0"});
+  ASSERT_TRUE(server.ready()) << server.child().err();
+  // 300/s for 0.5 s: 150 due (k = 0..149); 7/s for 1 s: 7 (k/7 < 1 for k = 0..6).
+  auto r = run_load({"rate", "--target", server.address(), "--rate", "300", "--connections", "2",
+                     "--duration", "0.5", "--json"});
+  expect_clean_rate(r, 2, 64);
+  EXPECT_EQ(r.json["due"], 150);
+  EXPECT_EQ(r.json["sent"], 150);
+  r = run_load({"rate", "--target", server.address(), "--rate", "7", "--connections", "4",
+                "--duration", "1", "--spin", "--json"});
+  expect_clean_rate(r, 4, 64);
+  EXPECT_EQ(r.json["due"], 7);
+  EXPECT_EQ(r.json["sent"], 7);
+  EXPECT_EQ(r.json["spin"], true);
+}
+
+TEST_F(DemoTest, RateLoadReportsBulkConnectionsApart) {
+  Server server({"--listen", "127.0.0.1:0"});
+  ASSERT_TRUE(server.ready()) << server.child().err();
+  auto r = run_load({"rate", "--target", server.address(), "--rate", "100", "--connections", "2",
+                     "--duration", "0.5", "--bulk", "2", "--bulk-size", "3000", "--json"});
+  expect_clean_rate(r, 2, 64);
+  EXPECT_EQ(r.json["bulk_connections"], 2);
+  EXPECT_GT(r.json["bulk_messages"].get<std::uint64_t>(), 0u);
+  EXPECT_GT(r.json["bulk_msgs_per_s"].get<double>(), 0.0);
+  // The probes' counts are the probes' alone.
+  EXPECT_EQ(r.json["due"], 50);
+  EXPECT_LE(r.json["bytes"].get<std::uint64_t>(), 50u * 64);
+}
+
+// Stops `child` (SIGSTOP) and waits until it is stopped; returns when it was.
+std::optional<std::chrono::steady_clock::time_point> stop_process(Child& child) {
+  child.signal(SIGSTOP);
+  siginfo_t info{};
+  if (::waitid(P_PID, static_cast<id_t>(child.pid()), &info, WSTOPPED | WNOWAIT) != 0)
+    return std::nullopt;
+  if (info.si_code != CLD_STOPPED) return std::nullopt;
+  return std::chrono::steady_clock::now();
+}
+
+// Reads the server's `--stats` lines until one shows messages flowing (msgs/s > 0): the
+// probes' schedule has started.
+bool wait_for_messages(Server& server, Deadline deadline) {
+  for (;;) {
+    auto line = server.child().read_line(deadline);
+    if (!line) return false;
+    const auto at = line->find(" msgs/s=");
+    if (at != std::string::npos && std::stoull(line->substr(at + 8)) > 0) return true;
+  }
+}
+
+constexpr auto kStall = std::chrono::milliseconds(300);
+
+// The wrk2 correction: the client itself is stopped mid-run, so the messages due meanwhile go
+// out late. From their due time their latency includes the stall (from the send time it would
+// not); the client counts them as late sends; and since hundreds waited, p99 shows it too.
+TEST_F(DemoTest, RateLoadLatencyRunsFromTheDueTimeWhenTheClientStalls) {
+  Server server({"--listen", "127.0.0.1:0", "--stats", "0.05"});
+  ASSERT_TRUE(server.ready()) << server.child().err();
+  Child load(binary("REACTOR_LOAD"), {"rate", "--target", server.address(), "--rate", "1000",
+                                      "--connections", "4", "--duration", "3", "--json"});
+  ASSERT_TRUE(wait_for_messages(server, deadline_in(kGenerous))) << "no message flowed";
+  const auto stopped = stop_process(load);
+  ASSERT_TRUE(stopped) << "the load did not stop";
+  std::this_thread::sleep_for(kStall);  // the stall itself, not a synchronisation
+  const double stall_us =
+      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - *stopped)
+          .count();
+  load.signal(SIGCONT);
+  ASSERT_EQ(load.finish(deadline_in(60s)), 0) << load.err();
+  LoadResult r{0, nlohmann::json::parse(load.out(), nullptr, false), load.out(), load.err()};
+  expect_clean_rate(r, 4, 64);
+  // Lower bounds only: the message due first after the stop (at most 1 ms after it) left after
+  // the continue; the ~300 due during the stall all left more than 10 us late, and the ~150 due
+  // in its first half waited more than half of it, over 1% of the ~3000 messages.
+  const auto& latency = r.json["latency_us"];
+  EXPECT_GE(latency["max"].get<double>(), stall_us - 1000) << r.out;
+  EXPECT_GE(latency["p99"].get<double>(), stall_us / 2) << r.out;
+  EXPECT_GE(r.json["late_sends"].get<std::uint64_t>(), 250u) << r.out;
+  EXPECT_EQ(r.json["sent"], r.json["due"]);  // the late ones were sent, not skipped
+}
+
+// The server is stopped mid-run: an open-loop client keeps sending on schedule (every due
+// message is sent), and every message due during the stall waits for it, so the stall shows
+// in p99 as well as in the maximum (a closed-loop client would have one such sample per
+// connection).
+TEST_F(DemoTest, RateLoadLatencyIncludesAServerStallInItsPercentiles) {
+  Server server({"--listen", "127.0.0.1:0", "--stats", "0.05"});
+  ASSERT_TRUE(server.ready()) << server.child().err();
+  Child load(binary("REACTOR_LOAD"), {"rate", "--target", server.address(), "--rate", "1000",
+                                      "--connections", "4", "--duration", "3", "--json"});
+  ASSERT_TRUE(wait_for_messages(server, deadline_in(kGenerous))) << "no message flowed";
+  const auto stopped = stop_process(server.child());
+  ASSERT_TRUE(stopped) << "the server did not stop";
+  std::this_thread::sleep_for(kStall);  // the stall itself, not a synchronisation
+  const double stall_us =
+      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - *stopped)
+          .count();
+  server.child().signal(SIGCONT);
+  ASSERT_EQ(load.finish(deadline_in(60s)), 0) << load.err();
+  LoadResult r{0, nlohmann::json::parse(load.out(), nullptr, false), load.out(), load.err()};
+  expect_clean_rate(r, 4, 64);
+  const auto& latency = r.json["latency_us"];
+  EXPECT_GE(latency["max"].get<double>(), stall_us - 1000) << r.out;
+  EXPECT_GE(latency["p99"].get<double>(), stall_us / 2) << r.out;
+  EXPECT_EQ(r.json["due"], 3000);
+  EXPECT_EQ(r.json["sent"], 3000);  // the client did not wait for the server
+}
+
+// A server that echoes every byte but one: byte 9 of each connection's stream comes back
+// flipped. Runs on a thread of the test, bounded by a deadline.
+class BadEchoServer {
+ public:
+  BadEchoServer() {
+    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (listener_ < 0 || ::bind(listener_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+        ::listen(listener_, 16) != 0 ||
+        ::getsockname(listener_, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+      return;
+    address_ = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~BadEchoServer() {
+    done_ = true;
+    if (thread_.joinable()) thread_.join();
+    for (int fd : fds_)
+      ::close(fd);
+    if (listener_ >= 0) ::close(listener_);
+  }
+  const std::string& address() const { return address_; }
+
+ private:
+  void serve() {
+    const Deadline deadline = deadline_in(kGenerous);
+    std::vector<std::uint64_t> offsets;  // stream bytes echoed per connection
+    while (!done_ && std::chrono::steady_clock::now() < deadline) {
+      std::vector<pollfd> polled{{listener_, POLLIN, 0}};
+      for (int fd : fds_)
+        polled.push_back({fd, POLLIN, 0});
+      if (::poll(polled.data(), polled.size(), 20) <= 0) continue;
+      if (polled[0].revents & POLLIN) {
+        const int fd = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd >= 0) {
+          fds_.push_back(fd);
+          offsets.push_back(0);
+        }
+      }
+      for (std::size_t i = 1; i < polled.size(); ++i) {
+        if (!polled[i].revents) continue;
+        char buf[65536];
+        const ssize_t n = ::recv(polled[i].fd, buf, sizeof buf, 0);
+        if (n <= 0) continue;  // closed or reset: the load has given up on it
+        std::uint64_t& offset = offsets[i - 1];
+        if (offset <= 9 && 9 < offset + static_cast<std::uint64_t>(n)) buf[9 - offset] ^= 0x20;
+        offset += static_cast<std::uint64_t>(n);
+        (void)::send(polled[i].fd, buf, static_cast<std::size_t>(n), MSG_NOSIGNAL);
+      }
+    }
+  }
+
+  int listener_ = -1;
+  std::string address_;
+  std::vector<int> fds_;
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+TEST_F(DemoTest, LoadDetectsAWrongEchoedByteInEchoAndRateModes) {
+  BadEchoServer server;
+  ASSERT_FALSE(server.address().empty()) << std::strerror(errno);
+  for (const std::vector<std::string>& mode :
+       {std::vector<std::string>{"echo"}, std::vector<std::string>{"rate", "--rate", "200"}}) {
+    std::vector<std::string> args = mode;
+    for (const char* a : {"--connections", "1", "--size", "16", "--duration", "10", "--json"})
+      args.emplace_back(a);
+    args.insert(args.end(), {"--target", server.address()});
+    auto r = run_load(args);
+    EXPECT_EQ(r.exit_code, 1) << mode[0] << ": " << r.err;
+    ASSERT_TRUE(r.json.is_object()) << mode[0] << ": " << r.out;
+    EXPECT_GE(r.json["errors"].get<std::uint64_t>(), 1u) << mode[0];
+    // The only connection was aborted: the run ended at once, not at --duration.
+    EXPECT_LT(r.json["duration_s"].get<double>(), 10.0) << mode[0];
+    EXPECT_NE(r.err.find("wrong bytes (first: stream offset 9: expected 0x"), std::string::npos)
+        << mode[0] << ": " << r.err;
+    if (mode[0] == "rate") {
+      EXPECT_EQ(r.json["errors_by_kind"]["wrong_bytes"], 1) << r.out;
+    }
+  }
 }
 
 TEST_F(DemoTest, LoadUsageErrorsExitTwo) {

@@ -61,6 +61,20 @@ TEST(Histogram, PercentilesOfAUniformRunAreWithinOnePercent) {
   EXPECT_NEAR(h.mean(), 50000.5, 500);
 }
 
+// reactor-load rate reports p99.99: in 10,000 values it is the 9,999th, not the largest.
+TEST(Histogram, P9999IsTheRankBelowTheLastOfTenThousand) {
+  Histogram h;
+  h.record(1, 9999);
+  h.record(100);
+  EXPECT_EQ(h.value_at_percentile(99.99), 1u);
+  EXPECT_EQ(h.value_at_percentile(100), 100u);
+  h.reset();
+  h.record(1, 9998);
+  h.record(100, 2);
+  EXPECT_EQ(h.value_at_percentile(99.99), 100u);
+  EXPECT_EQ(h.value_at_percentile(99.9), 1u);
+}
+
 TEST(Histogram, PercentileNeverReportsMoreThanTheMaximum) {
   Histogram h;
   h.record(1'000'003);
