@@ -150,7 +150,8 @@ class EventLoop {
   // its period grid and skips the periods it missed during a stall. Cancelling a fired or
   // cancelled timer is a harmless no-op (returns false). A delay or period that takes the
   // deadline past what the clock can represent (Duration::max(): "never") saturates: the timer
-  // never fires and never shortens the wait, and stays pending until cancelled.
+  // never fires and never shortens the wait, and stays pending until cancelled. every() needs a
+  // positive period (asserted in debug builds: a zero period would fire on every iteration).
   TimerId after(Duration delay, Function<void()> fn);
   TimerId every(Duration period, Function<void()> fn);
   bool cancel(TimerId id) noexcept;

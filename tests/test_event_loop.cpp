@@ -1604,6 +1604,17 @@ TEST(EventLoopDeathTest, RunOnceFromInsideRunOnceIsAssertedInDebugBuilds) {
 #endif
 }
 
+// "every() needs a positive period (asserted in debug builds)"
+TEST(EventLoopDeathTest, EveryWithoutAPositivePeriodIsAssertedInDebugBuilds) {
+#ifdef NDEBUG
+  GTEST_SKIP() << "the assertion is compiled out (NDEBUG)";
+#else
+  EventLoop loop;
+  EXPECT_DEATH((void)loop.every(0ns, [] {}), "every\\(\\) needs a positive period");
+  EXPECT_DEATH((void)loop.every(-1ms, [] {}), "every\\(\\) needs a positive period");
+#endif
+}
+
 // "run(), run_once() and every method not marked "any thread" must be called on that thread;
 // debug builds assert it."
 TEST(EventLoopDeathTest, CallFromAnotherThreadIsAssertedInDebugBuilds) {
