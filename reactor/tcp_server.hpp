@@ -8,8 +8,9 @@
 //
 // Loops. `loops[0]` is the home loop. With several loops, each one accepts from the listening
 // socket (shared with EPOLLEXCLUSIVE by default, or one SO_REUSEPORT socket per loop with
-// ListenOptions::reuse_port) and owns the connections it accepted (ConnectionId::shard names
-// its loop). The other loops must be running from start() until stop() has completed.
+// ListenOptions::reuse_port on a TCP address; a Unix address is always shared) and owns the
+// connections it accepted (ConnectionId::shard names its loop). The other loops must be running
+// from start() until stop() has completed.
 //
 // Threads. Who may call what; with one loop, all of it is that loop's thread:
 //   constructor, set_open_handler(), set_error_handler() (before start()), start(), destructor:

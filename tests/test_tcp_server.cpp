@@ -578,6 +578,39 @@ TEST(TcpServer, ConnectionThatNeverClosesIsAbortedAfterGrace) {
   ::close(client);
 }
 
+// A stop meets the table as it is: the slot of a connection that already ended is empty and is
+// skipped by the closing and by the grace's aborting; and `done` may be left out ("stop(grace)"):
+// the stop still completes (the server listens again after it).
+TEST(TcpServer, StopWithoutDoneSkipsEndedConnectionsAndAbortsTheRestAfterGrace) {
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  ConnectionHandlers handlers = echo_handlers();
+  std::vector<CloseReason> reasons;
+  handlers.on_close = [&](Connection&, CloseReason r, std::error_code) { reasons.push_back(r); };
+  ServerOptions options;
+  options.connection.linger = std::chrono::hours(1);  // the grace, not the linger, must end it
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers, options);
+  ASSERT_FALSE(server.start());
+  const int ended = connect_to(server.address());
+  const int stays = connect_to(server.address());
+  ASSERT_GE(ended, 0);
+  ASSERT_GE(stays, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return server.stats().active == 2; }));
+  ::close(ended);  // its slot empties before the stop: the first slot, taken first
+  ASSERT_TRUE(run_until(loop, [&] { return server.stats().active == 1; }));
+  ASSERT_EQ(reasons, std::vector<CloseReason>{CloseReason::peer_closed});
+
+  server.stop(5s);
+  ASSERT_EQ(read_until_closed(loop, stays), PeerEnd::eof);  // closed gracefully: our FIN
+  clock.advance(5s);
+  ASSERT_TRUE(run_until(loop, [&] { return server.stats().active == 0; }));
+  EXPECT_EQ(reasons, (std::vector<CloseReason>{CloseReason::peer_closed, CloseReason::aborted}));
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_FALSE(server.start()) << "the stop did not complete";
+  ::close(stays);
+}
+
 TEST(TcpServer, StopFromInsideAConnectionCallback) {
   EventLoop loop;
   ConnectionHandlers handlers;
@@ -835,6 +868,95 @@ TEST(TcpServer, DestroyedWithAnOnCloseStillDueDropsIt) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The header's "asserted in debug builds": misuse from the wrong thread or from inside the
+// server's own callbacks aborts with a message naming it (skipped under NDEBUG).
+
+#ifndef NDEBUG
+// "start(), destructor: the home loop's thread"
+TEST(TcpServerDeathTest, StartOffTheHomeLoopThreadIsAsserted) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  EXPECT_DEATH(std::thread([&] { (void)server.start(); }).join(),
+               "start\\(\\) on the home loop's thread");
+}
+
+TEST(TcpServerDeathTest, DestroyedOffTheHomeLoopThreadIsAsserted) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  auto server = std::make_unique<TcpServer>(loop, Address::ipv4_loopback(0), handlers);
+  EXPECT_DEATH(std::thread([&] { server.reset(); }).join(),
+               "destroy a TcpServer on its home loop's thread");
+}
+
+// "find(id): the thread of loops[id.shard] only"
+TEST(TcpServerDeathTest, FindOffTheConnectionsLoopThreadIsAsserted) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  ConnectionId id{};
+  server.set_open_handler([&](Connection& c) { id = c.id(); });
+  ASSERT_FALSE(server.start());
+  const int client = connect_to(server.address());
+  ASSERT_GE(client, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return server.stats().accepted == 1; }));
+  EXPECT_DEATH(std::thread([&] { (void)server.find(id); }).join(),
+               "find\\(\\) on the connection's own loop only");
+  ::close(client);
+}
+
+// "Destruction ... outside the server's own callbacks (asserted in debug builds; defer() it)"
+TEST(TcpServerDeathTest, DestroyedInsideItsOnOpenIsAsserted) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  auto server = std::make_unique<TcpServer>(loop, Address::ipv4_loopback(0), handlers);
+  server->set_open_handler([&](Connection&) { server.reset(); });
+  ASSERT_FALSE(server->start());
+  const int client = connect_to(server->address());
+  ASSERT_GE(client, 0);
+  EXPECT_DEATH((void)run_until(loop, [&] { return server == nullptr; }),
+               "TcpServer destroyed inside its own callback");
+  ::close(client);
+}
+
+TEST(TcpServerDeathTest, DestroyedInsideAConnectionCallbackIsAsserted) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EventLoop loop;
+  std::unique_ptr<TcpServer> server;
+  ConnectionHandlers handlers;
+  handlers.on_data = [&](Connection&, Buffer&) { server.reset(); };
+  server = std::make_unique<TcpServer>(loop, Address::ipv4_loopback(0), handlers);
+  ASSERT_FALSE(server->start());
+  const int client = connect_to(server->address());
+  ASSERT_GE(client, 0);
+  ASSERT_TRUE(send_all(client, "x"));
+  EXPECT_DEATH((void)run_until(loop, [&] { return server == nullptr; }),
+               "TcpServer destroyed inside a connection's callback");
+  ::close(client);
+}
+
+// "With several loops, only before start() or once stop() has completed."
+TEST(TcpServerDeathTest, MultiLoopServerDestroyedWhileListeningIsAsserted) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        EventLoop loop;
+        LoopThread other;
+        ConnectionHandlers handlers = echo_handlers();
+        auto server = std::make_unique<TcpServer>(std::vector<EventLoop*>{&loop, &other.loop()},
+                                                  Address::ipv4_loopback(0), handlers);
+        (void)server->start();
+        server.reset();
+      },
+      "destroy a multi-loop TcpServer only before start\\(\\) or after stop\\(\\) completed");
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------
 // Two loops: the test's loop (shard 0) and a LoopThread (shard 1)
 
 // Per-shard bookkeeping; on_open and on_close run on both threads.
@@ -1032,6 +1154,28 @@ TEST(TcpServerTwoLoops, ReusePortGivesEachLoopItsOwnSocketAndBothAccept) {
   ASSERT_TRUE(run_until(loop, [&] { return log.count(0) + log.count(1) == kClients; }));
   EXPECT_GT(log.count(0), 0);
   EXPECT_GT(log.count(1), 0);
+  stop_server(loop, server, clients);
+}
+
+// "one SO_REUSEPORT socket per loop with ListenOptions::reuse_port (TCP; a Unix address is
+// shared)": a second Unix socket cannot bind the same path, so both loops share the one.
+TEST(TcpServerTwoLoops, ReusePortOnAUnixAddressSharesOneSocket) {
+  TempDir dir;
+  auto address = Address::parse("unix:" + dir.file("shared.sock"));
+  ASSERT_TRUE(address.ok());
+  EventLoop loop;
+  LoopThread other;
+  ShardLog log;
+  ServerOptions options;
+  options.listen.reuse_port = true;
+  TcpServer server(std::vector<EventLoop*>{&loop, &other.loop()}, *address, log.handlers, options);
+  server.set_open_handler(log.open_handler());
+  ASSERT_FALSE(server.start());
+  constexpr int kClients = 20;
+  std::vector<int> clients;
+  ASSERT_TRUE(connect_clients(server.address(), kClients, clients)) << std::strerror(errno);
+  expect_all_echo(loop, clients);
+  ASSERT_TRUE(run_until(loop, [&] { return log.count(0) + log.count(1) == kClients; }));
   stop_server(loop, server, clients);
 }
 
