@@ -311,6 +311,26 @@ class Client {
     worker_.error(ErrorKind::wrong_bytes, detail);
   }
 
+  // Checks what arrived: `got`, at stream offset `received`, of the `sent` bytes sent so far.
+  // When it holds more than was sent or a wrong byte, counts the error, aborts the connection
+  // (its on_close follows from the loop) and returns false.
+  bool verify(std::string_view got, std::uint64_t received, std::uint64_t sent) {
+    if (received + got.size() > sent) {
+      worker_.error(ErrorKind::wrong_bytes, "received more bytes than were sent");
+      conn_->abort();
+      return false;
+    }
+    for (std::size_t pos = 0; pos < got.size(); pos += kChunk) {
+      const std::size_t n = std::min(kChunk, got.size() - pos);
+      if (std::memcmp(got.data() + pos, pattern().at(received + pos + seed_), n) != 0) {
+        wrong_bytes(received + pos, got.substr(pos, n));
+        conn_->abort();
+        return false;
+      }
+    }
+    return true;
+  }
+
   // Runs `fn` after `delay`, unless stop() comes first. One at a time.
   template <class Fn>
   void later(Duration delay, Fn fn) {
@@ -352,19 +372,7 @@ class StreamClient : public Client {
   // the loop when this returns false).
   bool receive(reactor::Buffer& input) {
     const std::string_view got = input.view();
-    if (recv_offset_ + got.size() > send_offset_) {
-      worker_.error(ErrorKind::wrong_bytes, "received more bytes than were sent");
-      conn_->abort();
-      return false;
-    }
-    for (std::size_t pos = 0; pos < got.size(); pos += kChunk) {
-      const std::size_t n = std::min(kChunk, got.size() - pos);
-      if (std::memcmp(got.data() + pos, pattern().at(recv_offset_ + pos + seed_), n) != 0) {
-        wrong_bytes(recv_offset_ + pos, got.substr(pos, n));
-        conn_->abort();
-        return false;
-      }
-    }
+    if (!verify(got, recv_offset_, send_offset_)) return false;
     recv_offset_ += got.size();
     input.consume(got.size());
     if (worker_.running) worker_.bytes.add(got.size());

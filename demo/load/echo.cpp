@@ -26,19 +26,7 @@ class EchoClient final : public Client {
 
   void on_data(reactor::Buffer& input) override {
     const std::string_view got = input.view();
-    if (recv_offset_ + got.size() > send_offset_) {
-      worker_.error(ErrorKind::wrong_bytes, "received more bytes than were sent");
-      conn_->abort();  // on_close drops the connection
-      return;
-    }
-    for (std::size_t pos = 0; pos < got.size(); pos += kChunk) {
-      const std::size_t n = std::min(kChunk, got.size() - pos);
-      if (std::memcmp(got.data() + pos, pattern().at(recv_offset_ + pos + seed_), n) != 0) {
-        wrong_bytes(recv_offset_ + pos, got.substr(pos, n));
-        conn_->abort();
-        return;
-      }
-    }
+    if (!verify(got, recv_offset_, send_offset_)) return;
     recv_offset_ += got.size();
     input.consume(got.size());
     if (!worker_.running) return;
