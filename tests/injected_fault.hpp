@@ -46,18 +46,22 @@ Fn real_function(const char* name) noexcept {
 
 }  // namespace reactor::test
 
-// Defines the libc function NAME (returning int) with the parameter list PARAMS, failing with
-// FAULT's errno when armed and otherwise forwarding ARGS to the real one. Example:
+// Defines the libc function NAME (returning int, or TYPE) with the parameter list PARAMS, failing
+// with FAULT's errno (returning -1) when armed and otherwise forwarding ARGS to the real one:
 //   reactor::test::InjectedFault accept_fault;
 //   REACTOR_INJECTABLE(accept_fault, accept4, (int fd, sockaddr* a, socklen_t* l, int f),
 //                      (fd, a, l, f))
-#define REACTOR_INJECTABLE(FAULT, NAME, PARAMS, ARGS)                   \
-  extern "C" int NAME PARAMS {                                          \
+//   REACTOR_INJECTABLE_RETURNING(read_fault, ssize_t, recv, (int fd, void* b, size_t n, int f),
+//                                (fd, b, n, f))
+#define REACTOR_INJECTABLE_RETURNING(FAULT, TYPE, NAME, PARAMS, ARGS)   \
+  extern "C" TYPE NAME PARAMS {                                         \
     if (int injected_errno = (FAULT).take()) {                          \
       errno = injected_errno;                                           \
       return -1;                                                        \
     }                                                                   \
-    using Real = int(*) PARAMS;                                         \
+    using Real = TYPE(*) PARAMS;                                        \
     static const Real real = reactor::test::real_function<Real>(#NAME); \
     return real ARGS;                                                   \
   }
+#define REACTOR_INJECTABLE(FAULT, NAME, PARAMS, ARGS) \
+  REACTOR_INJECTABLE_RETURNING(FAULT, int, NAME, PARAMS, ARGS)

@@ -25,24 +25,10 @@
 // readv (Buffer::read_from's two reads) fails with the fault's errno; the next new[] (the
 // Buffer's block) throws std::bad_alloc. Unarmed, each passes through.
 reactor::test::InjectedFault read_fault;
-extern "C" ssize_t recv(int fd, void* buf, size_t len, int flags) {
-  if (const int err = read_fault.take()) {
-    errno = err;
-    return -1;
-  }
-  using Real = ssize_t (*)(int, void*, size_t, int);
-  static const Real real = reactor::test::real_function<Real>("recv");
-  return real(fd, buf, len, flags);
-}
-extern "C" ssize_t readv(int fd, const iovec* iov, int count) {
-  if (const int err = read_fault.take()) {
-    errno = err;
-    return -1;
-  }
-  using Real = ssize_t (*)(int, const iovec*, int);
-  static const Real real = reactor::test::real_function<Real>("readv");
-  return real(fd, iov, count);
-}
+REACTOR_INJECTABLE_RETURNING(read_fault, ssize_t, recv, (int fd, void* buf, size_t len, int flags),
+                             (fd, buf, len, flags))
+REACTOR_INJECTABLE_RETURNING(read_fault, ssize_t, readv, (int fd, const iovec* iov, int count),
+                             (fd, iov, count))
 
 reactor::test::InjectedFault allocation_fault;  // any errno arms it: new[] throws bad_alloc
 void* operator new[](std::size_t n) {

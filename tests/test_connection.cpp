@@ -59,24 +59,10 @@ extern "C" ssize_t send(int fd, const void* buf, size_t len, int flags) {
 // The same for reads (Buffer::read_from reads with recv, or readv into a small buffer): armed,
 // the next of either fails. Arm it right before the server's read, with no other read between.
 reactor::test::InjectedFault read_fault;
-extern "C" ssize_t recv(int fd, void* buf, size_t len, int flags) {
-  if (const int err = read_fault.take()) {
-    errno = err;
-    return -1;
-  }
-  using Real = ssize_t (*)(int, void*, size_t, int);
-  static const Real real = reactor::test::real_function<Real>("recv");
-  return real(fd, buf, len, flags);
-}
-extern "C" ssize_t readv(int fd, const iovec* iov, int count) {
-  if (const int err = read_fault.take()) {
-    errno = err;
-    return -1;
-  }
-  using Real = ssize_t (*)(int, const iovec*, int);
-  static const Real real = reactor::test::real_function<Real>("readv");
-  return real(fd, iov, count);
-}
+REACTOR_INJECTABLE_RETURNING(read_fault, ssize_t, recv, (int fd, void* buf, size_t len, int flags),
+                             (fd, buf, len, flags))
+REACTOR_INJECTABLE_RETURNING(read_fault, ssize_t, readv, (int fd, const iovec* iov, int count),
+                             (fd, iov, count))
 
 // epoll_ctl failures (ENOMEM, ENOSPC: the kernel's limits), which a test cannot provoke: armed,
 // the next epoll_ctl in this executable fails.
@@ -944,6 +930,34 @@ TEST_F(ConnectionTest, OnDrainedMaySendTheNextPartOfAStream) {
   client.close();
   ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
   EXPECT_EQ(records_[0].reason, CloseReason::local_close) << to_string(records_[0].reason);
+}
+
+// The same for abort(): on_drained may end its own connection, and nothing of it runs after.
+TEST_F(ConnectionTest, OnDrainedMayAbortItsConnection) {
+  const std::string big = random_bytes(1 << 20, 74);
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    EXPECT_TRUE(c.send(big));
+  };
+  on_drained_ = [](Connection& c, Record&) {
+    c.abort();
+    EXPECT_FALSE(c.is_open());
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("go"), 2u);
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return (!records_.empty() && records_[0].close_calls == 1) || client.failed() || client.eof();
+  }));
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  for (int i = 0; i < 3; ++i)
+    loop_->run_once(0ns);
+  EXPECT_EQ(records_[0].drained_calls, 1);
+  EXPECT_EQ(records_[0].close_calls, 1);
+  EXPECT_EQ(records_[0].calls_after_close, 0);
+  EXPECT_EQ(records_[0].reason, CloseReason::aborted) << to_string(records_[0].reason);
 }
 
 // ---- Half-close and graceful close ----
