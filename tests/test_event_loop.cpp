@@ -740,6 +740,21 @@ TEST(EventLoop, EpollWaitFallbackRoundsTheTimeoutUpToWholeMilliseconds) {
   loop.remove(*id);
 }
 
+// run_once(nullopt) "waits ... until a timer is due or an event arrives": on the fallback, with
+// no timer pending, epoll_wait with -1.
+TEST(EventLoop, EpollWaitFallbackWithoutATimeoutWaitsWithoutOne) {
+  EventLoop loop(fallback_options());
+  FdPair p = make_pipe();
+  ASSERT_TRUE(p.a);
+  auto id = loop.add(p.a.get(), io::readable, [](std::uint32_t) {});
+  ASSERT_TRUE(id);
+  write_byte(p.b.get());  // so that the wait returns
+  waits.reset();
+  EXPECT_EQ(loop.run_once(), 1u);
+  EXPECT_EQ(waits.last_wait_timeout_ms.load(), -1);
+  loop.remove(*id);
+}
+
 // ---- waiting: busy-poll ----
 //
 // Options::busy_poll: "spin on a non-blocking epoll_wait for up to this long before sleeping".

@@ -327,6 +327,20 @@ TEST(ListenSocket, MoveAssigningOverAUnixSocketRemovesItsFile) {
   EXPECT_EQ(connect_errno(unix_address(new_path)), 0);
 }
 
+// Over a TCP socket: the old socket is closed (its port refuses connections), no file involved.
+TEST(ListenSocket, MoveAssigningOverATcpSocketClosesIt) {
+  auto target = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(target.ok()) << target.error().message();
+  const Address old_address = target->address();
+  auto source = ListenSocket::open(Address::ipv4_loopback(0));
+  ASSERT_TRUE(source.ok()) << source.error().message();
+  const Address new_address = source->address();
+  *target = std::move(*source);
+  EXPECT_EQ(connect_errno(old_address), ECONNREFUSED);
+  EXPECT_EQ(target->address(), new_address);
+  EXPECT_EQ(connect_errno(new_address), 0);
+}
+
 TEST(ListenSocket, RegularFileAtTheUnixPathIsNotRemoved) {
   TempDir dir;
   const std::string path = dir.file("data.txt");
