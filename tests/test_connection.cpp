@@ -46,15 +46,9 @@
 // A seam for send errors the kernel gives only under pressure (ENOBUFS): armed, the next send()
 // in this executable fails. Arm it right before the server's send, with no other send between.
 reactor::test::InjectedFault send_fault;
-extern "C" ssize_t send(int fd, const void* buf, size_t len, int flags) {
-  if (const int err = send_fault.take()) {
-    errno = err;
-    return -1;
-  }
-  using Real = ssize_t (*)(int, const void*, size_t, int);
-  static const Real real = reactor::test::real_function<Real>("send");
-  return real(fd, buf, len, flags);
-}
+REACTOR_INJECTABLE_RETURNING(send_fault, ssize_t, send,
+                             (int fd, const void* buf, size_t len, int flags),
+                             (fd, buf, len, flags))
 
 // The same for reads (Buffer::read_from reads with recv, or readv into a small buffer): armed,
 // the next of either fails. Arm it right before the server's read, with no other read between.
@@ -2112,6 +2106,29 @@ TEST_F(ConnectionTest, IdleTimeoutStillClosesAParkedConnection) {
   EXPECT_EQ(records_[0].data_calls, 0);
   EXPECT_EQ(records_[0].reason, CloseReason::timed_out) << to_string(records_[0].reason);
   EXPECT_FALSE(records_[0].ec) << records_[0].ec.message();
+}
+
+// "send() writes directly when nothing is queued and queues only what the kernel did not take":
+// a direct send that meets a full socket (EAGAIN) queues all of it, and the loop delivers it.
+TEST_F(ConnectionTest, DirectSendMeetingAFullSocketQueuesAllOfIt) {
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Connection* conn = server_side(records_[0]);
+  ASSERT_NE(conn, nullptr);
+  send_fault.arm(EAGAIN, 1);
+  const bool sent = conn->send("queued whole");
+  send_fault.disarm();
+  EXPECT_TRUE(sent);
+  EXPECT_EQ(send_fault.injected.load(), 1);
+  EXPECT_EQ(conn->queued_bytes(), 12u);
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.received().size() >= 12 || client.failed() || client.eof();
+  }));
+  EXPECT_EQ(client.received(), "queued whole");
+  EXPECT_EQ(conn->queued_bytes(), 0u);
+  EXPECT_EQ(records_[0].close_calls, 0);
 }
 
 TEST_F(ConnectionTest, SendErrorOnAUsableSocketEndsTheConnectionOnceFromTheLoop) {

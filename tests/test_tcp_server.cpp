@@ -1315,6 +1315,23 @@ TEST_P(TcpServerFdExhaustion, IsCountedAndReportedThroughOnError) {
   expect_echo(loop, server.address(), "still serving");
 }
 
+// The error handler is optional: without one, the exhaustion is still counted and the server
+// goes on accepting.
+TEST_P(TcpServerFdExhaustion, IsCountedWithoutAnErrorHandler) {
+  DisarmAtExit disarm;
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  ASSERT_FALSE(server.start());
+  accept_fault.arm(GetParam(), 1);
+  const int client = connect_to(server.address());
+  ASSERT_GE(client, 0);
+  EXPECT_NE(read_until_closed(loop, client), PeerEnd::open);
+  ::close(client);
+  EXPECT_EQ(server.stats().fd_exhaustion, 1u);
+  expect_echo(loop, server.address(), "still serving");
+}
+
 INSTANTIATE_TEST_SUITE_P(TcpServerStats, TcpServerFdExhaustion, ::testing::Values(EMFILE, ENFILE),
                          [](const ::testing::TestParamInfo<int>& info) {
                            return std::string(strerrorname_np(info.param));
