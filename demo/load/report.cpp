@@ -7,6 +7,28 @@
 
 namespace load {
 
+namespace {
+
+// Why the run ended early and what went wrong go to stderr, so stdout stays one JSON object.
+void print_errors(const std::string& early_end,
+                  const std::array<std::uint64_t, kErrorKinds>& error_counts,
+                  const std::array<std::string, kErrorKinds>& details, bool nothing_came_back,
+                  const std::string& target, double seconds) {
+  if (!early_end.empty()) std::fprintf(stderr, "reactor-load: %s\n", early_end.c_str());
+  for (std::size_t k = 0; k < kErrorKinds; ++k) {
+    if (error_counts[k] == 0) continue;
+    std::fprintf(stderr, "error: %llu x %s (first: %s)\n",
+                 static_cast<unsigned long long>(error_counts[k]),
+                 to_string(static_cast<ErrorKind>(k)), details[k].c_str());
+  }
+  if (nothing_came_back) {
+    std::fprintf(stderr, "reactor-load: no echo came back from %s within %.3g s\n", target.c_str(),
+                 seconds);
+  }
+}
+
+}  // namespace
+
 int LoadRun::report() {
   if (settings_.mode == Mode::rate) return report_rate();
   if (settings_.mode != Mode::echo && settings_.mode != Mode::accept) return report_fault_mode();
@@ -39,18 +61,7 @@ int LoadRun::report() {
   const char* mode = accept ? "accept" : "echo";
   const std::string target = settings_.target.to_string();
 
-  // Why the run ended early and what went wrong go to stderr, so stdout stays one JSON object.
-  if (!early_end_.empty()) std::fprintf(stderr, "reactor-load: %s\n", early_end_.c_str());
-  for (std::size_t k = 0; k < kErrorKinds; ++k) {
-    if (error_counts[k] == 0) continue;
-    std::fprintf(stderr, "error: %llu x %s (first: %s)\n",
-                 static_cast<unsigned long long>(error_counts[k]),
-                 to_string(static_cast<ErrorKind>(k)), details[k].c_str());
-  }
-  if (messages == 0 && errors == 0) {
-    std::fprintf(stderr, "reactor-load: no echo came back from %s within %.3g s\n", target.c_str(),
-                 seconds);
-  }
+  print_errors(early_end_, error_counts, details, messages == 0 && errors == 0, target, seconds);
 
   if (settings_.json) {
     const nlohmann::ordered_json result = {
@@ -256,17 +267,7 @@ int LoadRun::report_rate() {
   const double max = static_cast<double>(latency.max()) / 1000;
   const std::string target = settings_.target.to_string();
 
-  if (!early_end_.empty()) std::fprintf(stderr, "reactor-load: %s\n", early_end_.c_str());
-  for (std::size_t k = 0; k < kErrorKinds; ++k) {
-    if (error_counts[k] == 0) continue;
-    std::fprintf(stderr, "error: %llu x %s (first: %s)\n",
-                 static_cast<unsigned long long>(error_counts[k]),
-                 to_string(static_cast<ErrorKind>(k)), details[k].c_str());
-  }
-  if (messages == 0 && errors == 0) {
-    std::fprintf(stderr, "reactor-load: no echo came back from %s within %.3g s\n", target.c_str(),
-                 seconds);
-  }
+  print_errors(early_end_, error_counts, details, messages == 0 && errors == 0, target, seconds);
 
   if (settings_.json) {
     nlohmann::ordered_json by_kind = nlohmann::ordered_json::object();
