@@ -21,12 +21,15 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 
 #include "reactor/address.hpp"
 #include "reactor/connection.hpp"
 #include "reactor/event_loop.hpp"
+#include "reactor/socket.hpp"
 #include "reactor/timer_queue.hpp"
 
 namespace reactor::test {
@@ -178,6 +181,22 @@ inline Address unix_address(const std::string& path) {
   auto a = Address::parse("unix:" + path);
   EXPECT_TRUE(a.ok()) << path;
   return a.ok() ? *a : Address{};
+}
+
+// Fills the accept queue of the Unix listener at `address` (opened with backlog 0): connects
+// until one fails, which must be at once and with EAGAIN (a Unix connect to a full queue does
+// not wait). `queued` keeps the connected sockets. Call it under ASSERT_NO_FATAL_FAILURE.
+inline void fill_unix_backlog(const Address& address, std::vector<Fd>& queued) {
+  for (int i = 0; i < 64; ++i) {
+    auto fd = open_stream_socket(AF_UNIX);
+    ASSERT_TRUE(fd.ok());
+    if (::connect(fd->get(), address.sockaddr_ptr(), address.length()) < 0) {
+      ASSERT_EQ(errno, EAGAIN) << std::strerror(errno);
+      return;
+    }
+    queued.push_back(std::move(*fd));
+  }
+  FAIL() << "the backlog never filled";
 }
 
 // Open descriptors of this process (the directory stream's own fd included, every time), or

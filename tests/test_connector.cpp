@@ -367,16 +367,7 @@ TEST(Connector, UnixListenerWithAFullBacklogIsTryAgain) {
   ASSERT_TRUE(socket.ok()) << socket.error().message();
   // A Unix connect to a full queue fails at once with EAGAIN instead of waiting.
   std::vector<Fd> fillers;
-  for (int i = 0; i < 64; ++i) {
-    auto fd = open_stream_socket(AF_UNIX);
-    ASSERT_TRUE(fd.ok());
-    if (::connect(fd->get(), address.sockaddr_ptr(), address.length()) < 0) {
-      ASSERT_EQ(errno, EAGAIN) << std::strerror(errno);
-      break;
-    }
-    fillers.push_back(std::move(*fd));
-  }
-  ASSERT_LT(fillers.size(), 64u);
+  ASSERT_NO_FATAL_FAILURE(test::fill_unix_backlog(address, fillers));
   EventLoop loop;
   Connector connector(loop);
   Client client;

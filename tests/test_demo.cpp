@@ -499,6 +499,19 @@ bool wait_for_messages(Server& server, Deadline deadline) {
 
 constexpr auto kStall = std::chrono::milliseconds(300);
 
+// Stops `child` (confirmed), holds it stopped for kStall, continues it. Returns how long it was
+// stopped, in microseconds (nullopt: it did not stop).
+std::optional<double> stall(Child& child) {
+  const auto stopped = stop_process(child);
+  if (!stopped) return std::nullopt;
+  std::this_thread::sleep_for(kStall);  // the stall itself, not a synchronisation
+  const double us =
+      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - *stopped)
+          .count();
+  child.signal(SIGCONT);
+  return us;
+}
+
 // The wrk2 correction: the client itself is stopped mid-run, so the messages due meanwhile go
 // out late. From their due time their latency includes the stall (from the send time it would
 // not); the client counts them as late sends; and since hundreds waited, p99 shows it too.
@@ -508,13 +521,9 @@ TEST_F(DemoTest, RateLoadLatencyRunsFromTheDueTimeWhenTheClientStalls) {
   Child load(binary("REACTOR_LOAD"), {"rate", "--target", server.address(), "--rate", "1000",
                                       "--connections", "4", "--duration", "3", "--json"});
   ASSERT_TRUE(wait_for_messages(server, deadline_in(kGenerous))) << "no message flowed";
-  const auto stopped = stop_process(load);
-  ASSERT_TRUE(stopped) << "the load did not stop";
-  std::this_thread::sleep_for(kStall);  // the stall itself, not a synchronisation
-  const double stall_us =
-      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - *stopped)
-          .count();
-  load.signal(SIGCONT);
+  const auto stalled = stall(load);
+  ASSERT_TRUE(stalled) << "the load did not stop";
+  const double stall_us = *stalled;
   ASSERT_EQ(load.finish(deadline_in(60s)), 0) << load.err();
   LoadResult r{0, nlohmann::json::parse(load.out(), nullptr, false), load.out(), load.err()};
   expect_clean_rate(r, 4, 64);
@@ -538,13 +547,9 @@ TEST_F(DemoTest, RateLoadLatencyIncludesAServerStallInItsPercentiles) {
   Child load(binary("REACTOR_LOAD"), {"rate", "--target", server.address(), "--rate", "1000",
                                       "--connections", "4", "--duration", "3", "--json"});
   ASSERT_TRUE(wait_for_messages(server, deadline_in(kGenerous))) << "no message flowed";
-  const auto stopped = stop_process(server.child());
-  ASSERT_TRUE(stopped) << "the server did not stop";
-  std::this_thread::sleep_for(kStall);  // the stall itself, not a synchronisation
-  const double stall_us =
-      std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - *stopped)
-          .count();
-  server.child().signal(SIGCONT);
+  const auto stalled = stall(server.child());
+  ASSERT_TRUE(stalled) << "the server did not stop";
+  const double stall_us = *stalled;
   ASSERT_EQ(load.finish(deadline_in(60s)), 0) << load.err();
   LoadResult r{0, nlohmann::json::parse(load.out(), nullptr, false), load.out(), load.err()};
   expect_clean_rate(r, 4, 64);

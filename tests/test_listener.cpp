@@ -240,16 +240,7 @@ TEST(ListenSocket, LiveUnixSocketWithAFullBacklogIsAddressInUse) {
   auto live = ListenSocket::open(address, options);
   ASSERT_TRUE(live.ok()) << live.error().message();
   std::vector<Fd> queued;
-  for (int i = 0; i < 64; ++i) {
-    auto fd = open_stream_socket(AF_UNIX);
-    ASSERT_TRUE(fd.ok());
-    if (::connect(fd->get(), address.sockaddr_ptr(), address.length()) < 0) {
-      ASSERT_EQ(errno, EAGAIN) << std::strerror(errno);
-      break;
-    }
-    queued.push_back(std::move(*fd));
-  }
-  ASSERT_LT(queued.size(), 64u) << "the backlog never filled";
+  ASSERT_NO_FATAL_FAILURE(test::fill_unix_backlog(address, queued));
 
   auto second = ListenSocket::open(address);
   ASSERT_FALSE(second.ok()) << "the busy server's socket file was replaced";
