@@ -471,6 +471,10 @@ void post_libevent(PostRun& run, const Args& args, bool precise) {
 
 void post_asio(PostRun& run, const Args& args) {
   boost::asio::io_context io;
+  // An io_context with no I/O object idles on a condition variable (futex), not in epoll_wait;
+  // one that serves sockets or timers, as a program with an event loop does, idles in
+  // epoll_wait and is woken through its reactor's interrupter. A timer makes this one do that.
+  boost::asio::steady_timer serves_io(io);
   auto work = boost::asio::make_work_guard(io);  // run() and poll() return once it is reset
   bool done = false;
   std::thread poster([&] {
