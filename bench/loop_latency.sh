@@ -21,6 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+command_line="bench/loop_latency.sh $*"
 build="build-peers"
 rounds=3
 out=
@@ -64,7 +65,9 @@ rows=(
   "asio busy|post --loop asio --busy-poll --count $posts"
 )
 
-machine="$(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r), shell's timer slack $(cat /proc/$$/timerslack_ns) ns"
+# CLOCK_MONOTONIC_COARSE (clock id 6) advances once a tick: it is libevent's default clock.
+coarse_us=$(python3 -c 'import time; print(round(time.clock_getres(6) * 1e6))')
+machine="$(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), kernel $(uname -r), shell's timer slack $(cat /proc/$$/timerslack_ns) ns, CLOCK_MONOTONIC_COARSE resolution $coarse_us us"
 libraries="libuv $(pkg-config --modversion libuv 2>/dev/null || echo '?'), libevent $(pkg-config --modversion libevent 2>/dev/null || echo '?'), Boost $(sed -n 's/^#define BOOST_LIB_VERSION "\(.*\)"/\1/p' /usr/include/boost/version.hpp 2>/dev/null | tr _ .)"
 echo "machine: $machine" >&2
 echo "load before: $(uptime)" >&2
@@ -85,11 +88,12 @@ for round in $(seq "$rounds"); do
 done
 echo "load after: $(uptime)" >&2
 
-python3 - "$jsonl" "$rounds" "$machine" "$libraries" "$timers" "$posts" >"$out/loop_latency.md" <<'PY'
+python3 - "$jsonl" "$rounds" "$machine" "$libraries" "$timers" "$posts" "$command_line" \
+  >"$out/loop_latency.md" <<'PY'
 import json, statistics, sys
 from collections import defaultdict
 
-path, rounds, machine, libraries, timers, posts = sys.argv[1:]
+path, rounds, machine, libraries, timers, posts, command = sys.argv[1:]
 runs = [json.loads(line) for line in open(path)]
 stats = defaultdict(lambda: defaultdict(list))  # (kind, row) -> field -> per-round values
 info = {}
@@ -117,7 +121,7 @@ def ratio(key, field, peers):
     best = min((med(p, field) for p in peers if p in stats), default=None)
     return f"{med(key, field) / best:.2f}" if best and best > 0 else "-"
 
-print(f"Machine: {machine}; {libraries}.\n")
+print(f"Machine: {machine}; {libraries}. Command: `{command.strip()}`.\n")
 print(f"Medians of {rounds} rounds (loop thread pinned to CPU 0, poster to CPU 1); p50 spread is "
       "(max - min) / median of the per-round p50s.\n")
 
@@ -126,7 +130,7 @@ print(f"**Timer lateness** ({timers} one-shot timers per run, one pending at a t
       "to the best peer that sleeps in an epoll timeout (libuv, libevent, libevent at 1 ns "
       "slack); timerfd rows are for reference. libuv takes milliseconds: its delays are rounded "
       "up to whole ms, as a libuv user must. libevent's default clock is "
-      "CLOCK_MONOTONIC_COARSE (one tick).\n")
+      "CLOCK_MONOTONIC_COARSE (one tick: see the machine line).\n")
 print("| loop | waits in | timer slack | p50 | p99 | max | early | p50 spread "
       "| p50 / best epoll peer | p99 / best epoll peer |")
 print("|---" * 10 + "|")
