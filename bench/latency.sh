@@ -349,7 +349,7 @@ def judge(step, key, reactor):
     """Reactor against the floor (<= 1.05x) and every valid peer (<=), a difference inside
     the A/A spread counted as a tie. Returns (met: bool or None, text)."""
     spread = aa_spread(step, key)
-    notes, met = [], True
+    notes, below, met = [], [], True
     def within(a, b, bound):
         return a <= bound * b or (spread is not None and (a - b) / b <= spread)
     if valid(step, "floor"):
@@ -367,23 +367,33 @@ def judge(step, key, reactor):
         met = None
     for p in PEERS:
         if not valid(step, p):
+            if (step, p) in rows:
+                notes.append(f"{p} invalid")
             continue
         v = rows[(step, p)][key]
         if reactor <= v:
+            below.append(p)
             continue
         if within(reactor, v, 1.0):
             notes.append(f"{p} {reactor / v:.2f}x tie")
         else:
             notes.append(f"{p} {reactor / v:.2f}x MISSED")
             met = False
-    if met is not None and not any(valid(step, p) for p in PEERS):
+    if below:
+        notes.append("<= " + ", ".join(below))
+    if spread is None:
+        notes.append("no A/A, so no ties")
+    if met and not any(valid(step, p) for p in PEERS):
+        met = None  # half a target: the floor's side only
         notes.append("no valid peer")
     return met, "; ".join(notes)
 
 print("\n### Targets (reactor)\n")
 print("reactor p50 <= 1.05x the floor's and <= every peer's at every valid step; p99 and p99.9 "
       "held to the same where the row's A/A spread is under 10%. A/A spread: |reactor - "
-      "reactor-AA| / the smaller; a difference inside it is a tie. Ratios are reactor / other.\n")
+      "reactor-AA| / the smaller; a difference inside it is a tie. Ratios are reactor / other. "
+      "Only valid rows are compared (an invalid one is named); not judged: the reactor's row is "
+      "invalid, no peer's is valid, or (tails) the A/A spread is 10% or more or unknown.\n")
 print("| load | A/A spread p50 / p99 / p99.9 | p50 | p99 | p99.9 |")
 print("|---" * 5 + "|")
 tally = defaultdict(lambda: [0, 0, 0])  # percentile -> [met, missed, not judged]
