@@ -67,6 +67,7 @@ set xlabel "offered load (% of the probe's ceiling, msg/s)" offset 0,-0.5
 set ylabel "latency from due time (us)"
 set key outside below horizontal maxcols 4
 set xtics nomirror
+set offsets graph 0.04, graph 0.04, 0, 0
 set style data linespoints
 set title "p50"
 plot for [i=3:$columns] "$p50" using 2:i:xtic(1) title columnheader(i) lt (i-2)
