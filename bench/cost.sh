@@ -12,7 +12,10 @@
 # those of the short one.
 #
 #   bench/cost.sh [--build DIR] [--messages N] [--servers "floor reactor libuv libevent asio"]
-#                 [--out DIR]
+#                 [--out DIR] [--reactor-args "ARGS"]
+#
+# --reactor-args: extra arguments for the reactor's echo_server, e.g. "--stats 100000 --stall-us 0"
+# prices EventLoop's busy/idle instrument (--stats turns Options::measure_time on).
 #
 # DIR: a release build (default build-peers; -Ddebug=true adds line information to the
 # annotations without changing the code). Writes OUT/cost.md and keeps the callgrind and strace
@@ -25,13 +28,15 @@ build="build-peers"
 messages=50000
 servers="floor reactor libuv libevent asio"
 out=
+reactor_args=
 while [ $# -gt 0 ]; do
   case "$1" in
     --build) build=$2; shift 2 ;;
     --messages) messages=$2; shift 2 ;;
     --servers) servers=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    *) echo "usage: $0 [--build DIR] [--messages N] [--servers LIST] [--out DIR]" >&2; exit 2 ;;
+    --reactor-args) reactor_args=$2; shift 2 ;;
+    *) echo "usage: $0 [--build DIR] [--messages N] [--servers LIST] [--out DIR] [--reactor-args ARGS]" >&2; exit 2 ;;
   esac
 done
 out=${out:-$build/bench-results/cost}
@@ -53,15 +58,17 @@ drive() {
 
 # measure NAME CONNECTIONS MESSAGES TAG: one strace run and one callgrind run.
 measure() {
-  local name=$1 conns=$2 msgs=$3 tag=$4 binary
+  local name=$1 conns=$2 msgs=$3 tag=$4 binary extra=()
   binary=$(server_binary "$build" "$name")
-  start_server strace -f -c -o "$out/$tag.strace" "$binary" --listen 127.0.0.1:0
+  # shellcheck disable=SC2206 # split into arguments on purpose
+  [ "$name" = reactor ] && extra=($reactor_args)
+  start_server strace -f -c -o "$out/$tag.strace" "$binary" --listen 127.0.0.1:0 "${extra[@]}"
   local pid
   pid=$(traced_pid)
   drive "$conns" "$msgs"
   stop_server "$pid"
   start_server valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$out/$tag.callgrind" \
-    "$binary" --listen 127.0.0.1:0
+    "$binary" --listen 127.0.0.1:0 "${extra[@]}"
   drive "$conns" "$msgs"
   stop_server
   callgrind_annotate --inclusive=no --auto=no --threshold=100 "$out/$tag.callgrind" >"$out/$tag.annotate"

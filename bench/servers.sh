@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# Sourced by bench/compare.sh, cost.sh and idle_rss.sh: the echo servers under comparison and
-# how to start and stop one. Every server takes `--listen 127.0.0.1:0`, prints
+# Sourced by bench/compare.sh, cost.sh, idle_rss.sh and latency.sh: the echo servers under
+# comparison and how to start and stop one. Every server takes `--listen 127.0.0.1:0`, prints
 # `listening on ADDR` once bound, and exits 0 on SIGINT.
 
 # server_binary BUILD NAME: the executable of server NAME in build directory BUILD.
@@ -54,6 +54,13 @@ start_server() {
     return 1
   fi
   SERVER_PORT=${SERVER_ADDR##*:}  # used by the scripts that source this file
+}
+
+# server_cpu_ns: CPU time (user + system, ns) the server process (SERVER_PID) has used so far,
+# from the scheduler's own accounting (precise, unlike the 10 ms ticks of /proc/PID/stat).
+# compare.sh still defines an identical copy of its own, which overrides this one.
+server_cpu_ns() {
+  cut -d' ' -f1 "/proc/$SERVER_PID/schedstat"
 }
 
 # established PORT: server-side established TCP connections on local port PORT.

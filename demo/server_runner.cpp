@@ -1,5 +1,6 @@
 #include "server_runner.hpp"
 
+#include <algorithm>
 #include <cctype>
 #include <csignal>
 #include <cstdio>
@@ -9,6 +10,7 @@
 #include <utility>
 
 #include <reactor/address.hpp>
+#include <reactor/histogram.hpp>
 #include <reactor/loop_thread.hpp>
 #include <reactor/socket.hpp>
 #include <reactor/tcp_server.hpp>
@@ -32,6 +34,7 @@ struct Settings {
   std::int64_t max_connections = 0;
   double idle_timeout_s = 0;
   double stats_s = 0;
+  std::int64_t stall_us = 10'000;
 };
 
 reactor::Duration from_seconds(double seconds) {
@@ -65,6 +68,13 @@ class Runner {
     std::uint64_t messages = 0;
   };
   Totals totals() const;
+  // The loops' instruments (--stats): each loop's busy and idle time, stalls, timer delays.
+  struct LoopTimes {
+    std::vector<reactor::Duration> busy, idle;
+    std::uint64_t stalls = 0;
+    reactor::Histogram timer_delay;
+  };
+  LoopTimes loop_times();
 
   const ServerSpec& spec_;
   Settings settings_;
@@ -82,6 +92,7 @@ class Runner {
   std::size_t servers_stopping_ = 0;
   reactor::TimerId stats_timer_;
   Totals last_totals_;
+  std::vector<reactor::Duration> last_busy_, last_idle_;
   reactor::TimePoint last_stats_time_{};
 };
 
@@ -102,6 +113,17 @@ void Runner::on_loop(std::size_t index, Fn&& fn) {
 int Runner::run() {
   reactor::EventLoop::Options loop_options;
   loop_options.busy_poll = std::chrono::microseconds(settings_.busy_poll_us);
+  if (settings_.stats_s > 0) {
+    loop_options.measure_time = true;
+    loop_options.stall_threshold = std::chrono::microseconds(settings_.stall_us);
+    loop_options.on_stall = [](const reactor::EventLoop::Stall& stall) {
+      static constexpr const char* kWork[] = {"io", "timer", "deferred", "posted"};
+      std::string what = kWork[static_cast<int>(stall.work)];
+      if (stall.work == reactor::EventLoop::Work::io) what += " fd=" + std::to_string(stall.fd);
+      std::fprintf(stderr, "stall: %s ran %.3f ms\n", what.c_str(),
+                   std::chrono::duration<double, std::milli>(stall.duration).count());
+    };
+  }
   const auto count = static_cast<std::size_t>(settings_.threads);
   home_.emplace(loop_options);
   loops_.push_back(&*home_);
@@ -156,6 +178,9 @@ int Runner::run() {
     std::fflush(stdout);
     if (settings_.stats_s > 0) {
       last_stats_time_ = home_->clock_now();
+      const LoopTimes times = loop_times();
+      last_busy_ = times.busy;
+      last_idle_ = times.idle;
       stats_timer_ = home_->every(from_seconds(settings_.stats_s), [this] { print_stats(); });
     }
   } else {
@@ -229,10 +254,35 @@ Runner::Totals Runner::totals() const {
   return t;
 }
 
+Runner::LoopTimes Runner::loop_times() {
+  LoopTimes times;
+  times.busy.resize(loops_.size());
+  times.idle.resize(loops_.size());
+  for (std::size_t i = 0; i < loops_.size(); ++i) {
+    on_loop(i, [&times, this, i] {
+      const reactor::EventLoop& loop = *loops_[i];
+      times.busy[i] = loop.stats().busy_time;
+      times.idle[i] = loop.stats().idle_time;
+      times.stalls += loop.stats().stalls;
+      times.timer_delay.merge(loop.timer_delay());
+    });
+  }
+  return times;
+}
+
 void Runner::print_stats() {
   const reactor::TimePoint now = home_->clock_now();
   const double elapsed = std::chrono::duration<double>(now - last_stats_time_).count();
   const Totals t = totals();
+  const LoopTimes times = loop_times();
+  double busiest = 0;  // percent of the interval
+  for (std::size_t i = 0; i < loops_.size(); ++i) {
+    const auto busy = times.busy[i] - last_busy_[i];
+    const auto total = busy + (times.idle[i] - last_idle_[i]);
+    if (total > reactor::Duration::zero())
+      busiest = std::max(
+          busiest, 100.0 * static_cast<double>(busy.count()) / static_cast<double>(total.count()));
+  }
   auto rate = [elapsed](std::uint64_t now_value, std::uint64_t before) {
     return elapsed > 0
                ? static_cast<unsigned long long>(static_cast<double>(now_value - before) / elapsed)
@@ -240,14 +290,18 @@ void Runner::print_stats() {
   };
   std::printf(
       "stats: active=%llu accepted=%llu msgs/s=%llu bytes_in/s=%llu bytes_out/s=%llu "
-      "fd_exhaustion=%llu\n",
+      "fd_exhaustion=%llu busy=%.1f%% stalls=%llu loop_delay_p99_us=%.1f\n",
       static_cast<unsigned long long>(t.server.active),
       static_cast<unsigned long long>(t.server.accepted), rate(t.messages, last_totals_.messages),
       rate(t.server.bytes_in, last_totals_.server.bytes_in),
       rate(t.server.bytes_out, last_totals_.server.bytes_out),
-      static_cast<unsigned long long>(t.server.fd_exhaustion));
+      static_cast<unsigned long long>(t.server.fd_exhaustion), busiest,
+      static_cast<unsigned long long>(times.stalls),
+      static_cast<double>(times.timer_delay.value_at_percentile(99)) / 1000.0);
   std::fflush(stdout);
   last_totals_ = t;
+  last_busy_ = times.busy;
+  last_idle_ = times.idle;
   last_stats_time_ = now;
 }
 
@@ -287,6 +341,10 @@ int run_server(int argc, char** argv, const ServerSpec& spec) {
              "Close a connection idle for SEC seconds (0: never)", "SEC");
   add_number(app, "--stats", settings.stats_s, 0.0, 1e7,
              "Print a line of counters on stdout every SEC seconds (0: never)", "SEC");
+  add_number<std::int64_t>(app, "--stall-us", settings.stall_us, 0, 100'000'000,
+                           "With --stats: report on stderr each callback that runs longer than "
+                           "USEC microseconds, and count them (0: off)",
+                           "USEC");
   if (spec.add_options) spec.add_options(app);
   if (auto rc = parse_command_line(app, argc, argv)) return *rc;
 

@@ -21,7 +21,11 @@
 //   fd_exhaustion=...`; with --threads N > 1, a second line `messages_per_loop=M0,M1,...`),
 //   exit 0.
 // - With --stats SEC, prints every SEC seconds:
-//   `stats: active=A accepted=N msgs/s=M bytes_in/s=I bytes_out/s=O fd_exhaustion=F`.
+//   `stats: active=A accepted=N msgs/s=M bytes_in/s=I bytes_out/s=O fd_exhaustion=F busy=B%
+//   stalls=S loop_delay_p99_us=D`: B the busiest loop's share of the interval spent working
+//   (EventLoop::Stats busy time), S the callbacks since start that ran longer than --stall-us
+//   (each also reported on stderr: `stall: io fd=7 ran 12.345 ms`), D the 99th percentile of
+//   how late the loops' timers ran, since start. The loops measure only when --stats is given.
 //
 // The protocol's part is a LoopHandlers object per loop: the callbacks of the connections that
 // loop accepted (on every address), plus whatever per-loop state the protocol keeps (derive

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -84,6 +85,16 @@ EventLoop::EventLoop(const Options& options)
     throw std::system_error(ec, "eventfd");
   }
   options_.max_events = std::max(1, options_.max_events);
+  assert(options_.stall_threshold >= Duration::zero() && options_.timer_slack >= Duration::zero());
+  if (options_.timer_slack > Duration::zero()) {
+    // Cannot fail for a positive value; it applies to this thread, the loop's.
+    ::prctl(PR_SET_TIMERSLACK, static_cast<unsigned long>(options_.timer_slack.count()));
+  }
+  measuring_ = options_.measure_time || options_.stall_threshold > Duration::zero();
+  if (options_.measure_time) {
+    timer_delay_ = std::make_unique<Histogram>();
+    measured_until_ = clock_now();
+  }
   stats_.epoll_pwait2 = options_.use_epoll_pwait2;
   events_.resize(static_cast<std::size_t>(options_.max_events));
   // Room for a whole 64 KiB read: connections then read with a plain recv (Buffer::read_from).
@@ -183,6 +194,10 @@ std::size_t EventLoop::run_once(std::optional<Duration> timeout) {
 
   const int n = wait(timeout);
   now_valid_ = false;
+  if (measuring_) [[unlikely]] {
+    dispatch_measured(n);
+    return static_cast<std::size_t>(n);
+  }
   const epoll_event* events = events_.data();
   for (int i = 0; i < n; ++i) {
     const std::uint64_t token = events[i].data.u64;
@@ -199,9 +214,81 @@ std::size_t EventLoop::run_once(std::optional<Duration> timeout) {
 
   // The common iteration has no timer, task or removal: one compare each, no calls.
   if (!timers_.empty()) timers_.run_due(now());
-  if (!deferred_.empty() || !posted_run_.empty()) run_tasks();
+  if (!deferred_.empty() || !posted_run_.empty()) run_tasks(nullptr);
   if (!removed_slots_.empty()) recycle_removed_slots();
   return static_cast<std::size_t>(n);
+}
+
+// The instruments' clock for one iteration: how long each callback ran (stall_threshold) and
+// how late each timer started (measure_time). With stall detection on, one read follows each
+// callback and doubles as the start of the next; otherwise only timers read the clock.
+class EventLoop::Meter final : public TimerQueue::Observer {
+ public:
+  Meter(EventLoop& loop, TimePoint woke) noexcept
+      : loop_(loop), per_callback_(loop.options_.stall_threshold > Duration::zero()), mark_(woke) {}
+
+  // A callback of kind `work` (`fd`: an I/O handler's) just returned.
+  void ran(Work work, int fd) noexcept {
+    if (!per_callback_) return;
+    const TimePoint t = loop_.clock_now();
+    const Duration took = t - mark_;
+    mark_ = t;
+    if (took > loop_.options_.stall_threshold) [[unlikely]] {
+      ++loop_.stats_.stalls;
+      if (loop_.options_.on_stall) {
+        loop_.options_.on_stall(Stall{work, fd, took});
+        mark_ = loop_.clock_now();  // the report's own time is nobody's stall
+      }
+    }
+  }
+  void firing(TimePoint deadline) noexcept override {
+    if (!per_callback_) mark_ = loop_.clock_now();
+    if (loop_.timer_delay_) {
+      loop_.timer_delay_->record(
+          mark_ > deadline ? static_cast<std::uint64_t>((mark_ - deadline).count()) : 0);
+    }
+  }
+  void fired() noexcept override { ran(Work::timer, -1); }
+
+ private:
+  EventLoop& loop_;
+  const bool per_callback_;
+  TimePoint mark_;  // per_callback_: when the running callback started
+};
+
+// run_once()'s dispatch with an instrument on: the same order, with the clock read around it.
+void EventLoop::dispatch_measured(int n) {
+  const TimePoint woke = clock_now();
+  if (options_.measure_time) stats_.idle_time += woke - measured_until_;
+  Meter meter(*this, woke);
+  const epoll_event* events = events_.data();
+  for (int i = 0; i < n; ++i) {
+    const std::uint64_t token = events[i].data.u64;
+    Slot& s = slot(static_cast<std::uint32_t>(token));
+    if (s.token != token) {
+      ++stats_.stale_events;
+      --stats_.events;
+      continue;
+    }
+    const int fd = s.fd;  // the handler may remove itself
+    s.handler(events[i].events);
+    meter.ran(Work::io, fd);
+  }
+  stats_.events += static_cast<std::uint64_t>(n);
+
+  if (!timers_.empty()) timers_.run_due(now(), &meter);
+  if (!deferred_.empty() || !posted_run_.empty()) run_tasks(&meter);
+  if (!removed_slots_.empty()) recycle_removed_slots();
+  if (options_.measure_time) {
+    const TimePoint end = clock_now();
+    stats_.busy_time += end - woke;
+    measured_until_ = end;
+  }
+}
+
+const Histogram& EventLoop::timer_delay() const noexcept {
+  static const Histogram empty;
+  return timer_delay_ ? *timer_delay_ : empty;
 }
 
 void EventLoop::recycle_removed_slots() noexcept {
@@ -258,18 +345,22 @@ int EventLoop::wait_slow(std::optional<Duration> timeout) {
   return n >= 0 ? n : wait_failed("epoll_wait");
 }
 
-void EventLoop::run_tasks() {
+void EventLoop::run_tasks(Meter* meter) {
   // Deferred first: they finish the work of this dispatch round (closing, destroying). What
   // they defer in turn runs next iteration, which then does not block.
   if (!deferred_.empty()) {
     running_.swap(deferred_);
-    for (auto& task : running_)
+    for (auto& task : running_) {
       task();
+      if (meter) meter->ran(Work::deferred, -1);
+    }
     running_.clear();
   }
   if (!posted_run_.empty()) {
-    for (auto& task : posted_run_)
+    for (auto& task : posted_run_) {
       task();
+      if (meter) meter->ran(Work::posted, -1);
+    }
     posted_run_.clear();
   }
 }

@@ -37,6 +37,18 @@
 // EFAULT, EINVAL) would recur on every iteration, so the loop aborts the process (std::abort)
 // after one line on stderr naming the call and the errno, instead of spinning.
 //
+// Instruments (Options; all off by default, and then the loop reads no clock for them):
+// - measure_time: busy and idle time in stats() (busy: an iteration's time after its wait
+//   returned; idle: all other time since construction, the wait and a busy-poll spin included),
+//   and timer_delay(), a histogram of how late each timer's callback started after its deadline.
+//   Costs two clock reads per iteration and one per timer fired.
+// - stall_threshold: a callback (one I/O handler, timer, deferred or posted task) that runs
+//   longer is a stall, counted in stats().stalls and reported to on_stall right after it returns,
+//   with its kind, the fd of an I/O handler, and its duration. Costs one clock read per callback.
+// - timer_slack: the loop thread's timer slack (prctl PR_SET_TIMERSLACK), how much later than
+//   asked the kernel may end a timed wait: 50 us for an ordinary thread, which a timer of a few
+//   microseconds feels. Set once, by the constructor, on the constructing thread.
+//
 // Allocation. Handlers, timers and tasks are reactor::Function: a lambda capturing up to four
 // pointers is stored inline. Registration slots (in fixed chunks), the timer heap and the task
 // queues only grow, so a loop in steady state does not allocate. The read buffer the loop's
@@ -51,6 +63,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <mutex>
@@ -62,6 +75,7 @@
 
 #include "reactor/buffer.hpp"
 #include "reactor/function.hpp"
+#include "reactor/histogram.hpp"
 #include "reactor/result.hpp"
 #include "reactor/timer_queue.hpp"
 
@@ -93,6 +107,15 @@ class EventLoop {
   using Task = Function<void()>;
   using SignalHandler = Function<void(int signo)>;
 
+  // What a dispatch round ran.
+  enum class Work : std::uint8_t { io, timer, deferred, posted };
+  // A callback that ran longer than Options::stall_threshold.
+  struct Stall {
+    Work work;
+    int fd;  // the I/O handler's fd; -1 for other work
+    Duration duration;
+  };
+
   struct Options {
     int max_events = 256;  // epoll_wait batch size
     // Busy-poll: spin on a non-blocking epoll_wait for up to this long before sleeping. Trades a
@@ -102,6 +125,13 @@ class EventLoop {
     // wait: time moves only when the test moves it, then run_once() fires what is due.
     const TimeSource* clock = nullptr;
     bool use_epoll_pwait2 = true;  // false: always epoll_wait (tests of the fallback path)
+    // Instruments (see the top of this file); off by default.
+    bool measure_time = false;    // busy and idle time in stats(), timer_delay()
+    Duration stall_threshold{0};  // > 0: report callbacks that run longer
+    // Called on the loop's thread right after a stalled callback returns; may do what any
+    // callback may, must not throw. Empty: stalls are only counted.
+    std::function<void(const Stall&)> on_stall;
+    Duration timer_slack{0};  // > 0: the loop thread's timer slack; zero leaves it untouched
   };
 
   struct Stats {
@@ -111,6 +141,11 @@ class EventLoop {
     std::uint64_t epoll_ctl_calls = 0;
     std::uint64_t wakeups = 0;  // eventfd reads (each covers any number of posts)
     bool epoll_pwait2 = true;   // false: epoll_wait is used (option, ENOSYS or EPERM)
+    // Options::measure_time: the clock time since construction, split; busy + idle is exactly
+    // the clock's advance from the constructor to the end of the last iteration.
+    Duration busy_time{0};
+    Duration idle_time{0};
+    std::uint64_t stalls = 0;  // Options::stall_threshold: callbacks that ran longer
   };
 
   EventLoop();
@@ -187,6 +222,9 @@ class EventLoop {
 
   bool in_loop_thread() const noexcept { return std::this_thread::get_id() == owner_; }
   const Stats& stats() const noexcept { return stats_; }
+  // Options::measure_time: how late each timer's callback started, in nanoseconds after its
+  // deadline (0 when on time). Empty when the option is off.
+  const Histogram& timer_delay() const noexcept;
   std::size_t registrations() const noexcept { return live_registrations_; }
 
  private:
@@ -226,9 +264,11 @@ class EventLoop {
   void assert_in_loop() const noexcept {
     assert(in_loop_thread() && "EventLoop method called from a thread that does not own the loop");
   }
+  class Meter;
   int wait(std::optional<Duration> timeout);
   int wait_slow(std::optional<Duration> timeout);
-  void run_tasks();
+  void dispatch_measured(int n);
+  void run_tasks(Meter* meter);
   void recycle_removed_slots() noexcept;
   void on_wakeup();
   void on_signalfd();
@@ -242,6 +282,9 @@ class EventLoop {
   mutable TimePoint now_{};
   mutable bool now_valid_ = false;  // now_ was read after the last wait
   Stats stats_;
+  bool measuring_ = false;      // an instrument is on: iterations take dispatch_measured()
+  TimePoint measured_until_{};  // measure_time: the end of the last iteration (or creation)
+  std::unique_ptr<Histogram> timer_delay_;  // measure_time only
   std::atomic<bool> stop_requested_{false};
   // Set while run_once() runs, in debug builds only (the re-entrance assert); present in every
   // build so the class has one layout whatever NDEBUG the includer has.

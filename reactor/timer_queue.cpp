@@ -106,7 +106,7 @@ std::optional<TimePoint> TimerQueue::next_deadline() const noexcept {
   return best;
 }
 
-std::size_t TimerQueue::run_due(TimePoint now) {
+std::size_t TimerQueue::run_due(TimePoint now, Observer* observer) {
   assert(!running_ && "TimerQueue::run_due is not reentrant");
   running_ = true;
   // Also on unwinding: a throwing callback must not strand the timers added before it threw.
@@ -140,6 +140,8 @@ std::size_t TimerQueue::run_due(TimePoint now) {
     // Moved out so the callback may cancel its own timer, or add timers that grow slots_.
     Callback fn = std::move(s.fn);
     ++fired;
+    if (observer) [[unlikely]]
+      observer->firing(top.deadline);
     if (const auto next = next_grid_point(top.deadline, s.period, now)) {
       // Re-armed before the call, in place, so the callback sees itself pending and can cancel.
       sift_down(0, Entry{*next, next_seq_++, top.slot});
@@ -150,6 +152,8 @@ std::size_t TimerQueue::run_due(TimePoint now) {
       release(top.slot);
       fn();
     }
+    if (observer) [[unlikely]]
+      observer->fired();
   }
   return fired;
 }

@@ -104,9 +104,19 @@ class TimerQueue {
   // Nothing pending: inline, so a loop without timers pays one compare per iteration.
   bool empty() const noexcept { return heap_.empty() && staged_.empty(); }
 
+  // Told around each callback run_due() calls (the loop's instruments: how late, how long).
+  class Observer {
+   public:
+    virtual void firing(TimePoint deadline) noexcept = 0;  // the callback is about to run
+    virtual void fired() noexcept = 0;                     // it returned
+   protected:
+    ~Observer() = default;
+  };
+
   // Fires every timer whose deadline <= now, in deadline order, equal deadlines in the order
-  // they were scheduled. Returns how many callbacks were called. Not reentrant.
-  std::size_t run_due(TimePoint now);
+  // they were scheduled, telling `observer` (when given) around each. Returns how many
+  // callbacks were called. Not reentrant.
+  std::size_t run_due(TimePoint now, Observer* observer = nullptr);
 
   // Cancels every pending timer: their callbacks are destroyed without being called, those
   // added by the destructors too. Not from inside run_due().

@@ -341,6 +341,11 @@ TEST_F(DemoTest, StatsPrintsCounterLines) {
   auto line = server.child().read_line(deadline_in(kGenerous));
   ASSERT_TRUE(line);
   EXPECT_EQ(line->rfind("stats: active=0 accepted=0 msgs/s=", 0), 0u) << *line;
+  // The loop's instruments (server_runner.hpp): busy share, stalls, timer delay p99. The stats
+  // timer itself is a timer, so the delay is measured from the first line on.
+  EXPECT_NE(line->find(" fd_exhaustion=0 busy="), std::string::npos) << *line;
+  EXPECT_NE(line->find("% stalls="), std::string::npos) << *line;
+  EXPECT_NE(line->find(" loop_delay_p99_us="), std::string::npos) << *line;
 }
 
 TEST_F(DemoTest, LoadAgainstPortNobodyListensOnExitsOne) {

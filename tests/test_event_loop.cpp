@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1901,6 +1902,219 @@ TEST(EventLoop, DestroyingTheLoopWithATaskQueuedInEachWayDestroysThemAll) {
     }
     EXPECT_EQ(live, 0) << "queued by " << (which == 0 ? "after" : which == 1 ? "defer" : "post");
   }
+}
+
+// ---- instruments (Options::measure_time, stall_threshold, timer_slack) ----
+
+EventLoop::Options stall_options(const TimeSource& clock, Duration threshold,
+                                 std::vector<EventLoop::Stall>* stalls) {
+  EventLoop::Options options;
+  options.clock = &clock;
+  options.stall_threshold = threshold;
+  options.on_stall = [stalls](const EventLoop::Stall& stall) { stalls->push_back(stall); };
+  return options;
+}
+
+// "when all are off (the default), the hot path reads no clock": I/O, deferred and posted tasks
+// dispatched without one read; only a timer asks (it needs now()).
+TEST(EventLoop, InstrumentsOffReadNoClockOnDispatch) {
+  CountingClock clock;
+  EventLoop::Options options;
+  options.clock = &clock;
+  EventLoop loop(options);
+  FdPair p = make_pipe();
+  int calls = 0;
+  ASSERT_TRUE(loop.add(p.a.get(), io::readable, [&](std::uint32_t) {
+    ++calls;
+    loop.defer([&] { ++calls; });
+  }));
+  loop.post([&] { ++calls; });
+  write_byte(p.b.get());
+  const int before = clock.reads;
+  loop.run_once(0ns);
+  loop.run_once(0ns);
+  EXPECT_EQ(calls, 5);  // the handler twice (the byte stays unread), deferred twice, posted
+  EXPECT_EQ(clock.reads, before);
+  EXPECT_EQ(loop.stats().busy_time, Duration::zero());
+  EXPECT_EQ(loop.timer_delay().count(), 0u);
+}
+
+// "measure_time ... Costs two clock reads per iteration and one per timer fired".
+TEST(EventLoop, MeasureTimeReadsTheClockTwicePerIterationAndOncePerTimer) {
+  CountingClock clock;
+  EventLoop::Options options;
+  options.clock = &clock;
+  options.measure_time = true;
+  EventLoop loop(options);
+  FdPair p = make_pipe();
+  ASSERT_TRUE(loop.add(p.a.get(), io::readable, [](std::uint32_t) {}));
+  write_byte(p.b.get());
+  int before = clock.reads;
+  loop.run_once(0ns);
+  EXPECT_EQ(clock.reads - before, 2);
+  loop.after(0ns, [] {});
+  before = clock.reads;
+  loop.run_once(0ns);
+  EXPECT_EQ(clock.reads - before, 4);  // the two, now() for the timer queue, the timer's start
+}
+
+// "busy + idle is exactly the clock's advance from the constructor to the end of the last
+// iteration": time moved inside a callback is busy, time moved between iterations is idle.
+TEST(EventLoop, BusyPlusIdleEqualsTheTestClocksElapsedTime) {
+  ManualClock clock;
+  const TimePoint created = clock.now();
+  EventLoop::Options options = with_clock(clock);
+  options.measure_time = true;
+  EventLoop loop(options);
+  FdPair p = make_pipe();
+  ASSERT_TRUE(loop.add(p.a.get(), io::readable, [&](std::uint32_t) { clock.advance(3ms); }));
+  clock.advance(7ms);  // before the first iteration: idle
+  loop.run_once(0ns);  // nothing ready: no busy time
+  write_byte(p.b.get());
+  clock.advance(5ms);
+  loop.run_once(0ns);  // the handler works 3 ms
+  loop.defer([&] { clock.advance(2ms); });
+  loop.run_once(0ns);  // the handler again (the byte is unread) and the deferred task: 5 ms
+  EXPECT_EQ(loop.stats().busy_time, 8ms);
+  EXPECT_EQ(loop.stats().idle_time, 12ms);
+  EXPECT_EQ(loop.stats().busy_time + loop.stats().idle_time, clock.now() - created);
+}
+
+// timer_delay(): "how late each timer's callback started, in nanoseconds after its deadline".
+TEST(EventLoop, TimerDelayRecordsHowLateEachTimerStartedFromKnownDeadlines) {
+  ManualClock clock;
+  EventLoop::Options options = with_clock(clock);
+  options.measure_time = true;
+  EventLoop loop(options);
+  loop.after(1ms, [&] { clock.advance(500us); });  // due at +1 ms, starts at +5 ms: 4 ms late
+  loop.after(2ms, [] {});  // due at +2 ms, starts after the first: 3.5 ms late
+  loop.after(5ms, [] {});  // due exactly when it runs: 0.5 ms late (the earlier callbacks)
+  loop.after(6ms, [] {});  // not due yet
+  clock.advance(5ms);
+  loop.run_once(0ns);
+  const Histogram& delay = loop.timer_delay();
+  EXPECT_EQ(delay.count(), 3u);
+  EXPECT_EQ(delay.max(), std::uint64_t{4'000'000});
+  EXPECT_EQ(delay.min(), std::uint64_t{500'000});
+  clock.advance(500us);  // now +6 ms (the first callback moved it 0.5 ms): the fourth is due
+  loop.run_once(0ns);
+  EXPECT_EQ(delay.count(), 4u);
+  EXPECT_EQ(delay.min(), 0u);
+}
+
+// "a callback (one I/O handler, timer, deferred or posted task) that runs longer is a stall,
+// counted in stats().stalls and reported to on_stall right after it returns, with its kind, the
+// fd of an I/O handler, and its duration": each made on the test clock, each reported once.
+TEST(EventLoop, StallOnTheTestClockIsReportedOnceWithItsKind) {
+  ManualClock clock;
+  std::vector<EventLoop::Stall> stalls;
+  EventLoop loop(stall_options(clock, 1ms, &stalls));
+  FdPair p = make_pipe();
+  auto id = loop.add(p.a.get(), io::readable, [&](std::uint32_t) { clock.advance(5ms); });
+  ASSERT_TRUE(id);
+  write_byte(p.b.get());
+  loop.run_once(0ns);
+  loop.remove(*id);
+  loop.after(1ms, [&] { clock.advance(2ms); });
+  clock.advance(1ms);
+  loop.run_once(0ns);
+  loop.defer([&] { clock.advance(3ms); });
+  loop.post([&] { clock.advance(4ms); });
+  loop.defer([&] { clock.advance(1ms); });  // exactly the threshold: not longer, not a stall
+  loop.run_once(0ns);                       // the deferred tasks
+  loop.run_once(0ns);                       // the wake-up, then the posted task
+  ASSERT_EQ(stalls.size(), 4u);
+  EXPECT_EQ(loop.stats().stalls, 4u);
+  EXPECT_EQ(stalls[0].work, EventLoop::Work::io);
+  EXPECT_EQ(stalls[0].fd, p.a.get());
+  EXPECT_EQ(stalls[0].duration, 5ms);
+  EXPECT_EQ(stalls[1].work, EventLoop::Work::timer);
+  EXPECT_EQ(stalls[1].fd, -1);
+  EXPECT_EQ(stalls[1].duration, 2ms);
+  EXPECT_EQ(stalls[2].work, EventLoop::Work::deferred);
+  EXPECT_EQ(stalls[2].duration, 3ms);
+  EXPECT_EQ(stalls[3].work, EventLoop::Work::posted);
+  EXPECT_EQ(stalls[3].duration, 4ms);
+}
+
+// A handler that removes its own registration (and closes the fd) before stalling is still
+// reported with the fd it was called for.
+TEST(EventLoop, StallOfAHandlerThatRemovedItselfNamesItsFd) {
+  ManualClock clock;
+  std::vector<EventLoop::Stall> stalls;
+  EventLoop loop(stall_options(clock, 1ms, &stalls));
+  FdPair p = make_pipe();
+  const int fd = p.a.get();
+  IoId id;
+  auto added = loop.add(fd, io::readable, [&](std::uint32_t) {
+    loop.remove(id);
+    clock.advance(2ms);
+  });
+  ASSERT_TRUE(added);
+  id = *added;
+  write_byte(p.b.get());
+  loop.run_once(0ns);
+  ASSERT_EQ(stalls.size(), 1u);
+  EXPECT_EQ(stalls[0].fd, fd);
+}
+
+// The report's own time is not charged to the next callback, and the hook may use the loop.
+TEST(EventLoop, StallReportTimeIsNotChargedToTheNextCallback) {
+  ManualClock clock;
+  std::vector<EventLoop::Stall> stalls;
+  EventLoop::Options options = with_clock(clock);
+  options.stall_threshold = 1ms;
+  int deferred_by_hook = 0;
+  EventLoop* loop_ptr = nullptr;
+  options.on_stall = [&](const EventLoop::Stall& stall) {
+    stalls.push_back(stall);
+    clock.advance(10ms);  // a slow hook
+    loop_ptr->defer([&] { ++deferred_by_hook; });
+  };
+  EventLoop loop(options);
+  loop_ptr = &loop;
+  loop.defer([&] { clock.advance(2ms); });
+  loop.defer([] {});
+  loop.run_once(0ns);
+  loop.run_once(0ns);
+  ASSERT_EQ(stalls.size(), 1u);
+  EXPECT_EQ(deferred_by_hook, 1);
+}
+
+// Without a hook, stalls are only counted.
+TEST(EventLoop, StallsWithoutAHookAreCounted) {
+  ManualClock clock;
+  EventLoop::Options options = with_clock(clock);
+  options.stall_threshold = 1ms;
+  EventLoop loop(options);
+  loop.defer([&] { clock.advance(2ms); });
+  loop.run_once(0ns);
+  EXPECT_EQ(loop.stats().stalls, 1u);
+}
+
+unsigned long thread_timer_slack() {
+  return static_cast<unsigned long>(::prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0));
+}
+
+// "timer_slack: the loop thread's timer slack (prctl PR_SET_TIMERSLACK) ... Set once, by the
+// constructor, on the constructing thread"; zero "leaves it untouched". On threads of their
+// own, so the test process keeps its slack.
+TEST(EventLoop, TimerSlackIsSetOnTheConstructingThreadOnly) {
+  unsigned long with_option = 0, default_before = 0, default_after = 0;
+  std::thread([&] {
+    EventLoop::Options options;
+    options.timer_slack = 1ns;
+    EventLoop loop(options);
+    with_option = thread_timer_slack();
+  }).join();
+  std::thread([&] {
+    default_before = thread_timer_slack();
+    EventLoop loop;
+    default_after = thread_timer_slack();
+  }).join();
+  EXPECT_EQ(with_option, 1u);
+  EXPECT_NE(default_before, 1u);
+  EXPECT_EQ(default_after, default_before);
 }
 
 }  // namespace

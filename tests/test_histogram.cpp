@@ -1,13 +1,13 @@
-// demo::Histogram, the log-linear latency histogram of reactor-load.
+// reactor::Histogram, the log-linear latency histogram of the loop's timer delay and reactor-load.
 #include <cstdint>
 
 #include <gtest/gtest.h>
 
-#include "histogram.hpp"
+#include "reactor/histogram.hpp"
 
 namespace {
 
-using demo::Histogram;
+using reactor::Histogram;
 
 TEST(Histogram, EmptyReportsZeroEverywhere) {
   Histogram h;

@@ -83,6 +83,28 @@ TEST(TimerQueue, FiresInDeadlineOrder) {
   EXPECT_EQ(q.next_deadline(), std::nullopt);
 }
 
+// Observer: "Told around each callback run_due() calls": the deadline before, then the return,
+// in firing order, a repeating timer's grid deadline included.
+TEST(TimerQueue, ObserverIsToldAroundEachCallbackWithItsDeadline) {
+  struct Log final : TimerQueue::Observer {
+    std::vector<std::string> events;
+    void firing(TimePoint deadline) noexcept override {
+      events.push_back("firing " + std::to_string((deadline - at(0)).count()));
+    }
+    void fired() noexcept override { events.push_back("fired"); }
+  } observer;
+  TimerQueue q;
+  q.add(at(20), kOnce, [&] { observer.events.push_back("callback 20"); });
+  q.add(at(10), nanoseconds(50), [&] { observer.events.push_back("callback 10"); });
+  EXPECT_EQ(q.run_due(at(30), &observer), 2u);
+  EXPECT_EQ(observer.events,
+            (std::vector<std::string>{"firing 10", "callback 10", "fired", "firing 20",
+                                      "callback 20", "fired"}));
+  observer.events.clear();
+  EXPECT_EQ(q.run_due(at(60), &observer), 1u);  // the repeating one, on its grid: 10 + 50
+  EXPECT_EQ(observer.events, (std::vector<std::string>{"firing 60", "callback 10", "fired"}));
+}
+
 TEST(TimerQueue, NeverEarly) {
   TimerQueue q;
   std::vector<int> log;

@@ -31,9 +31,8 @@
 #include <reactor/connection.hpp>
 #include <reactor/connector.hpp>
 #include <reactor/event_loop.hpp>
+#include <reactor/histogram.hpp>
 #include <reactor/loop_thread.hpp>
-
-#include "histogram.hpp"
 
 namespace load {
 
@@ -178,7 +177,7 @@ struct Worker {
   Counter late_sends;  // rate: of those, sent more than kLateSend after they were due
   std::array<std::uint64_t, kErrorKinds> error_counts{};
   std::array<std::string, kErrorKinds> first_detail;
-  demo::Histogram latency;  // nanoseconds
+  reactor::Histogram latency;  // nanoseconds
 };
 
 // The main thread's side: settings, the control loop, the workers, the result.

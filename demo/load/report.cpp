@@ -35,7 +35,7 @@ int LoadRun::report() {
   std::uint64_t messages = 0, bytes = 0, errors = 0;
   std::array<std::uint64_t, kErrorKinds> error_counts{};
   std::array<std::string, kErrorKinds> details;
-  demo::Histogram latency;
+  reactor::Histogram latency;
   for (const auto& w : workers_) {
     messages += w->messages.load();
     bytes += w->bytes.load();
@@ -233,7 +233,7 @@ int LoadRun::report_rate() {
   std::uint64_t bulk_messages = 0;
   std::array<std::uint64_t, kErrorKinds> error_counts{};
   std::array<std::string, kErrorKinds> details;
-  demo::Histogram latency;
+  reactor::Histogram latency;
   for (const auto& w : workers_) {
     errors += w->errors.load();
     for (std::size_t k = 0; k < kErrorKinds; ++k) {

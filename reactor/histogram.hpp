@@ -1,5 +1,6 @@
 // Histogram: a log-linear histogram of non-negative integer values (latencies in nanoseconds),
-// in the manner of HdrHistogram.
+// in the manner of HdrHistogram. The loop's timer delays (EventLoop::timer_delay()) and
+// reactor-load's latencies are recorded in one.
 //
 // Values below 2^kSubBucketBits are counted exactly. Above, each power-of-two range
 // [2^e, 2^(e+1)) is split into 2^kSubBucketBits equal sub-buckets, so a value is known to within
@@ -9,14 +10,14 @@
 //
 // value_at_percentile() reports the highest value equivalent to the bucket holding the rank
 // (as HdrHistogram does), capped at the largest value recorded; max() and min() are exact.
-// Not thread-safe: one thread records at a time.
+// Not thread-safe: one thread records at a time. The table is allocated by the constructor.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
-namespace demo {
+namespace reactor {
 
 class Histogram {
  public:
@@ -50,4 +51,4 @@ class Histogram {
   std::uint64_t max_ = 0;
 };
 
-}  // namespace demo
+}  // namespace reactor

@@ -1,10 +1,10 @@
-#include "histogram.hpp"
+#include "reactor/histogram.hpp"
 
 #include <algorithm>
 #include <bit>
 #include <cmath>
 
-namespace demo {
+namespace reactor {
 
 // Layout: index v for v < kSubBuckets (exact). For larger v with top bit e (e >= kSubBucketBits),
 // the kSubBucketBits bits below the top one pick the sub-bucket:
@@ -89,4 +89,4 @@ std::uint64_t Histogram::value_at_percentile(double percentile) const noexcept {
   return max_;
 }
 
-}  // namespace demo
+}  // namespace reactor
