@@ -8,8 +8,10 @@
 //
 // L: reactor, reactor-slack1ns (the reactor with the loop thread's timer slack at 1 ns), libuv,
 // libevent, libevent-precise (EVENT_BASE_FLAG_PRECISE_TIMER: a timerfd), asio.
-// --timer-slack NS sets the loop thread's timer slack (prctl PR_SET_TIMERSLACK) before the loop is
-// built, for any loop; 0 (the default) leaves the inherited slack (Linux: 50 us) untouched.
+// --timer-slack NS sets the loop thread's timer slack, for any loop: the reactor's
+// EventLoop::Options::timer_slack, prctl(PR_SET_TIMERSLACK) before building a peer's loop; 0 (the
+// default) leaves the inherited slack (Linux: 50 us) untouched. The output reports the slack in
+// effect on the loop's thread.
 //
 // timers: N one-shot timers (default 1,000), one pending at a time, at delays drawn uniformly
 // from [50 us, 10 ms] in whole microseconds (the same sequence for every loop, from --seed); when
@@ -217,10 +219,16 @@ class TimerRun {
   std::int64_t armed_at_ns_ = 0;
 };
 
-void timers_reactor(TimerRun& run) {
-  // TODO(timer-slack): when EventLoop::Options::timer_slack lands on main, set it here instead
-  // of main()'s prctl for the reactor rows.
-  reactor::EventLoop loop;
+// The reactor sets its thread's timer slack itself; the peers have no such option (main()).
+reactor::EventLoop::Options reactor_options(const Args& args) {
+  reactor::EventLoop::Options options;
+  options.timer_slack = std::chrono::nanoseconds(args.timer_slack_ns);
+  if (args.busy_poll) options.busy_poll = 10s;  // never sleeps between posts
+  return options;
+}
+
+void timers_reactor(TimerRun& run, const Args& args) {
+  reactor::EventLoop loop(reactor_options(args));
   struct Timers {
     reactor::EventLoop& loop;
     TimerRun& run;
@@ -364,9 +372,7 @@ class PostRun {
 };
 
 void post_reactor(PostRun& run, const Args& args) {
-  reactor::EventLoop::Options options;
-  if (args.busy_poll) options.busy_poll = 10s;  // never sleeps between posts
-  reactor::EventLoop loop(options);
+  reactor::EventLoop loop(reactor_options(args));
   std::thread poster([&] {
     run.poster(args.seed, args.poster_cpu, [&](std::int64_t stamp) {
       loop.post([&run, &loop, stamp] {
@@ -546,12 +552,15 @@ int main(int argc, char** argv) {
   }
   // The loop runs on this thread; the poster thread re-pins itself.
   pin_to_cpu(pinned.loop_cpu, "loop");
-  if (args.timer_slack_ns > 0 && ::prctl(PR_SET_TIMERSLACK, args.timer_slack_ns) != 0) {
+  const bool is_reactor = args.loop.rfind("reactor", 0) == 0;
+  // The peers' timer slack, set as a user of theirs must: prctl on the loop's thread (this one)
+  // before building the loop. The reactor's is its Options::timer_slack.
+  if (!is_reactor && args.timer_slack_ns > 0 &&
+      ::prctl(PR_SET_TIMERSLACK, args.timer_slack_ns) != 0) {
     std::perror("loop_latency: prctl(PR_SET_TIMERSLACK)");
     return 1;
   }
-  const long slack_ns = ::prctl(PR_GET_TIMERSLACK);
-  if (args.loop.rfind("reactor", 0) == 0 && !reactor::EventLoop().stats().epoll_pwait2)
+  if (is_reactor && !reactor::EventLoop().stats().epoll_pwait2)
     std::fprintf(stderr, "loop_latency: note: no epoll_pwait2 here, the reactor waits in ms\n");
 
   std::vector<std::int64_t> samples;
@@ -564,7 +573,7 @@ int main(int argc, char** argv) {
     } else if (args.loop == "asio") {
       timers_asio(run);
     } else {
-      timers_reactor(run);
+      timers_reactor(run, args);
     }
     samples = std::move(run.lateness_ns());
   } else {
@@ -581,6 +590,8 @@ int main(int argc, char** argv) {
     samples = run.samples_ns();
   }
 
+  // The slack the loop ran with: this thread's, which the reactor's constructor may have set.
+  const long slack_ns = ::prctl(PR_GET_TIMERSLACK);
   const Summary s = summarize(samples);
   const bool timers = args.kind == "timers";
   if (args.json) {
