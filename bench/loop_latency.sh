@@ -122,7 +122,7 @@ def ratio(key, field, peers):
     return f"{med(key, field) / best:.2f}" if best and best > 0 else "-"
 
 print(f"Machine: {machine}; {libraries}. Command: `{command.strip()}`.\n")
-print(f"Medians of {rounds} rounds (loop thread pinned to CPU 0, poster to CPU 1); p50 spread is "
+print(f"Medians of {rounds} round{'' if rounds == '1' else 's'} (loop thread pinned to CPU 0, poster to CPU 1); p50 spread is "
       "(max - min) / median of the per-round p50s.\n")
 
 print(f"**Timer lateness** ({timers} one-shot timers per run, one pending at a time, delays "
