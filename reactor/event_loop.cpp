@@ -259,6 +259,9 @@ class EventLoop::Meter final : public TimerQueue::Observer {
 // run_once()'s dispatch with an instrument on: the same order, with the clock read around it.
 void EventLoop::dispatch_measured(int n) {
   const TimePoint woke = clock_now();
+  // The iteration's first clock read after the wait: what now() returns until the next wait.
+  now_ = woke;
+  now_valid_ = true;
   if (options_.measure_time) stats_.idle_time += woke - measured_until_;
   Meter meter(*this, woke);
   const epoll_event* events = events_.data();
