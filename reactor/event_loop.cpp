@@ -324,11 +324,22 @@ int EventLoop::wait_slow(std::optional<Duration> timeout) {
   if (options_.busy_poll.count() > 0 && (!timeout || *timeout > Duration::zero())) {
     const TimePoint spin_until =
         Clock::now() + std::min<Duration>(options_.busy_poll, timeout.value_or(Duration::max()));
+    // Posts made while this is set skip the eventfd: the spin looks at has_posted_ itself.
+    spinning_.store(true);
+    int n = 0;
     do {
-      const int n = epoll_wait(epoll_fd_, events, max, 0);
-      if (n > 0) return n;
-      if (n < 0) return wait_failed("epoll_wait");
+      if (has_posted_.load(std::memory_order_relaxed)) break;
+      n = epoll_wait(epoll_fd_, events, max, 0);
+      if (n != 0) break;
     } while (Clock::now() < spin_until);
+    spinning_.store(false);
+    // After clearing spinning_: a post that saw it set is seen here, one that did not wrote the
+    // eventfd. Either way nothing waits for a wake-up that will not come.
+    const bool posted = has_posted_.load();
+    if (posted) take_posted();
+    if (n > 0) return n;
+    if (n < 0) return wait_failed("epoll_wait");
+    if (posted) return 0;  // run_once() runs the tasks taken
     if (timeout) timeout = std::max(Duration::zero(), *timeout - options_.busy_poll);
   }
 
@@ -372,10 +383,23 @@ void EventLoop::on_wakeup() {
   std::uint64_t count;
   [[maybe_unused]] auto n = ::read(wake_fd_, &count, sizeof count);
   ++stats_.wakeups;
+  take_posted();
+}
+
+void EventLoop::take_posted() {
   std::lock_guard lock(posted_mutex_);
-  // posted_run_ is empty here: it is drained at the end of every iteration.
-  posted_run_.swap(posted_);
+  // posted_run_ is drained at the end of every iteration, so it is empty here, unless a spin
+  // took posts and then found the eventfd readable too (a write from before it spun): then the
+  // new ones go after those, in order.
+  if (posted_run_.empty()) [[likely]] {
+    posted_run_.swap(posted_);
+  } else {
+    for (auto& task : posted_)
+      posted_run_.push_back(std::move(task));
+    posted_.clear();
+  }
   wake_pending_ = false;
+  has_posted_.store(false, std::memory_order_relaxed);
 }
 
 Result<IoId> EventLoop::add(int fd, std::uint32_t interest, IoHandler handler) {
@@ -481,8 +505,10 @@ void EventLoop::post(Task fn) {
     posted_.push_back(std::move(fn));
     need_wake = !wake_pending_;
     wake_pending_ = true;
+    if (options_.busy_poll.count() > 0) has_posted_.store(true);
   }
-  if (need_wake) wake();
+  // A spinning loop sees has_posted_ (see spinning_): no syscall on either side.
+  if (need_wake && !(options_.busy_poll.count() > 0 && spinning_.load())) wake();
 }
 
 namespace {

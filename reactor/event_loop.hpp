@@ -119,7 +119,8 @@ class EventLoop {
   struct Options {
     int max_events = 256;  // epoll_wait batch size
     // Busy-poll: spin on a non-blocking epoll_wait for up to this long before sleeping. Trades a
-    // core for wake-up latency; off (zero) by default.
+    // core for wake-up latency; off (zero) by default. A post() to a spinning loop is picked up
+    // by the spin itself, without an eventfd write and read.
     std::chrono::microseconds busy_poll{0};
     // Replaces the monotonic clock (tests). Under a replaced clock timers never shorten the
     // wait: time moves only when the test moves it, then run_once() fires what is due.
@@ -271,6 +272,7 @@ class EventLoop {
   void run_tasks(Meter* meter);
   void recycle_removed_slots() noexcept;
   void on_wakeup();
+  void take_posted();
   void on_signalfd();
   void wake() noexcept;
 
@@ -307,8 +309,13 @@ class EventLoop {
   std::vector<Task> running_;
 
   std::mutex posted_mutex_;
-  std::vector<Task> posted_;      // guarded by posted_mutex_
-  bool wake_pending_ = false;     // guarded by posted_mutex_: an eventfd write is outstanding
+  std::vector<Task> posted_;   // guarded by posted_mutex_
+  bool wake_pending_ = false;  // guarded by posted_mutex_: an eventfd write is outstanding
+  // Busy-poll only. A poster sets has_posted_, then skips the eventfd write if the loop is
+  // spinning_; the loop clears spinning_, then checks has_posted_ before it sleeps. Both sides
+  // store then load, sequentially consistent: one of them sees the other, no post is stranded.
+  std::atomic<bool> spinning_{false};
+  std::atomic<bool> has_posted_{false};
   std::vector<Task> posted_run_;  // loop thread only
 
   std::deque<std::pair<int, SignalHandler>> signal_handlers_;  // deque: handlers may add handlers

@@ -98,6 +98,34 @@ TEST(EventLoopThreads, PostsFromFourThreadsRunExactlyOnceInPerThreadOrder) {
   }
 }
 
+// busy_poll: "A post() to a spinning loop is picked up by the spin itself, without an eventfd
+// write and read". The hand-off between a poster that skips the eventfd and a loop that stops
+// spinning to sleep must strand nothing: posts one at a time, at gaps that straddle the end of
+// a short spin, each must run (a stranded one would wait forever: the loop has no timer).
+TEST(EventLoopThreads, PostsToABusyPollingLoopAreNeverStranded) {
+  EventLoop::Options options;
+  options.busy_poll = std::chrono::microseconds(20);
+  LoopThread worker(options);
+  constexpr std::uint32_t kPosts = 5'000;
+  std::atomic<std::uint32_t> ran{0};
+  std::uint64_t seed = 88172645463325252ull;  // xorshift: gaps of 0-40 us, reproducible
+  const auto deadline = std::chrono::steady_clock::now() + kDeadline;
+  for (std::uint32_t i = 0; i < kPosts; ++i) {
+    worker.loop().post([&ran, i] { ran.store(i + 1, std::memory_order_release); });
+    while (ran.load(std::memory_order_acquire) != i + 1) {
+      ASSERT_LT(std::chrono::steady_clock::now(), deadline)
+          << "post " << i << " never ran: its wake-up was lost";
+    }
+    seed ^= seed << 13;
+    seed ^= seed >> 7;
+    seed ^= seed << 17;
+    const auto gap_end = std::chrono::steady_clock::now() + std::chrono::microseconds(seed % 40);
+    while (std::chrono::steady_clock::now() < gap_end) {
+    }
+  }
+  EXPECT_EQ(ran.load(), kPosts);
+}
+
 TEST(EventLoopThreads, StopFromAnotherThreadEndsRun) {
   EventLoop loop;
   std::atomic<bool> running{false};
