@@ -992,6 +992,50 @@ TEST(ConnectionFairness, SmallReaderRunsWithinTwoIterationsWhileAnotherReceivesM
   messages.expect_each_seen_within_two_iterations(2 * bound);
 }
 
+// The same read-side bound for a connection that keeps what it reads (a message larger than any
+// one read, waited for whole): it reads into its own input buffer, whose free space grows with
+// the message, and still takes at most reads_per_event x 64 KiB an iteration.
+TEST(ConnectionFairness, ConnectionKeepingItsInputReadsNoMoreAnIterationThanOneThatConsumes) {
+  EventLoop loop;
+  const ConnectionOptions options;
+  const std::uint64_t bound =
+      static_cast<std::uint64_t>(options.reads_per_event) * Buffer::kOverflowSize;
+  const std::string stream = random_bytes(kFairnessTotal, 143);
+  SocketpairConnection big;
+  std::size_t fed = 0;
+  auto feed = [&] {
+    while (fed < kFairnessTotal) {
+      const ssize_t n =
+          ::send(big.peer.get(), stream.data() + fed, kFairnessTotal - fed, MSG_NOSIGNAL);
+      if (n <= 0) break;
+      fed += static_cast<std::size_t>(n);
+    }
+  };
+  bool whole = false;
+  ConnectionHandlers handlers;
+  handlers.on_data = [&](Connection&, Buffer& input) {
+    feed();
+    if (input.size() == kFairnessTotal) whole = input.view() == stream;  // consumes nothing
+  };
+  ASSERT_NO_FATAL_FAILURE(start_on_socketpair(loop, handlers, options, big));
+  // Much in flight (as much as net.core.wmem_max allows): more than one bound's worth.
+  ASSERT_FALSE(set_send_buffer(big.peer.get(), 4 << 20));
+
+  std::vector<std::uint64_t> read_in_iteration;
+  const auto give_up = std::chrono::steady_clock::now() + kDeadline;
+  while (big.conn->bytes_received() < kFairnessTotal &&
+         std::chrono::steady_clock::now() < give_up) {
+    feed();
+    const std::uint64_t before = big.conn->bytes_received();
+    loop.run_once(0ns);
+    read_in_iteration.push_back(big.conn->bytes_received() - before);
+  }
+  ASSERT_EQ(big.conn->bytes_received(), kFairnessTotal);
+  EXPECT_TRUE(whole) << "the kept input is not the stream";
+  for (std::size_t i = 0; i < read_in_iteration.size(); ++i)
+    EXPECT_LE(read_in_iteration[i], bound) << "iteration " << i + 1 << " read past the bound";
+}
+
 // Issue 14: "... and likewise while the big one drains 8 MiB of output"; write side bounded at
 // one send per EPOLLOUT (Connection::handle_write). The bound shows only against a peer that
 // keeps up: to a full socket even a sender looping until EAGAIN stops after one more try. So
