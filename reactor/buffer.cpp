@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <cassert>
 #include <cerrno>
 #include <cstdint>
@@ -75,9 +76,10 @@ void Buffer::shrink_to_fit() noexcept {
   read_pos_ = write_pos_ = 0;
 }
 
-ReadResult Buffer::read_from(int fd) {
+ReadResult Buffer::read_from(int fd, std::size_t max) {
+  assert(max > 0);
   ReadResult result;
-  const std::size_t space = writable();
+  const std::size_t space = std::min(writable(), max);
   if (space >= kOverflowSize) {
     // Room for a large read already: one plain recv, no gather list, no copy.
     ssize_t n;
@@ -93,11 +95,11 @@ ReadResult Buffer::read_from(int fd) {
     write_pos_ += result.bytes;
     return result;
   }
-  return read_gathered(fd, space);
+  return read_gathered(fd, space, std::min(kOverflowSize, max - space));
 }
 
 // Out of line: its 64 KiB stack frame and saved registers stay off read_from's common path.
-ReadResult Buffer::read_gathered(int fd, std::size_t space) {
+ReadResult Buffer::read_gathered(int fd, std::size_t space, std::size_t overflow_size) {
   ReadResult result;
   // Reading straight into a small buffer alone would force a choice between a small read (more
   // syscalls) and a big buffer per connection (memory). The stack area gives a large read for
@@ -111,7 +113,7 @@ ReadResult Buffer::read_gathered(int fd, std::size_t space) {
     ++count;
   }
   iov[count].iov_base = overflow;
-  iov[count].iov_len = sizeof overflow;
+  iov[count].iov_len = overflow_size;
   ++count;
 
   ssize_t n;
@@ -124,7 +126,7 @@ ReadResult Buffer::read_gathered(int fd, std::size_t space) {
   }
   const auto got = static_cast<std::size_t>(n);
   result.bytes = got;
-  result.filled = got == space + sizeof overflow;
+  result.filled = got == space + overflow_size;
   if (got <= space) {
     write_pos_ += got;
   } else {

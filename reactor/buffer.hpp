@@ -21,6 +21,7 @@
 #include <cassert>
 #include <cerrno>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string_view>
 #include <system_error>
@@ -30,7 +31,7 @@ namespace reactor {
 struct ReadResult {
   std::size_t bytes = 0;  // bytes appended to the buffer
   // The read used every byte offered (the free space, plus the overflow area when the free
-  // space is under kOverflowSize): more may be waiting.
+  // space is under kOverflowSize; at most read_from's `max`): more may be waiting.
   // A short read means the socket is drained: do not read again until it polls readable.
   bool filled = false;
   // The errno of a failed read, 0 on success; EAGAIN when nothing was there. An int, so a
@@ -85,14 +86,14 @@ class Buffer {
   // keeps it otherwise.
   void shrink_to_fit() noexcept;
 
-  // One read (retried on EINTR): a recv() into the free space when it holds kOverflowSize or
-  // more; otherwise a readv() into the free space plus a kOverflowSize stack area, whose bytes
-  // are then appended, growing the buffer. A small buffer thus reads up to 64 KiB in one
-  // syscall without keeping 64 KiB per connection.
-  ReadResult read_from(int fd);
+  // One read (retried on EINTR) of at most `max` bytes (max > 0): a recv() into the free space
+  // when it holds kOverflowSize or more; otherwise a readv() into the free space plus a
+  // kOverflowSize stack area, whose bytes are then appended, growing the buffer. A small buffer
+  // thus reads up to 64 KiB in one syscall without keeping 64 KiB per connection.
+  ReadResult read_from(int fd, std::size_t max = SIZE_MAX);
 
  private:
-  [[gnu::noinline]] ReadResult read_gathered(int fd, std::size_t space);
+  [[gnu::noinline]] ReadResult read_gathered(int fd, std::size_t space, std::size_t overflow_size);
 
   std::unique_ptr<char[]> data_;
   std::size_t capacity_ = 0;

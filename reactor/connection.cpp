@@ -114,7 +114,9 @@ void Connection::handle_read() {
     // moves into this connection's own buffer afterwards.
     Buffer* shared = input_.empty() ? loop_.lend_read_buffer() : nullptr;
     Buffer& in = shared ? *shared : input_;
-    const ReadResult r = in.read_from(fd_.get());
+    // At most 64 KiB a read, even into a large free space of its own: the fairness bound,
+    // reads_per_event x 64 KiB an iteration, must not grow with a message kept whole.
+    const ReadResult r = in.read_from(fd_.get(), Buffer::kOverflowSize);
     if (r.err != 0 || r.bytes == 0) [[unlikely]] {
       if (shared) loop_.return_read_buffer(shared);
       if (r.bytes == 0 && r.err == 0) {

@@ -75,6 +75,10 @@
 // it the connection is aborted (CloseReason::output_limit), as Redis's output buffer limit.
 // A send error ends the connection (on_close with the error), whatever the error.
 //
+// Fairness. One readiness reads at most reads_per_event times, 64 KiB at most each (whether the
+// connection keeps its input or not), and one writability sends once, so a connection with
+// megabytes arriving or queued takes a bounded share of each iteration.
+//
 // Close. close() flushes queued output, shuts down the write side, discards input until the
 // peer's EOF, then closes; bounded by `linger` (then it aborts). Closing with unread input would
 // send a reset and the peer could lose the last reply. abort() closes at once with RST.

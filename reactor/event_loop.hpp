@@ -17,6 +17,8 @@
 //      Duration::max() say, saturates to "never"),
 //   4. deferred tasks (defer()), then posted tasks (post()), in the order they were queued,
 //   5. handlers of registrations removed during this iteration are destroyed.
+// Queued I/O never holds back timers and tasks: each iteration dispatches one batch (at most
+// max_events events), then runs what is due and queued, whatever I/O is still ready.
 //
 // Callbacks. A callback may do anything with the loop but run it: add or remove registrations
 // (its own included), schedule or cancel timers, defer, post, stop. run() and run_once() are

@@ -329,6 +329,40 @@ TEST(BufferReadFrom, SplitsBetweenFreeSpaceAndOverflow) {
   EXPECT_EQ(b.view(), "head:" + payload);
 }
 
+// read_from(fd, max): "One read ... of at most `max` bytes", on both paths: a recv() into a free
+// space larger than max, and a readv() into a small free space plus the stack area (Connection
+// reads 64 KiB at most, whatever its own buffer's free space: the fairness bound).
+TEST(BufferReadFrom, ReadTakesAtMostMaxBytesIntoALargeOrASmallFreeSpace) {
+  SocketPair p = unix_pair();
+  const std::string payload = pattern(100 * 1024);
+  write_all(p.writer.get(), payload);
+  Buffer large;
+  large.reserve(4 * Buffer::kOverflowSize);
+  const std::size_t capacity = large.capacity();
+  ReadResult r = large.read_from(p.reader.get(), Buffer::kOverflowSize);
+  ASSERT_FALSE(r.error()) << r.error().message();
+  EXPECT_EQ(r.bytes, Buffer::kOverflowSize);
+  EXPECT_TRUE(r.filled) << "it took all it was offered: more may be waiting";
+  EXPECT_EQ(large.capacity(), capacity);
+
+  Buffer small;
+  small.append("head:");  // kMinCapacity - 5 bytes free: a readv() with the stack area
+  r = small.read_from(p.reader.get(), 1000);
+  ASSERT_FALSE(r.error()) << r.error().message();
+  EXPECT_EQ(r.bytes, 1000u) << "the free space alone was offered";
+  EXPECT_TRUE(r.filled);
+  r = small.read_from(p.reader.get(), 2000);
+  ASSERT_FALSE(r.error()) << r.error().message();
+  EXPECT_EQ(r.bytes, 2000u) << "the free space and part of the stack area";
+  EXPECT_TRUE(r.filled);
+  r = small.read_from(p.reader.get(), Buffer::kOverflowSize);
+  ASSERT_FALSE(r.error()) << r.error().message();
+  EXPECT_EQ(r.bytes, payload.size() - Buffer::kOverflowSize - 3000) << "what was left";
+  EXPECT_FALSE(r.filled);
+  EXPECT_TRUE(large.view() == std::string_view(payload).substr(0, Buffer::kOverflowSize));
+  EXPECT_TRUE(small.view() == "head:" + payload.substr(Buffer::kOverflowSize));
+}
+
 TEST(BufferReadFrom, EofAfterPeerClose) {
   SocketPair p = unix_pair();
   p.writer.reset();

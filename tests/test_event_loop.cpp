@@ -12,6 +12,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -1083,6 +1085,127 @@ TEST(EventLoop, OneIterationRunsIoThenTimersThenDeferredThenPostedThenDestroysRe
   EXPECT_EQ(log, (std::vector<std::string>{"io", "timer", "deferred, handler alive: 1",
                                            "posted, handler alive: 1"}));
   EXPECT_EQ(live, 0) << "the removed handler outlived its iteration";
+}
+
+// ---- fairness: queued I/O does not hold back timers and tasks ----
+
+// Issue 14, "Fairness, shown deterministically": a long I/O batch, `kPairs` socketpairs readable
+// at once (one epoll batch: fewer than Options::max_events), each holding `kQueued` bytes that
+// its handler reads `kRead` at a time (bounded work per readiness, as Connection's
+// reads_per_event), so the queued I/O takes kQueued / kRead iterations to drain.
+class LongIoBatch {
+ public:
+  static constexpr int kPairs = 200;
+  static constexpr std::size_t kQueued = 16 * 1024;
+  static constexpr std::size_t kRead = 1024;
+  static constexpr std::size_t kIterations = kQueued / kRead;  // to drain it all
+
+  // Call under ASSERT_NO_FATAL_FAILURE.
+  void start(EventLoop& loop) {
+    loop_ = &loop;
+    const std::string bytes(kQueued, 'q');
+    pairs_.resize(kPairs);
+    for (FdPair& p : pairs_) {
+      p = make_socketpair();
+      ASSERT_TRUE(p.a) << std::strerror(errno);
+      ASSERT_EQ(::send(p.b.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL),
+                static_cast<ssize_t>(kQueued));
+      auto id = loop.add(p.a.get(), io::readable, [this, fd = p.a.get()](std::uint32_t) {
+        char buf[kRead];
+        const ssize_t n = ::read(fd, buf, sizeof buf);
+        ASSERT_EQ(n, static_cast<ssize_t>(kRead));
+        ++reads_;
+        if (after_read) after_read();
+      });
+      ASSERT_TRUE(id) << id.error().message();
+      ids_.push_back(*id);
+    }
+  }
+  ~LongIoBatch() {
+    for (IoId id : ids_)
+      loop_->remove(id);
+  }
+
+  int reads() const { return reads_; }
+  std::size_t unread() const { return kPairs * kQueued - static_cast<std::size_t>(reads_) * kRead; }
+
+  std::function<void()> after_read;  // runs in the handler, after each read
+
+ private:
+  EventLoop* loop_ = nullptr;
+  std::vector<FdPair> pairs_;
+  std::vector<IoId> ids_;
+  int reads_ = 0;
+};
+
+// What a timer or task saw when it ran.
+struct RanAt {
+  std::uint64_t iteration = 0;
+  int reads = 0;           // the batch's reads done by then
+  std::size_t unread = 0;  // queued bytes left
+};
+
+// Issue 14: "a timer due now runs in the iteration after a long I/O batch, not after all queued
+// I/O"; event_loop.hpp: one iteration is one batch of handlers (step 2), then timers (step 3).
+// Due before the batch (the test clock moved), it runs at the end of the batch's own iteration.
+TEST(EventLoopFairness, TimerDueNowRunsAfterOneLongIoBatchNotAfterAllQueuedIo) {
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  LongIoBatch io;
+  ASSERT_NO_FATAL_FAILURE(io.start(loop));
+  std::optional<RanAt> fired;
+  loop.after(1ms, [&] { fired = RanAt{loop.stats().iterations, io.reads(), io.unread()}; });
+  clock.advance(1ms);  // due now
+
+  const std::uint64_t batch = loop.stats().iterations + 1;
+  ASSERT_EQ(loop.run_once(0ns), static_cast<std::size_t>(LongIoBatch::kPairs)) << "not one batch";
+  ASSERT_TRUE(fired) << "the timer due now did not run in the batch's iteration";
+  EXPECT_EQ(fired->iteration, batch);
+  EXPECT_EQ(fired->reads, LongIoBatch::kPairs) << "it did not follow the whole batch";
+  EXPECT_EQ(fired->unread, LongIoBatch::kPairs * (LongIoBatch::kQueued - LongIoBatch::kRead))
+      << "it waited for more I/O than one batch";
+
+  // The I/O it did not wait for: as many more batches as the bounded reads need.
+  ASSERT_TRUE(run_until(loop, [&] { return io.unread() == 0; }));
+  EXPECT_EQ(loop.stats().iterations, batch + LongIoBatch::kIterations - 1);
+}
+
+// Issue 14: "Do the same for ... posted tasks". A task posted (from another thread) before a long
+// batch runs at the end of that batch's iteration (step 4; the eventfd's event is in the batch);
+// one posted by a handler during a batch runs at the end of the next, never after all queued I/O.
+TEST(EventLoopFairness, PostedTaskRunsAfterOneLongIoBatchNotAfterAllQueuedIo) {
+  EventLoop loop;
+  LongIoBatch io;
+  ASSERT_NO_FATAL_FAILURE(io.start(loop));
+  std::vector<RanAt> ran;
+  auto record = [&] { ran.push_back({loop.stats().iterations, io.reads(), io.unread()}); };
+  std::thread([&] { loop.post(record); }).join();
+  std::uint64_t posted_during = 0;
+  io.after_read = [&] {
+    if (io.reads() == LongIoBatch::kPairs + 1) {  // the first read of the second batch
+      posted_during = loop.stats().iterations;
+      loop.post(record);
+    }
+  };
+
+  const std::uint64_t batch = loop.stats().iterations + 1;
+  ASSERT_EQ(loop.run_once(0ns), static_cast<std::size_t>(LongIoBatch::kPairs) + 1)
+      << "not one batch of the sockets and the loop's eventfd";
+  ASSERT_EQ(ran.size(), 1u) << "the task posted before the batch did not run in its iteration";
+  EXPECT_EQ(ran[0].iteration, batch);
+  EXPECT_EQ(ran[0].reads, LongIoBatch::kPairs) << "it did not follow the whole batch";
+  EXPECT_EQ(ran[0].unread, LongIoBatch::kPairs * (LongIoBatch::kQueued - LongIoBatch::kRead));
+
+  loop.run_once(0ns);
+  ASSERT_EQ(posted_during, batch + 1);
+  loop.run_once(0ns);
+  ASSERT_EQ(ran.size(), 2u) << "the task posted during a batch waited past the next iteration";
+  EXPECT_EQ(ran[1].iteration, posted_during + 1);
+  EXPECT_EQ(ran[1].reads, 3 * LongIoBatch::kPairs);
+  EXPECT_EQ(ran[1].unread, LongIoBatch::kPairs * (LongIoBatch::kQueued - 3 * LongIoBatch::kRead));
+
+  ASSERT_TRUE(run_until(loop, [&] { return io.unread() == 0; }));
+  EXPECT_EQ(loop.stats().iterations, batch + LongIoBatch::kIterations - 1);
 }
 
 // ---- timers on a ManualClock ----
