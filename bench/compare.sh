@@ -57,12 +57,6 @@ jsonl=$out/compare.jsonl
 : >"$jsonl"
 busy_messages=$(python3 -c "print(int(float('$duration') * 50000))")
 
-# server_cpu_ns: CPU time (user + system, ns) the server process has used so far, from the
-# scheduler's own accounting (precise, unlike the 10 ms ticks of /proc/PID/stat).
-server_cpu_ns() {
-  cut -d' ' -f1 "/proc/$SERVER_PID/schedstat"
-}
-
 # run_one ROUND SCENARIO SERVER: one server process, one load run, one JSON line.
 run_one() {
   local round=$1 scenario=$2 name=$3 binary extra=() result

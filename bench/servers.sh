@@ -58,7 +58,6 @@ start_server() {
 
 # server_cpu_ns: CPU time (user + system, ns) the server process (SERVER_PID) has used so far,
 # from the scheduler's own accounting (precise, unlike the 10 ms ticks of /proc/PID/stat).
-# compare.sh still defines an identical copy of its own, which overrides this one.
 server_cpu_ns() {
   cut -d' ' -f1 "/proc/$SERVER_PID/schedstat"
 }
