@@ -97,9 +97,8 @@ TEST(TimerQueue, ObserverIsToldAroundEachCallbackWithItsDeadline) {
   q.add(at(20), kOnce, [&] { observer.events.push_back("callback 20"); });
   q.add(at(10), nanoseconds(50), [&] { observer.events.push_back("callback 10"); });
   EXPECT_EQ(q.run_due(at(30), &observer), 2u);
-  EXPECT_EQ(observer.events,
-            (std::vector<std::string>{"firing 10", "callback 10", "fired", "firing 20",
-                                      "callback 20", "fired"}));
+  EXPECT_EQ(observer.events, (std::vector<std::string>{"firing 10", "callback 10", "fired",
+                                                       "firing 20", "callback 20", "fired"}));
   observer.events.clear();
   EXPECT_EQ(q.run_due(at(60), &observer), 1u);  // the repeating one, on its grid: 10 + 50
   EXPECT_EQ(observer.events, (std::vector<std::string>{"firing 60", "callback 10", "fired"}));
