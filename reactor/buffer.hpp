@@ -23,6 +23,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string_view>
 #include <system_error>
 
@@ -61,6 +62,11 @@ class Buffer {
   bool empty() const noexcept { return write_pos_ == read_pos_; }
   const char* data() const noexcept { return data_.get() + read_pos_; }
   std::string_view view() const noexcept { return {data(), size()}; }
+  // The readable region as bytes (binary protocols, Connection::send): the same memory as
+  // view(), no copy, invalidated as view() is.
+  std::span<const std::byte> bytes() const noexcept {
+    return {reinterpret_cast<const std::byte*>(data()), size()};
+  }
   // Drops n <= size() bytes from the front. Consuming everything rewinds to the start of
   // the block, so the next write has the whole capacity without a memmove.
   void consume(std::size_t n) noexcept {

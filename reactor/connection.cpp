@@ -298,6 +298,15 @@ bool Connection::send(const iovec* iov, int count) {
   return write_direct(iov, count, total);
 }
 
+bool Connection::send(std::span<const iovec> iov) {
+  // send(const iovec*, int) takes any count an int holds (it splits at IOV_MAX itself); a
+  // longer span goes in int-sized pieces, in order.
+  constexpr auto kMaxCount = static_cast<std::size_t>(INT_MAX);
+  for (; iov.size() > kMaxCount; iov = iov.subspan(kMaxCount))
+    if (!send(iov.data(), static_cast<int>(kMaxCount))) return false;
+  return send(iov.data(), static_cast<int>(iov.size()));
+}
+
 bool Connection::write_direct(const iovec* iov, int count, std::size_t total) {
   // sendmsg takes at most IOV_MAX entries (EMSGSIZE beyond): send those, queue the rest.
   const int direct = std::min(count, IOV_MAX);

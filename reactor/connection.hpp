@@ -88,7 +88,9 @@
 
 #include <atomic>
 #include <cassert>
+#include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string_view>
 #include <system_error>
 
@@ -178,6 +180,14 @@ class Connection {
   bool send(std::string_view data);
   bool send(std::string_view first, std::string_view second);  // one gather write
   bool send(const iovec* iov, int count);
+  // The same for binary data and any container of iovecs: each forwards to the send above
+  // (the bytes as a string_view, the iovecs as a pointer and count), without copying. A string,
+  // a literal or a string_view still picks send(std::string_view); std::as_bytes(std::span(v))
+  // makes bytes of other element types.
+  bool send(std::span<const std::byte> data) {
+    return send(std::string_view(reinterpret_cast<const char*>(data.data()), data.size()));
+  }
+  bool send(std::span<const iovec> iov);
   std::size_t queued_bytes() const noexcept { return output_.size(); }
 
   // Input flow control, on top of the high-water pause.

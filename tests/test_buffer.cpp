@@ -8,11 +8,14 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include <gtest/gtest.h>
@@ -113,6 +116,23 @@ TEST(Buffer, AppendThenConsume) {
   EXPECT_EQ(b.size(), 5u);
   b.consume(5);
   EXPECT_TRUE(b.empty());
+}
+
+// buffer.hpp, bytes(): "The readable region as bytes ...: the same memory as view(), no copy";
+// it follows consume() as view() does, and an empty buffer gives an empty span.
+TEST(Buffer, BytesIsTheReadableRegionAsBytesWithoutACopy) {
+  Buffer b;
+  EXPECT_TRUE(b.bytes().empty());
+  b.append(std::string_view("\0binary\xff", 8));
+  b.consume(1);
+  const std::span<const std::byte> bytes = b.bytes();
+  EXPECT_EQ(static_cast<const void*>(bytes.data()), static_cast<const void*>(b.data()));
+  EXPECT_EQ(bytes.size(), b.size());
+  EXPECT_EQ(bytes.size(), 7u);
+  EXPECT_EQ(bytes[0], std::byte{'b'});
+  EXPECT_EQ(bytes[6], std::byte{0xff});
+  b.consume(7);
+  EXPECT_TRUE(b.bytes().empty());
 }
 
 TEST(Buffer, ExactFitThenConsumeAllRewinds) {

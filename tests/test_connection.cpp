@@ -21,6 +21,7 @@
 #include <chrono>
 #include <climits>
 #include <csignal>
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -31,9 +32,11 @@
 #include <new>
 #include <random>
 #include <set>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -2202,6 +2205,102 @@ TEST_F(ConnectionTest, GatherSendOfMoreThanIovMaxEntriesIsSentWhole) {
   }));
   EXPECT_TRUE(sent);
   EXPECT_TRUE(client.received() == bytes) << "got " << client.received().size() << " bytes";
+  EXPECT_EQ(records_[0].close_calls, 0);
+}
+
+// connection.hpp, send(std::span<...>): "A string, a literal or a string_view still picks
+// send(std::string_view)". A one-argument send() is well-formed (not ambiguous) for T, and T
+// converts to exactly one of the three parameter types: the one named.
+template <class T, class Parameter>
+constexpr bool picks_send = requires(Connection& c, T&& t) {
+  c.send(std::forward<T>(t));
+}
+&&std::is_convertible_v<T, Parameter>&& std::is_convertible_v<T, std::string_view> +
+        std::is_convertible_v<T, std::span<const std::byte>> +
+        std::is_convertible_v<T, std::span<const iovec>> ==
+    1;
+using Bytes = std::span<const std::byte>;
+using Iovecs = std::span<const iovec>;
+static_assert(picks_send<const char (&)[8], std::string_view>);  // send("literal")
+static_assert(picks_send<char (&)[8], std::string_view>);
+static_assert(picks_send<const char*, std::string_view>);
+static_assert(picks_send<std::string&, std::string_view>);
+static_assert(picks_send<const std::string&, std::string_view>);
+static_assert(picks_send<std::string&&, std::string_view>);
+static_assert(picks_send<std::string_view, std::string_view>);
+static_assert(picks_send<std::vector<std::byte>&, Bytes>);
+static_assert(picks_send<std::span<std::byte>, Bytes>);
+static_assert(picks_send<std::span<const std::byte, 4>, Bytes>);
+static_assert(picks_send<std::byte (&)[4], Bytes>);
+static_assert(picks_send<std::vector<iovec>&, Iovecs>);
+static_assert(picks_send<iovec (&)[3], Iovecs>);
+static_assert(picks_send<std::span<iovec>, Iovecs>);
+
+// The calls the static_asserts above reason about, compiled and run: each picks the view send
+// and the bytes arrive in order.
+TEST_F(ConnectionTest, StringLiteralAndViewSendsStillPickTheStringViewOverload) {
+  std::vector<bool> results;
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    const std::string text = "string;";
+    std::string moved = "moved;";
+    results.push_back(c.send("literal;"));
+    results.push_back(c.send(text));
+    results.push_back(c.send(std::move(moved)));
+    results.push_back(c.send(std::string_view("view;")));
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  const std::string expected = "literal;string;moved;view;";
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.received().size() >= expected.size() || client.eof() || client.failed();
+  }));
+  EXPECT_EQ(results, (std::vector<bool>{true, true, true, true}));
+  EXPECT_EQ(client.received(), expected);
+}
+
+// connection.hpp, send(std::span<const std::byte>) and send(std::span<const iovec>): "each
+// forwards to the send above ... without copying" (issue 15: "no implicit copies"; the iovec
+// one splits at IOV_MAX). Binary bytes (zeros included) and a span of more than IOV_MAX
+// iovecs arrive exactly, in order; the bytes send, direct, allocates nothing (no std::string
+// is built); empty spans are successes that send nothing.
+TEST_F(ConnectionTest, SpanSendsDeliverTheBytesExactlyWithoutCopying) {
+  constexpr int kCount = IOV_MAX * 2 + 3;
+  const std::string binary = std::string("\0\x01\xff\0", 4) + random_bytes(3000, 41);
+  const std::string gathered = random_bytes(kCount, 42);
+  std::vector<bool> results;
+  std::uint64_t bytes_send_allocations = ~std::uint64_t{0};
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    results.push_back(c.send(std::span<const std::byte>{}));
+    results.push_back(c.send(std::span<const iovec>{}));
+    const std::span<const std::byte> bytes = std::as_bytes(std::span(binary));
+    const std::uint64_t before = allocations.load();
+    counting_allocations = true;
+    results.push_back(c.send(bytes));
+    counting_allocations = false;
+    bytes_send_allocations = allocations.load() - before;
+    std::vector<iovec> iov(kCount);
+    for (std::size_t i = 0; i < iov.size(); ++i)
+      iov[i] = {const_cast<char*>(&gathered[i]), 1};
+    results.push_back(c.send(iov));
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  const std::string expected = binary + gathered;
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.received().size() >= expected.size() || client.eof() || client.failed();
+  }));
+  EXPECT_EQ(results, (std::vector<bool>{true, true, true, true}));
+  EXPECT_TRUE(client.received() == expected) << "got " << client.received().size() << " bytes";
+  EXPECT_EQ(bytes_send_allocations, 0u) << "send(span<const byte>) allocated";
+  Connection* conn = server_side(records_[0]);
+  ASSERT_NE(conn, nullptr);
+  EXPECT_EQ(conn->bytes_sent(), expected.size());
   EXPECT_EQ(records_[0].close_calls, 0);
 }
 

@@ -11,8 +11,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -241,6 +244,47 @@ TEST_F(ShortSendTest, SendThatWouldBlockAtOnceIsQueuedAndWrittenLater) {
   EXPECT_TRUE(received_ == expected);
   EXPECT_EQ(c.queued_bytes(), 0u);
   EXPECT_EQ(drained_, 1);
+}
+
+// connection.hpp, send(std::span<const std::byte>) and send(std::span<const iovec>) forward to
+// the sends above, so "queues only what the kernel did not take" holds for them: after each
+// short direct write, what was sent plus what is queued is the message, and the queued
+// remainder is exactly its tail (the peer reads the stream whole). The iovec span has more
+// than IOV_MAX entries, so the direct write covers only part of it.
+TEST_F(ShortSendTest, SpanSendsQueueExactlyTheRemainderOfAShortWrite) {
+  Connection& c = *connection_;
+  short_sends.max_bytes = 100;
+  short_sends.random = Random{2};  // the first roll is a short write, not a failure
+  const std::string binary = random_bytes(5000);
+  ASSERT_TRUE(c.send(std::as_bytes(std::span(binary))));
+  EXPECT_GT(c.queued_bytes(), 0u);
+  EXPECT_GT(c.bytes_sent(), 0u) << "the seed was meant to give a short write, not EAGAIN";
+  EXPECT_EQ(c.bytes_sent() + c.queued_bytes(), binary.size());
+  ASSERT_TRUE(test::run_until(loop_, [&] {
+    drain_peer();
+    return c.queued_bytes() == 0 || closed_;
+  }));
+  ASSERT_FALSE(closed_) << close_text_;
+
+  const std::string gathered = random_bytes(IOV_MAX * 2 + 3);
+  std::vector<iovec> iov;
+  for (std::size_t i = 0; i < gathered.size(); i += 2)
+    iov.push_back(
+        iovec{const_cast<char*>(&gathered[i]), std::min<std::size_t>(2, gathered.size() - i)});
+  ASSERT_GT(iov.size(), static_cast<std::size_t>(IOV_MAX));
+  const std::uint64_t sent_before = c.bytes_sent();
+  ASSERT_TRUE(c.send(std::span<const iovec>(iov)));
+  EXPECT_GT(c.queued_bytes(), 0u);
+  EXPECT_EQ(c.bytes_sent() - sent_before + c.queued_bytes(), gathered.size());
+  const std::string expected = binary + gathered;
+  ASSERT_TRUE(test::run_until(loop_, [&] {
+    drain_peer();
+    return received_.size() >= expected.size() || closed_;
+  }));
+  EXPECT_FALSE(closed_) << close_text_;
+  EXPECT_TRUE(received_ == expected) << "bytes lost, repeated or reordered";
+  EXPECT_EQ(c.bytes_sent(), expected.size());
+  EXPECT_EQ(c.queued_bytes(), 0u);
 }
 
 }  // namespace
