@@ -1658,7 +1658,7 @@ TEST(EventLoopTimers, RescheduleCountsItsDelayFromAFreshClockRead) {
     clock.advance(row.moved_at);
     loop.run_once(0ns);  // now() is cached at this time: reschedule must not use it
     clock.advance(1ms);
-    const TimePoint due = clock.now() + std::max(row.delay, Duration::zero());
+    const TimePoint moved_at = clock.now();
     ASSERT_TRUE(loop.reschedule(id, row.delay));
     if (row.never) {
       clock.advance(24h * 365 * 100);
@@ -1667,6 +1667,7 @@ TEST(EventLoopTimers, RescheduleCountsItsDelayFromAFreshClockRead) {
       EXPECT_TRUE(loop.cancel(id)) << "still pending";
       continue;
     }
+    const TimePoint due = moved_at + std::max(row.delay, Duration::zero());
     if (due > clock.now()) {
       clock.set(due - 1us);
       loop.run_once(0ns);
