@@ -29,6 +29,23 @@ Buffer& Buffer::operator=(Buffer&& other) noexcept {
   return *this;
 }
 
+std::size_t Buffer::find(char c, std::size_t from) const noexcept {
+  if (from >= size()) return npos;
+  const void* hit = std::memchr(data() + from, static_cast<unsigned char>(c), size() - from);
+  return hit ? static_cast<std::size_t>(static_cast<const char*>(hit) - data()) : npos;
+}
+
+// memmem rather than string_view::find: glibc's is a two-way search with a fast first-byte
+// scan, linear in the bytes searched whatever the needle, so a big unread backlog that is
+// searched again as each packet lands stays cheap.
+std::size_t Buffer::find(std::string_view s, std::size_t from) const noexcept {
+  if (from > size()) return npos;
+  if (s.empty()) return from;
+  if (s.size() > size() - from) return npos;  // also keeps an empty buffer's nullptr from memmem
+  const void* hit = ::memmem(data() + from, size() - from, s.data(), s.size());
+  return hit ? static_cast<std::size_t>(static_cast<const char*>(hit) - data()) : npos;
+}
+
 void Buffer::commit(std::size_t n) noexcept {
   assert(n <= writable());
   write_pos_ += n;

@@ -67,6 +67,16 @@ class Buffer {
   std::span<const std::byte> bytes() const noexcept {
     return {reinterpret_cast<const std::byte*>(data()), size()};
   }
+  // Searches the readable bytes from offset `from` on, for line and delimiter protocols (what
+  // Asio's read_until and muduo's findCRLF do): the offset of the first `c`, or of the first
+  // occurrence of `s`, counted from data() (so consume(offset + s.size()) drops a delimited
+  // message); npos when there is none, or when from > size(). The same answers as
+  // view().find(c, from) and view().find(s, from), by memchr/memmem: an empty `s` is found at
+  // `from`. To wait for the rest of a delimiter without rescanning, resume the next search at
+  // size() - (s.size() - 1), or 0 when size() is smaller.
+  static constexpr std::size_t npos = std::string_view::npos;
+  std::size_t find(char c, std::size_t from = 0) const noexcept;
+  std::size_t find(std::string_view s, std::size_t from = 0) const noexcept;
   // Drops n <= size() bytes from the front. Consuming everything rewinds to the start of
   // the block, so the next write has the whole capacity without a memmove.
   void consume(std::size_t n) noexcept {

@@ -460,6 +460,14 @@ void Connection::abort() {
   finish(CloseReason::aborted, {});
 }
 
+Result<Address> Connection::local_address() const {
+  sockaddr_storage local{};
+  socklen_t length = sizeof local;
+  if (::getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&local), &length) < 0)
+    return errno_code();
+  return Address::from_sockaddr(reinterpret_cast<const sockaddr*>(&local), length);
+}
+
 void Connection::set_idle_timeout(Duration timeout) {
   assert_in_loop();
   // Duration::max() is "never", as zero: no timer, and no clock read per message for it.

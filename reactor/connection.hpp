@@ -211,6 +211,12 @@ class Connection {
   void set_idle_timeout(Duration timeout);
 
   const Address& peer() const noexcept { return peer_; }
+  // This end's address, read with getsockname at each call (a syscall; not cached): on an
+  // accepted connection, the address the peer reached (under a wildcard listener, the
+  // interface's); on a connected one, its ephemeral port; for AF_UNIX, the listener's path or
+  // abstract name on the accepting side, unnamed (`unix:`) on a client that did not bind.
+  // Errors: getsockname's (EBADF once the connection has closed and let its socket go).
+  Result<Address> local_address() const;
   int fd() const noexcept { return fd_.get(); }
   EventLoop& loop() const noexcept { return loop_; }
   ConnectionId id() const noexcept { return id_; }

@@ -493,6 +493,16 @@ bool EventLoop::cancel(TimerId id) noexcept {
   return timers_.cancel(id);
 }
 
+TimerId EventLoop::at(TimePoint deadline, Function<void()> fn) {
+  assert_in_loop();
+  return timers_.add(deadline, Duration::zero(), std::move(fn));
+}
+
+bool EventLoop::reschedule(TimerId id, Duration delay) noexcept {
+  assert_in_loop();
+  return timers_.reschedule(id, deadline_after(clock_now(), delay));
+}
+
 void EventLoop::defer(Task fn) {
   assert_in_loop();
   deferred_.push_back(std::move(fn));

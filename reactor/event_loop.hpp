@@ -192,7 +192,19 @@ class EventLoop {
   // positive period (asserted in debug builds: a zero period would fire on every iteration).
   TimerId after(Duration delay, Function<void()> fn);
   TimerId every(Duration period, Function<void()> fn);
+  // A one-shot timer at an absolute `deadline` on the loop's clock: one already past fires on
+  // the next timer step (the next run_once()); TimePoint::max() never fires, like a saturated
+  // after().
+  TimerId at(TimePoint deadline, Function<void()> fn);
   bool cancel(TimerId id) noexcept;
+  // Moves a pending timer to (a fresh clock read) + delay, saturated like after(), without
+  // destroying or reallocating its callable and keeping its id: the idle-timeout pattern
+  // (push a deadline back on activity). A repeating timer keeps its period and restarts its
+  // grid there: it fires at the new deadline, then every period after. From inside a timer
+  // callback, the moved timer does not fire again in that same timer step. Generation-checked
+  // like cancel(): false, changing nothing, for a fired, cancelled or unknown id (a one-shot
+  // timer whose callback is running has fired). Never allocates.
+  bool reschedule(TimerId id, Duration delay) noexcept;
   // The time of the current iteration: read from the clock at its first use after the wait,
   // then the same value until the next wait. Cheap; an iteration that does not ask (no timer
   // pending, no idle timeout) reads no clock at all.

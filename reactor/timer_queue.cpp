@@ -50,15 +50,12 @@ TimerId TimerQueue::add(TimePoint deadline, Duration period, Callback fn) {
   if (size() >= kMaxTimers) throw std::length_error("reactor::TimerQueue: too many timers");
 
   // Every allocation happens before the queue changes, so a bad_alloc leaves it as it was.
-  if (running_) {
-    grow_for(staged_, staged_.size() + 1);
-    grow_for(heap_, heap_.size() + staged_.size() + 1);  // flush_staged() must not allocate
-  } else {
-    grow_for(heap_, heap_.size() + 1);
-  }
+  // flush_staged() must not allocate: heap_ has room for everything staged.
+  grow_for(heap_, heap_.size() + staged_.size() + 1);
   std::uint32_t slot;
   if (free_slots_.empty()) {
     grow_for(free_slots_, slots_.size() + 1);
+    grow_for(staged_, slots_.size() + 1);  // every live timer fits: see reschedule()
     slots_.emplace_back();
     slot = static_cast<std::uint32_t>(slots_.size() - 1);
   } else {
@@ -93,6 +90,34 @@ bool TimerQueue::cancel(TimerId id) noexcept {
     erase_from_heap(s.where);
   }
   release(id.slot);
+  return true;
+}
+
+bool TimerQueue::reschedule(TimerId id, TimePoint deadline) noexcept {
+  if (id.generation == 0 || id.slot >= slots_.size()) return false;
+  Slot& s = slots_[id.slot];
+  if (s.generation != id.generation || s.where == kFree) return false;
+
+  // A fresh sequence number: among equal deadlines, a rescheduled timer counts as scheduled now.
+  const Entry e{deadline, next_seq_++, id.slot};
+  if (s.where & kStaged) {
+    staged_[s.where & ~kStaged] = e;
+  } else if (running_) {
+    // Staged like a timer added now, so it cannot fire again in this run_due() call (a
+    // repeating timer rescheduling itself to "now" would otherwise loop). staged_ has room for
+    // every live timer (add() sees to it) and heap_ keeps room for what flush_staged() returns.
+    erase_from_heap(s.where);
+    s.where = kStaged | static_cast<std::uint32_t>(staged_.size());
+    staged_.push_back(e);
+  } else {
+    // Re-sifted in place: the entry moves up or down from where it is, nothing is popped.
+    const std::size_t i = s.where;
+    if (i > 0 && earlier(e, heap_[(i - 1) / 4])) {
+      sift_up(i, e);
+    } else {
+      sift_down(i, e);
+    }
+  }
   return true;
 }
 
@@ -170,6 +195,7 @@ void TimerQueue::clear() noexcept {
 
 void TimerQueue::reserve(std::size_t n) {
   heap_.reserve(n);
+  staged_.reserve(n);
   slots_.reserve(n);
   free_slots_.reserve(n);
 }

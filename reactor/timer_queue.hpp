@@ -9,9 +9,9 @@
 //
 // Callbacks. run_due() calls each due timer's callback with the callback moved out of the
 // queue, so a callback may do anything with the queue except call run_due() again: cancel
-// itself or any other timer, add timers. A timer added during run_due() never fires in that same
-// call, even when already due, so a callback that re-arms itself with zero delay cannot loop
-// forever.
+// itself or any other timer, add or reschedule timers. A timer added or rescheduled during
+// run_due() never fires in that same call, even when already due, so a callback that re-arms
+// itself with zero delay cannot loop forever.
 //
 // Destruction. clear() and the destructor destroy the pending callbacks one at a time, with the
 // queue consistent around each: a callback's destructor may cancel timers and add new ones,
@@ -29,9 +29,10 @@
 //
 // Allocation and cost. Storage is a 4-ary min-heap of {deadline, seq, slot} plus a vector of
 // slots holding the callbacks, recycled through a free list. Vectors only grow, so a queue in
-// steady state does not allocate (Function keeps small callbacks inline). add() and cancel()
-// are O(log n); run_due() is O(log n) per timer fired; size() is O(1), next_deadline() too
-// except from a callback (then linear in the timers added during that run_due()).
+// steady state does not allocate (Function keeps small callbacks inline); reschedule() never
+// allocates. add(), cancel() and reschedule() are O(log n); run_due() is O(log n) per timer
+// fired; size() is O(1), next_deadline() too except from a callback (then linear in the timers
+// added or rescheduled during that run_due()).
 #pragma once
 
 #include <chrono>
@@ -96,6 +97,15 @@ class TimerQueue {
   // unless it is the one running, which is destroyed when it returns.
   bool cancel(TimerId id) noexcept;
 
+  // Moves a pending timer to `deadline` (TimePoint::max(): never), keeping its callback where
+  // it is: nothing is destroyed, moved or allocated, and the id stays valid. The timer then
+  // orders after every timer scheduled before this call at the same deadline. A repeating timer
+  // keeps its period, and its grid restarts from the new deadline (it fires there, then every
+  // period after). True if the timer was pending, or is the repeating timer whose callback is
+  // running now (its next firing moves); false, changing nothing, for fired, cancelled or
+  // unknown ids (generation-checked like cancel()). Safe from inside any timer callback.
+  bool reschedule(TimerId id, TimePoint deadline) noexcept;
+
   // The earliest pending deadline, nullopt when nothing is pending.
   std::optional<TimePoint> next_deadline() const noexcept;
 
@@ -156,8 +166,9 @@ class TimerQueue {
   void flush_staged() noexcept;
 
   std::vector<Entry> heap_;
-  // Timers added during run_due(): kept out of the heap until it returns, so none of them fires
-  // in the call that added it, and none of them hides an older due timer behind it.
+  // Timers added or rescheduled during run_due(): kept out of the heap until it returns, so none
+  // of them fires in the call that added it, and none of them hides an older due timer behind
+  // it. Capacity >= slots_.size(), so reschedule() can stage any live timer without allocating.
   std::vector<Entry> staged_;
   std::vector<Slot> slots_;
   std::vector<std::uint32_t> free_slots_;  // capacity >= slots_.size(): release never allocates

@@ -17,6 +17,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -272,6 +273,82 @@ TEST(Buffer, LargeAppend) {
   EXPECT_EQ(b.size(), big.size());
   EXPECT_GE(b.capacity(), big.size());
   EXPECT_TRUE(b.view() == big);
+}
+
+// ---- find ----
+
+// find(): "the offset of the first `c`, or of the first occurrence of `s`, counted from data()
+// ...; npos when there is none, or when from > size(). The same answers as view().find(c, from)
+// and view().find(s, from)". One table, each row checked against both the expected offset and
+// std::string_view's answer; the readable bytes start after a consumed prefix, so an offset
+// counted from the block's start instead would show.
+TEST(Buffer, FindReturnsTheOffsetFromTheReadableStartOrNpos) {
+  constexpr std::size_t npos = Buffer::npos;
+  struct Row {
+    std::string_view contents;
+    std::string_view needle;  // size 1: find(char) is checked too
+    std::size_t from;
+    std::size_t expected;
+  };
+  const Row rows[] = {
+      {"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "\r\n", 0, 14},
+      {"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "\r\n", 15, 23},
+      {"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "\r\n\r\n", 0, 23},
+      {"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "\n", 0, 15},
+      {"partial line\r", "\r\n", 0, npos},  // half a delimiter at the end
+      {"partial line\r", "\r", 0, 12},
+      {"no delimiter", "\n", 0, npos},
+      {"abc", "abc", 0, 0},      // the whole buffer
+      {"abc", "abcd", 0, npos},  // longer than the buffer
+      {"abc", "c", 2, 2},        // at `from` exactly
+      {"abc", "c", 3, npos},     // from == size(): nothing left
+      {"abc", "", 3, 3},         // empty needle: found at `from`, size() included
+      {"abc", "", 4, npos},      // from > size()
+      {"abc", "a", 7, npos},
+      {"", "x", 0, npos},
+      {"", "", 0, 0},
+      {std::string_view("a\0b\0", 4), std::string_view("\0", 1), 2, 3},  // NUL is a byte
+      {"aaab", "aab", 0, 1},  // a restart inside a partial match
+  };
+  for (const Row& row : rows) {
+    SCOPED_TRACE(testing::Message()
+                 << "\"" << row.contents << "\" find \"" << row.needle << "\" from " << row.from);
+    Buffer b;
+    b.append("consumed prefix\r\n\n");
+    b.append(row.contents);
+    b.consume(std::string_view("consumed prefix\r\n\n").size());
+    if (row.contents.empty()) b = Buffer();  // the empty buffer that never allocated
+    ASSERT_EQ(b.view(), row.contents);
+    EXPECT_EQ(b.find(row.needle, row.from), row.expected);
+    EXPECT_EQ(b.find(row.needle, row.from), row.contents.find(row.needle, row.from));
+    if (row.needle.size() == 1) {
+      EXPECT_EQ(b.find(row.needle[0], row.from), row.expected);
+      EXPECT_EQ(b.find(row.needle[0], row.from), row.contents.find(row.needle[0], row.from));
+    }
+  }
+}
+
+// The header's recipe for line protocols: "resume the next search at size() - (s.size() - 1)",
+// so a delimiter split across reads is found, and each byte is searched about once. A stream
+// arriving a byte at a time yields exactly its lines.
+TEST(Buffer, FindSplitsAStreamIntoLinesWhateverTheArrivalChunks) {
+  const std::string stream = "PING\r\nSET k v\r\n\r\nGET k\r\nlast line without end";
+  for (std::size_t chunk : {std::size_t{1}, std::size_t{2}, std::size_t{5}, stream.size()}) {
+    SCOPED_TRACE(chunk);
+    Buffer b;
+    std::vector<std::string> lines;
+    std::size_t resume = 0;
+    for (std::size_t at = 0; at < stream.size(); at += chunk) {
+      b.append(std::string_view(stream).substr(at, chunk));
+      for (std::size_t end; (end = b.find("\r\n", resume)) != Buffer::npos; resume = 0) {
+        lines.emplace_back(b.view().substr(0, end));
+        b.consume(end + 2);
+      }
+      resume = b.size() < 1 ? 0 : b.size() - 1;
+    }
+    EXPECT_EQ(lines, (std::vector<std::string>{"PING", "SET k v", "", "GET k"}));
+    EXPECT_EQ(b.view(), "last line without end");
+  }
 }
 
 TEST(Buffer, ShrinkToFitFreesOnlyWhenEmpty) {

@@ -349,6 +349,7 @@ class ConnectionTest : public ::testing::Test {
 
   void expect_echo_round_trip(const Address& at);
   void expect_tcp_nodelay(bool nodelay);
+  void expect_local_address(const Address& listen_at);
   void expect_gather_send_to_closed_peer_is_reset(const std::function<bool(Connection&)>& send);
 
   static Record& record_of(Connection& c) { return *c.context_as<Record>(); }
@@ -2779,6 +2780,84 @@ TEST_F(ConnectionTest, PeerIsTheOtherEndsAddressAndLoopItsLoop) {
   EXPECT_EQ(conn->peer(), *client_address)
       << conn->peer().to_string() << " vs " << client_address->to_string();
   EXPECT_EQ(&conn->loop(), loop_.get());
+}
+
+// local_address(): "This end's address ...: on an accepted connection, the address the peer
+// reached (under a wildcard listener, the interface's); on a connected one, its ephemeral port;
+// for AF_UNIX, the listener's path or abstract name on the accepting side, unnamed (`unix:`) on a
+// client that did not bind." Each end's local_address() is the other end's peer(), and the
+// accepting end's is the address the client connected to. "EBADF once the connection has closed
+// and let its socket go": asked from on_close.
+void ConnectionTest::expect_local_address(const Address& listen_at) {
+  const Address bound = start_server(listen_at);
+  const bool wildcard = bound.family() == AF_INET && bound.to_string().starts_with("0.0.0.0:");
+  const Address connect_to = wildcard ? Address::ipv4_loopback(bound.port()) : bound;
+  std::error_code after_close;
+  on_close_ = [&](Connection& c, Record&) {
+    auto local = c.local_address();
+    after_close = local ? std::error_code() : local.error();
+  };
+  ConnectionHandlers client_handlers;
+  Connector connector(*loop_);
+  ConnectionHandle handle;
+  ASSERT_FALSE(connector.connect(connect_to, kDeadline, client_handlers,
+                                 [&](std::error_code ec, ConnectionHandle h) {
+                                   EXPECT_FALSE(ec) << ec.message();
+                                   handle = std::move(h);
+                                 }));
+  ASSERT_TRUE(run_until([&] { return handle && records_.size() == 1; }));
+  Connection* accepted = server_side(records_[0]);
+  ASSERT_NE(accepted, nullptr);
+
+  auto server_local = accepted->local_address();
+  ASSERT_TRUE(server_local.ok()) << server_local.error().message();
+  EXPECT_EQ(*server_local, connect_to) << server_local->to_string();
+  EXPECT_EQ(*server_local, handle->peer()) << handle->peer().to_string();
+
+  auto client_local = handle->local_address();
+  ASSERT_TRUE(client_local.ok()) << client_local.error().message();
+  EXPECT_EQ(*client_local, accepted->peer()) << client_local->to_string();
+  if (bound.is_unix()) {
+    EXPECT_EQ(client_local->to_string(), "unix:") << "an unbound client is unnamed";
+  } else {
+    EXPECT_NE(client_local->port(), 0) << "the connected end has its ephemeral port";
+    EXPECT_NE(client_local->port(), bound.port());
+  }
+
+  handle->abort();
+  ASSERT_TRUE(run_until([&] { return records_[0].close_calls == 1; }));
+  EXPECT_EQ(after_close, std::errc::bad_file_descriptor) << after_close.message();
+}
+
+TEST_F(ConnectionTest, LocalAddressOverIpv4IsEachEndsOwnAddress) {
+  expect_local_address(Address::ipv4_loopback(0));
+}
+
+TEST_F(ConnectionTest, LocalAddressUnderAWildcardListenerIsTheAddressThePeerReached) {
+  expect_local_address(*Address::parse("0.0.0.0:0"));
+}
+
+TEST_F(ConnectionTest, LocalAddressOverIpv6IsEachEndsOwnAddress) {
+  if (!has_ipv6_loopback()) GTEST_SKIP() << "no IPv6 loopback: cannot bind [::1]:0";
+  expect_local_address(Address::ipv6_loopback(0));
+}
+
+TEST_F(ConnectionTest, LocalAddressOverAUnixPathIsTheListenersPathOrUnnamed) {
+  char dir[] = "/tmp/reactor-local-address-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr) << std::strerror(errno);
+  const std::string path = std::string(dir) + "/local.sock";
+  auto at = Address::parse("unix:" + path);
+  ASSERT_TRUE(at.ok()) << at.error().message();
+  expect_local_address(*at);
+  server_.reset();  // the listening socket removes its file
+  ::unlink(path.c_str());
+  EXPECT_EQ(::rmdir(dir), 0) << std::strerror(errno);
+}
+
+TEST_F(ConnectionTest, LocalAddressOverAbstractUnixIsTheListenersNameOrUnnamed) {
+  auto at = Address::parse("unix:@reactor-test-local-address-" + std::to_string(::getpid()));
+  ASSERT_TRUE(at.ok()) << at.error().message();
+  expect_local_address(*at);
 }
 
 // in_callback(): "True while one of this connection's callbacks is running", on_high_water

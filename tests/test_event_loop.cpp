@@ -9,6 +9,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -1581,6 +1583,189 @@ TEST(EventLoopTimers, EveryWithMaxPeriodNeverFires) {
   EXPECT_TRUE(loop.cancel(id)) << "still pending";
 }
 
+// at(): "A one-shot timer at an absolute `deadline` on the loop's clock: one already past fires
+// on the next timer step (the next run_once()); TimePoint::max() never fires". One timer per
+// row, on a clock that then moves in 1 ms steps; the row says at which step it fires (0: the
+// run_once() right after at(), -1: never).
+TEST(EventLoopTimers, AtFiresAtItsAbsoluteDeadline) {
+  struct Row {
+    const char* name;
+    Duration from_now;  // the deadline, relative to the clock when at() is called
+    bool never;
+    int fires_at_step;
+  };
+  const Row rows[] = {
+      {"an hour in the past", -1h, false, 0},
+      {"1 ns in the past", -1ns, false, 0},
+      {"now", 0ns, false, 0},
+      {"1 ns ahead", 1ns, false, 1},
+      {"3 ms ahead", 3ms, false, 3},
+      {"TimePoint::max()", 0ns, true, -1},
+  };
+  for (const Row& row : rows) {
+    SCOPED_TRACE(row.name);
+    ManualClock clock;
+    EventLoop loop(with_clock(clock));
+    const TimePoint deadline = row.never ? TimePoint::max() : clock.now() + row.from_now;
+    std::vector<int> fired_at;
+    int step = 0;
+    const TimerId id = loop.at(deadline, [&] { fired_at.push_back(step); });
+    for (step = 0; step <= 5; ++step) {
+      loop.run_once(0ns);
+      clock.advance(1ms);
+    }
+    const std::vector<int> expected =
+        row.fires_at_step < 0 ? std::vector<int>{} : std::vector<int>{row.fires_at_step};
+    EXPECT_EQ(fired_at, expected);
+    EXPECT_EQ(loop.cancel(id), row.never) << "only the never-timer is still pending";
+  }
+}
+
+// On the real clock, a deadline already past ends the wait at once: the loop does not sleep
+// through a timer that is due (run_once() with no timeout returns, having fired it).
+TEST(EventLoopTimers, AtInThePastOnTheRealClockDoesNotBlockTheWait) {
+  EventLoop loop;
+  int fired = 0;
+  loop.at(loop.clock_now() - 1s, [&] { ++fired; });
+  loop.run_once(kDeadline);  // bounded all the same: a bug here cannot hang the test
+  EXPECT_EQ(fired, 1);
+}
+
+// reschedule(): "Moves a pending timer to (a fresh clock read) + delay, saturated like after()".
+// Each row: a timer after(first), the clock moved by `moved_at`, then reschedule(delay); it
+// fires exactly when the clock reaches moved_at + delay (checked 1 us before and at it), or
+// never.
+TEST(EventLoopTimers, RescheduleCountsItsDelayFromAFreshClockRead) {
+  struct Row {
+    const char* name;
+    Duration first, moved_at, delay;
+    bool never;
+  };
+  const Row rows[] = {
+      {"later (the idle-timeout push-back)", 10ms, 4ms, 10ms, false},
+      {"earlier", 10ms, 4ms, 2ms, false},
+      {"to now", 10ms, 4ms, 0ns, false},
+      {"negative delay: now", 10ms, 4ms, -5ms, false},
+      {"a never-timer brought in", Duration::max(), 4ms, 3ms, false},
+      {"Duration::max(): never", 10ms, 4ms, Duration::max(), true},
+  };
+  for (const Row& row : rows) {
+    SCOPED_TRACE(row.name);
+    ManualClock clock;
+    EventLoop loop(with_clock(clock));
+    int fired = 0;
+    const TimerId id = loop.after(row.first, [&] { ++fired; });
+    clock.advance(row.moved_at);
+    loop.run_once(0ns);  // now() is cached at this time: reschedule must not use it
+    clock.advance(1ms);
+    const TimePoint moved_at = clock.now();
+    ASSERT_TRUE(loop.reschedule(id, row.delay));
+    if (row.never) {
+      clock.advance(24h * 365 * 100);
+      loop.run_once(0ns);
+      EXPECT_EQ(fired, 0);
+      EXPECT_TRUE(loop.cancel(id)) << "still pending";
+      continue;
+    }
+    const TimePoint due = moved_at + std::max(row.delay, Duration::zero());
+    if (due > clock.now()) {
+      clock.set(due - 1us);
+      loop.run_once(0ns);
+      EXPECT_EQ(fired, 0) << "early";
+    }
+    clock.set(due);
+    loop.run_once(0ns);
+    EXPECT_EQ(fired, 1);
+    clock.advance(1h);
+    loop.run_once(0ns);
+    EXPECT_EQ(fired, 1) << "a one-shot timer stays one-shot";
+    EXPECT_FALSE(loop.cancel(id));
+  }
+}
+
+// reschedule(): "Generation-checked like cancel(): false, changing nothing, for a fired,
+// cancelled or unknown id (a one-shot timer whose callback is running has fired)".
+TEST(EventLoopTimers, RescheduleOfAFiredCancelledOrStaleIdReturnsFalse) {
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  int fired = 0;
+  const TimerId fired_id = loop.after(1ms, [&] { ++fired; });
+  const TimerId cancelled = loop.after(1ms, [&] { fired += 100; });
+  ASSERT_TRUE(loop.cancel(cancelled));
+  clock.advance(1ms);
+  loop.run_once(0ns);
+  ASSERT_EQ(fired, 1);
+  // Both slots are free again: the next timers reuse them, and the old ids must not move them.
+  const TimerId a = loop.after(5ms, [&] { fired += 10; });
+  const TimerId b = loop.after(5ms, [&] { fired += 10; });
+  ASSERT_TRUE((a.slot == fired_id.slot && b.slot == cancelled.slot) ||
+              (a.slot == cancelled.slot && b.slot == fired_id.slot));
+  bool running_self = true;
+  TimerId self;
+  self = loop.after(5ms, [&] { running_self = loop.reschedule(self, 1ms); });
+  for (const TimerId dead : {fired_id, cancelled, TimerId{}, TimerId{9999, 1}})
+    EXPECT_FALSE(loop.reschedule(dead, 0ns));
+  clock.advance(4ms);
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 1) << "a reused slot's timer was moved by a stale id";
+  clock.advance(1ms);
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 21);
+  EXPECT_FALSE(running_self);
+  clock.advance(1h);
+  loop.run_once(0ns);
+  EXPECT_EQ(fired, 21);
+}
+
+// reschedule() from callbacks: "From inside a timer callback, the moved timer does not fire again
+// in that same timer step", and "A repeating timer keeps its period and restarts its grid
+// there". Rows: who moves an every(10ms) timer, at its first firing (t = 10 ms), and by how
+// much; the run_once() calls come each millisecond, and the row lists when it fired. Moved to
+// "now", it fires at the next iteration (1 ms late) and keeps the grid of that deadline.
+TEST(EventLoopTimers, RescheduleFromATimerCallbackOwnOrAnother) {
+  struct Row {
+    const char* name;
+    bool by_itself;
+    Duration delay;
+    std::vector<int> fired_at_ms;
+  };
+  const Row rows[] = {
+      {"itself, later", true, 15ms, {10, 25, 35}},
+      {"itself, earlier than its period", true, 3ms, {10, 13, 23, 33}},
+      {"itself, to now: next iteration, not a loop", true, 0ns, {10, 11, 20, 30, 40}},
+      {"another timer, later", false, 15ms, {10, 25, 35}},
+      {"another timer, to now", false, 0ns, {10, 11, 20, 30, 40}},
+  };
+  for (const Row& row : rows) {
+    SCOPED_TRACE(row.name);
+    ManualClock clock;
+    const TimePoint start = clock.now();
+    EventLoop loop(with_clock(clock));
+    std::vector<int> fired_at;
+    auto ms_now = [&] {
+      return static_cast<int>(
+          std::chrono::duration_cast<std::chrono::milliseconds>(clock.now() - start).count());
+    };
+    bool moved = false;
+    TimerId ticker;
+    ticker = loop.every(10ms, [&] {
+      fired_at.push_back(ms_now());
+      if (row.by_itself && !moved) moved = loop.reschedule(ticker, row.delay);
+    });
+    // Scheduled after the ticker at the same deadline: runs right after its first firing.
+    TimerId mover;
+    if (!row.by_itself)
+      mover = loop.after(10ms, [&] { moved = loop.reschedule(ticker, row.delay); });
+    for (int ms = 0; ms <= 40; ++ms) {
+      loop.run_once(0ns);
+      clock.advance(1ms);
+    }
+    EXPECT_TRUE(moved);
+    EXPECT_EQ(fired_at, row.fired_at_ms);
+    EXPECT_TRUE(loop.cancel(ticker));
+  }
+}
+
 // ---- signals ----
 
 TEST(EventLoopSignals, SignalSentToTheProcessReachesTheLoop) {
@@ -1875,6 +2060,32 @@ TEST(EventLoopAllocation, SteadyStateDoesNotAllocate) {
   EXPECT_EQ(allocations, 0u) << "allocations in " << kIterations << " steady-state iterations";
   loop.remove(*id);
   loop.remove(st.extra_id);
+}
+
+// reschedule(): "without destroying or reallocating its callable ... Never allocates": the idle
+// timeout pattern, a deadline pushed back on every "activity", in steady state, with a callable
+// too large to be stored inline (it lives in a heap block of its own), allocates nothing.
+TEST(EventLoopAllocation, RescheduleDoesNotAllocate) {
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  std::array<void*, 16> big{};
+  int idle = 0;
+  const TimerId timeout = loop.after(10ms, [&idle, big] { idle += big[0] ? 2 : 1; });
+  std::size_t allocations = 0;
+  {
+    test::Counting counting;
+    for (int i = 0; i < 1000; ++i) {
+      clock.advance(1ms);
+      loop.run_once(0ns);
+      if (!loop.reschedule(timeout, 10ms)) break;
+    }
+    allocations = counting.calls();
+  }
+  EXPECT_EQ(allocations, 0u);
+  EXPECT_EQ(idle, 0) << "pushed back every millisecond, it never fell due";
+  clock.advance(10ms);
+  loop.run_once(0ns);
+  EXPECT_EQ(idle, 1);
 }
 
 // "The read buffer the loop's connections share ... is 64 KiB, allocated once with the loop":

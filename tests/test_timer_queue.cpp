@@ -539,6 +539,214 @@ TEST(TimerQueue, ThrowingCallbackLeavesQueueConsistent) {
   EXPECT_EQ(q.next_deadline(), at(20));
 }
 
+// ---- reschedule ----
+
+// reschedule(): "Moves a pending timer to `deadline` (TimePoint::max(): never)". One table, one
+// timer per row, moved before any run: earlier, later, to the same deadline, into the past (due
+// at the next run_due) and to never; each fires at the first run at or after its new deadline.
+TEST(TimerQueue, RescheduleMovesAPendingTimerToItsNewDeadline) {
+  struct Row {
+    const char* name;
+    std::int64_t first, moved_to;
+  };
+  const Row rows[] = {
+      {"earlier", 50, 20},
+      {"later", 20, 50},
+      {"same", 30, 30},
+      {"into the past", 30, -10},
+  };
+  for (const Row& row : rows) {
+    SCOPED_TRACE(row.name);
+    TimerQueue q;
+    std::vector<int> log;
+    const TimerId id = q.add(at(row.first), kOnce, record(log, 1));
+    ASSERT_TRUE(q.reschedule(id, at(row.moved_to)));
+    EXPECT_EQ(q.size(), 1u);
+    EXPECT_EQ(q.next_deadline(), at(row.moved_to));
+    EXPECT_EQ(q.run_due(at(row.moved_to - 1)), 0u);
+    EXPECT_EQ(q.run_due(at(row.moved_to)), 1u);
+    EXPECT_EQ(log, std::vector<int>{1});
+    EXPECT_TRUE(q.empty());
+  }
+  // To never: pending for ever, until cancelled.
+  TimerQueue q;
+  int calls = 0;
+  const TimerId id = q.add(at(5), kOnce, [&] { ++calls; });
+  ASSERT_TRUE(q.reschedule(id, TimePoint::max()));
+  EXPECT_EQ(q.run_due(TimePoint::max()), 0u);
+  EXPECT_EQ(calls, 0);
+  EXPECT_TRUE(q.cancel(id)) << "still pending";
+}
+
+// "The timer then orders after every timer scheduled before this call at the same deadline."
+// And the heap keeps its order around entries re-sifted in place, up and down: 100 timers, each
+// moved to a scrambled deadline, then two older ones to a deadline they share with one of those.
+TEST(TimerQueue, RescheduledTimersFireInNewDeadlineThenRescheduleOrder) {
+  TimerQueue q;
+  std::vector<int> log;
+  const TimerId a = q.add(at(1500), kOnce, record(log, 100));
+  const TimerId b = q.add(at(1500), kOnce, record(log, 101));
+  std::vector<TimerId> ids;
+  for (int i = 0; i < 100; ++i)
+    ids.push_back(q.add(at(1000 + i), kOnce, record(log, i)));
+  auto scrambled = [](int i) { return 37 * i % 100; };
+  for (int i = 0; i < 100; ++i)
+    ASSERT_TRUE(q.reschedule(ids[static_cast<std::size_t>(i)], at(10 * scrambled(i))));
+  // Scheduled before every other timer, moved after them: b then a, after timer 50 (there
+  // already: scrambled(50) == 50).
+  ASSERT_TRUE(q.reschedule(b, at(500)));
+  ASSERT_TRUE(q.reschedule(a, at(500)));
+  EXPECT_EQ(q.run_due(at(2000)), 102u);
+  std::vector<int> expected(100);
+  std::iota(expected.begin(), expected.end(), 0);
+  std::sort(expected.begin(), expected.end(),
+            [&](int x, int y) { return scrambled(x) < scrambled(y); });
+  expected.insert(std::find(expected.begin(), expected.end(), 50) + 1, {101, 100});
+  EXPECT_EQ(log, expected);
+}
+
+// "false, changing nothing, for fired, cancelled or unknown ids (generation-checked like
+// cancel())". A table of ids that name no pending timer; a timer that is pending, possibly in
+// the same slot, is left exactly where it was.
+TEST(TimerQueue, RescheduleOfAFiredCancelledOrUnknownIdReturnsFalseAndChangesNothing) {
+  struct Row {
+    const char* name;
+    TimerId (*make)(TimerQueue&);  // returns the dead id; leaves one timer pending at 40
+  };
+  const Row rows[] = {
+      {"fired",
+       [](TimerQueue& q) {
+         const TimerId id = q.add(at(1), kOnce, [] {});
+         q.run_due(at(1));
+         q.add(at(40), kOnce, [] {});
+         return id;
+       }},
+      {"cancelled",
+       [](TimerQueue& q) {
+         const TimerId id = q.add(at(1), kOnce, [] {});
+         q.cancel(id);
+         q.add(at(40), kOnce, [] {});
+         return id;
+       }},
+      {"stale, its slot reused",
+       [](TimerQueue& q) {
+         const TimerId id = q.add(at(1), kOnce, [] {});
+         q.cancel(id);
+         EXPECT_EQ(q.add(at(40), kOnce, [] {}).slot, id.slot);
+         return id;
+       }},
+      {"default",
+       [](TimerQueue& q) {
+         q.add(at(40), kOnce, [] {});
+         return TimerId{};
+       }},
+      {"unknown slot",
+       [](TimerQueue& q) {
+         q.add(at(40), kOnce, [] {});
+         return TimerId{1000, 1};
+       }},
+  };
+  for (const Row& row : rows) {
+    SCOPED_TRACE(row.name);
+    TimerQueue q;
+    const TimerId dead = row.make(q);
+    EXPECT_FALSE(q.reschedule(dead, at(2)));
+    EXPECT_EQ(q.size(), 1u);
+    EXPECT_EQ(q.next_deadline(), at(40));
+    EXPECT_EQ(q.run_due(at(39)), 0u);
+    EXPECT_EQ(q.run_due(at(40)), 1u);
+  }
+}
+
+// A one-shot timer has fired once its callback runs: rescheduling itself returns false (as
+// cancel() does), and it does not fire again.
+TEST(TimerQueue, OneShotReschedulingItselfWhileRunningReturnsFalse) {
+  TimerQueue q;
+  int calls = 0;
+  bool moved = true;
+  TimerId id;
+  id = q.add(at(10), kOnce, [&] {
+    ++calls;
+    moved = q.reschedule(id, at(20));
+  });
+  q.run_due(at(10));
+  EXPECT_FALSE(moved);
+  EXPECT_TRUE(q.empty());
+  q.run_due(at(100));
+  EXPECT_EQ(calls, 1);
+}
+
+// "A repeating timer keeps its period, and its grid restarts from the new deadline"; from its
+// own callback: "True if ... the repeating timer whose callback is running now (its next firing
+// moves)", and "A timer added or rescheduled during run_due() never fires in that same call":
+// moved to "now" from its callback, it fires on the next run, not in a loop.
+TEST(TimerQueue, RepeatingTimerRescheduledKeepsItsPeriodOnANewGrid) {
+  struct Row {
+    const char* name;
+    bool from_own_callback;
+    std::int64_t moved_to;
+    std::vector<std::int64_t> fires;  // at which of the runs at 0, 1, 2, ... 60 it fires
+  };
+  const Row rows[] = {
+      // every 10 from 10; moved at time 10 (before or inside the firing at 10)
+      {"later, from outside", false, 25, {10, 25, 35, 45, 55}},
+      {"earlier, from outside", false, 13, {10, 13, 23, 33, 43, 53}},
+      {"later, from its callback", true, 25, {10, 25, 35, 45, 55}},
+      {"to now, from its callback", true, 10, {10, 11, 20, 30, 40, 50, 60}},  // late once
+  };
+  for (const Row& row : rows) {
+    SCOPED_TRACE(row.name);
+    TimerQueue q;
+    std::vector<std::int64_t> fires;
+    std::int64_t now = 0;
+    TimerId id;
+    bool moved = false;
+    id = q.add(at(10), nanoseconds(10), [&] {
+      fires.push_back(now);
+      // Once: were it not staged, a move to "now" would fire again in this run (fired == 2).
+      if (row.from_own_callback && now == 10 && !moved) moved = q.reschedule(id, at(row.moved_to));
+    });
+    for (now = 0; now <= 60; ++now) {
+      const std::size_t fired = q.run_due(at(now));
+      EXPECT_LE(fired, 1u) << "at " << now;
+      if (!row.from_own_callback && now == 10) moved = q.reschedule(id, at(row.moved_to));
+    }
+    EXPECT_TRUE(moved);
+    EXPECT_EQ(fires, row.fires);
+    EXPECT_EQ(q.size(), 1u);
+  }
+}
+
+// "Safe from inside any timer callback": one timer's callback moves others, pending in the heap
+// or added by that same callback (staged). None of them fires in that run, even when moved to a
+// deadline already due ("never fires in that same call"), and an older due timer behind them
+// still does.
+TEST(TimerQueue, RescheduleFromAnotherTimersCallback) {
+  TimerQueue q;
+  std::vector<int> log;
+  TimerId due_too, far, staged;
+  q.add(at(10), kOnce, [&] {
+    log.push_back(1);
+    EXPECT_TRUE(q.reschedule(due_too, at(30)));  // due in this run: moved later
+    EXPECT_TRUE(q.reschedule(far, at(0)));       // far: moved to already due
+    staged = q.add(at(50), kOnce, record(log, 4));
+    EXPECT_TRUE(q.reschedule(staged, at(5)));  // added by this callback, then moved
+    EXPECT_EQ(q.next_deadline(), at(0));
+  });
+  due_too = q.add(at(10), kOnce, record(log, 2));
+  far = q.add(at(1000), kOnce, record(log, 3));
+  q.add(at(10), kOnce, record(log, 5));  // scheduled after them, due now: still fires
+  EXPECT_EQ(q.run_due(at(10)), 2u);
+  EXPECT_EQ(log, (std::vector<int>{1, 5}));
+  EXPECT_EQ(q.size(), 3u);
+  EXPECT_EQ(q.run_due(at(10)), 2u);
+  EXPECT_EQ(log, (std::vector<int>{1, 5, 3, 4}));
+  EXPECT_EQ(q.run_due(at(29)), 0u);
+  EXPECT_EQ(q.run_due(at(30)), 1u);
+  EXPECT_EQ(log, (std::vector<int>{1, 5, 3, 4, 2}));
+  EXPECT_TRUE(q.empty());
+}
+
 // ---- allocation ----
 
 // "Vectors only grow, so a queue in steady state does not allocate (Function keeps small
@@ -597,6 +805,44 @@ TEST(TimerQueueAllocation, ReserveMakesAddsUpToThatManyAllocationFree) {
     allocations = counting.calls();
   }
   EXPECT_GT(allocations, 0u) << "one more than reserved grows the vectors";
+}
+
+// reschedule(): "keeping its callback where it is: nothing is destroyed, moved or allocated" and
+// "reschedule() never allocates", also from a callback, where it stages the timer. The callback
+// is too large to be stored inline, so it lives in one heap block: it reports its own address
+// each call, which stays the same, and no instance is made or destroyed.
+TEST(TimerQueueAllocation, RescheduleNeitherAllocatesNorMovesTheCallback) {
+  TimerQueue q;
+  int live = 0;
+  std::vector<const void*> seen;
+  struct Big {
+    Live live;
+    std::vector<const void*>* seen;
+    std::array<void*, 8> padding{};
+    void operator()() { seen->push_back(this); }
+  };
+  const TimerId id = q.add(at(1'000'000), kOnce, Big{Live(&live), &seen});
+  const TimerId tick = q.add(at(0), nanoseconds(1), [] {});
+  TimerId other;
+  const TimerId mover = q.add(at(0), nanoseconds(1), [&] { q.reschedule(other, at(2000)); });
+  other = q.add(at(7), kOnce, [] {});
+  ASSERT_EQ(live, 1);
+  std::size_t allocations = 0;
+  {
+    test::Counting counting;
+    for (std::int64_t i = 0; i < 1000; ++i) {
+      EXPECT_TRUE(q.reschedule(id, at(i + 1)));
+      EXPECT_TRUE(q.reschedule(tick, at(i)));
+      q.run_due(at(i));  // the mover stages `other` each time
+    }
+    allocations = counting.calls();
+  }
+  EXPECT_EQ(allocations, 0u);
+  EXPECT_EQ(live, 1) << "no copy made, none destroyed";
+  q.cancel(mover);
+  EXPECT_EQ(q.run_due(at(2000)), 3u);
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(live, 0);
 }
 
 // add(): "Throws std::bad_alloc when the vectors must grow and cannot ...; the queue is unchanged
@@ -693,7 +939,7 @@ TEST(TimerQueue, ManyRandomTimersFireInDeadlineThenSchedulingOrder) {
   EXPECT_TRUE(fired == expected);
 }
 
-// ---- Random schedule / cancel / run against a model --------------------------------------------
+// ---- Random schedule / cancel / reschedule / run against a model -------------------------------
 
 // The model states the contract in the most literal way: a std::map keyed by (deadline,
 // scheduling sequence), with run_due firing only entries whose sequence predates the call.
@@ -717,6 +963,15 @@ class Model {
     if (!where) return false;
     timers_.erase(*where);
     where.reset();
+    return true;
+  }
+
+  bool reschedule(int label, TimePoint deadline) {
+    auto& where = where_[static_cast<std::size_t>(label)];
+    if (!where) return false;
+    timers_.erase(*where);
+    where = Key{deadline, seq_++};
+    timers_.emplace(*where, label);
     return true;
   }
 
@@ -769,9 +1024,10 @@ std::uint64_t mix(std::uint64_t x) {  // splitmix64: a label's fixed pseudo-rand
 
 // What a timer's callback does besides logging, the same for the real queue and the model.
 struct Script {
-  enum Kind { kNothing, kCancel, kAdd } kind = kNothing;
-  int target = 0;          // kCancel: any label created so far, itself included
-  std::int64_t delay = 0;  // kAdd: a one-shot at now + delay (0: already due)
+  enum Kind { kNothing, kCancel, kAdd, kReschedule } kind = kNothing;
+  int target = 0;          // kCancel, kReschedule: any label created so far, itself included
+  std::int64_t delay = 0;  // kAdd: a one-shot at now + delay (0: already due); kReschedule: to
+                           // now + delay
 };
 
 Script script_for(int label) {
@@ -786,6 +1042,11 @@ Script script_for(int label) {
     case 2:
       s.kind = Script::kAdd;
       s.delay = static_cast<std::int64_t>((h >> 8) % 40);
+      break;
+    case 3:
+      s.kind = Script::kReschedule;
+      s.target = static_cast<int>((h >> 8) % static_cast<std::uint64_t>(label + 1));
+      s.delay = static_cast<std::int64_t>((h >> 40) % 40);
       break;
     default:
       break;
@@ -803,7 +1064,8 @@ struct Harness {
   int model_labels = 0;
   TimePoint now = at(0);
   std::vector<int> real_log, model_log;
-  std::vector<bool> real_results, model_results;  // what cancels inside callbacks returned
+  // What cancels and reschedules inside callbacks returned.
+  std::vector<bool> real_results, model_results;
 
   int add(TimePoint deadline, Duration period) {
     const int label = labels++;
@@ -820,6 +1082,9 @@ struct Harness {
     } else if (s.kind == Script::kAdd) {
       const int added = labels++;
       ids.push_back(q.add(now + nanoseconds(s.delay), kOnce, [this, added] { real_fire(added); }));
+    } else if (s.kind == Script::kReschedule) {
+      real_results.push_back(
+          q.reschedule(ids[static_cast<std::size_t>(s.target)], now + nanoseconds(s.delay)));
     }
   }
 
@@ -830,6 +1095,8 @@ struct Harness {
       model_results.push_back(model.cancel(s.target));
     } else if (s.kind == Script::kAdd) {
       model.add(model_labels++, now + nanoseconds(s.delay), kOnce);
+    } else if (s.kind == Script::kReschedule) {
+      model_results.push_back(model.reschedule(s.target, now + nanoseconds(s.delay)));
     }
   }
 };
@@ -847,7 +1114,8 @@ TEST(TimerQueue, RandomOperationsMatchModel) {
   };
   std::size_t total_fired = 0;
   std::size_t max_size = 0;
-  std::size_t cancels_in_callbacks = 0;
+  std::size_t cancels_in_callbacks = 0;  // and reschedules
+  std::size_t reschedules = 0;           // outside callbacks, of pending timers
   // Random cancels mostly hit stale labels; these keep the repeating population near 20.
   std::vector<int> repeating;
   for (int op = 0; op < kOps; ++op) {
@@ -868,10 +1136,19 @@ TEST(TimerQueue, RandomOperationsMatchModel) {
       } else {
         h.add(deadline, kOnce);
       }
-    } else if (dice < 70) {
+    } else if (dice < 62) {
       const int label = static_cast<int>(uniform(0, h.labels - 1));
       ASSERT_EQ(h.q.cancel(h.ids[static_cast<std::size_t>(label)]), h.model.cancel(label))
           << "op " << op;
+    } else if (dice < 70) {
+      // A recent label (old ones have mostly fired), moved anywhere from already due to far:
+      // up and down the heap.
+      const int label = static_cast<int>(uniform(std::max(0, h.labels - 50), h.labels - 1));
+      const TimePoint deadline =
+          h.now + nanoseconds(uniform(-20, uniform(0, 4) == 0 ? 50'000 : 300));
+      const bool moved = h.q.reschedule(h.ids[static_cast<std::size_t>(label)], deadline);
+      ASSERT_EQ(moved, h.model.reschedule(label, deadline)) << "op " << op;
+      reschedules += moved ? 1 : 0;
     } else {
       h.now += nanoseconds(uniform(0, 60));
       h.real_log.clear();
@@ -895,10 +1172,12 @@ TEST(TimerQueue, RandomOperationsMatchModel) {
   RecordProperty("fired", static_cast<int>(total_fired));
   RecordProperty("max_size", static_cast<int>(max_size));
   RecordProperty("cancels_in_callbacks", static_cast<int>(cancels_in_callbacks));
+  RecordProperty("reschedules", static_cast<int>(reschedules));
   // The run must have exercised something: many firings, cancels from callbacks, a real heap.
   EXPECT_GT(total_fired, static_cast<std::size_t>(kOps / 10));
   EXPECT_GT(cancels_in_callbacks, 100u);
   EXPECT_GT(max_size, 50u);
+  EXPECT_GT(reschedules, 1000u);
 }
 
 // The programmer errors the header names, asserted in debug builds: a negative period, an empty
