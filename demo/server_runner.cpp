@@ -382,7 +382,7 @@ int run_server(int argc, char** argv, const ServerSpec& spec) {
   app.add_flag("--pin", settings.pin,
                "Pin loop i to the i-th CPU the process may run on (sched_getaffinity), the home "
                "loop (the main thread) to the first; with more loops than CPUs, wrap around "
-               "(loop i on CPU i mod count)");
+               "(loop i on the (i mod count)-th)");
   add_number<std::int64_t>(app, "--busy-poll", settings.busy_poll_us, 0, 10'000'000,
                            "Spin on epoll for up to USEC microseconds before sleeping (0: off)",
                            "USEC");

@@ -198,6 +198,15 @@ TEST_F(DemoTest, HelpPrintsUsageOnStdoutAndExitsZero) {
   EXPECT_EQ(e.err, "");
 }
 
+// Issue 15, --pin: "with more loops than CPUs, wrap around (say so in --help)".
+TEST_F(DemoTest, HelpSaysPinWrapsAroundWhenLoopsOutnumberCpus) {
+  auto e = run_server_to_exit({"--help"});
+  EXPECT_EQ(e.code, 0);
+  const auto at = e.out.find("--pin");
+  ASSERT_NE(at, std::string::npos) << e.out;
+  EXPECT_NE(e.out.find("wrap around", at), std::string::npos) << e.out;
+}
+
 TEST_F(DemoTest, UnixSocketListenerEchoes) {
   char dir_template[] = "/tmp/reactor-demo-XXXXXX";
   ASSERT_NE(::mkdtemp(dir_template), nullptr);
