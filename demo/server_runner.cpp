@@ -1,12 +1,17 @@
 #include "server_runner.hpp"
 
+#include <pthread.h>
+#include <sched.h>
+
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <future>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <utility>
 
 #include <reactor/address.hpp>
@@ -30,6 +35,7 @@ struct Settings {
   std::vector<std::string> listen;
   int threads = 1;
   bool reuse_port = false;
+  bool pin = false;
   std::int64_t busy_poll_us = 0;
   std::int64_t max_connections = 0;
   double idle_timeout_s = 0;
@@ -46,6 +52,20 @@ std::string describe(std::error_code ec, const reactor::Address& address) {
   std::string what = ec.message();
   if (!what.empty()) what[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(what[0])));
   return what + ": " + address.to_string();
+}
+
+// The CPUs this process may run on (sched_getaffinity), in increasing order.
+std::vector<int> allowed_cpus(std::error_code& ec) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) {
+    ec = std::error_code(errno, std::generic_category());
+    return cpus;
+  }
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
+    if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
+  return cpus;
 }
 
 class Runner {
@@ -125,6 +145,27 @@ int Runner::run() {
     };
   }
   const auto count = static_cast<std::size_t>(settings_.threads);
+  // --pin: loop i on the i-th allowed CPU, wrapping around when there are more loops than CPUs.
+  // The set is read before the home thread pins itself, which would narrow it to one CPU.
+  std::vector<int> cpus;
+  if (settings_.pin) {
+    std::error_code ec;
+    cpus = allowed_cpus(ec);
+    if (cpus.empty()) {
+      std::fprintf(stderr, "cannot read the allowed CPUs: %s\n",
+                   (ec ? ec : std::make_error_code(std::errc::invalid_argument)).message().c_str());
+      return kExitRuntime;
+    }
+    // The home loop runs on this thread: pinned directly, before its loop is built.
+    cpu_set_t home;
+    CPU_ZERO(&home);
+    CPU_SET(static_cast<unsigned>(cpus[0]), &home);
+    if (int rc = ::pthread_setaffinity_np(::pthread_self(), sizeof home, &home)) {
+      std::fprintf(stderr, "cannot pin the home loop to CPU %d: %s\n", cpus[0],
+                   std::generic_category().message(rc).c_str());
+      return kExitRuntime;
+    }
+  }
   home_.emplace(loop_options);
   loops_.push_back(&*home_);
   for (int signo : {SIGINT, SIGTERM}) {
@@ -134,7 +175,14 @@ int Runner::run() {
     }
   }
   for (std::size_t i = 1; i < count; ++i) {
-    threads_.push_back(std::make_unique<reactor::LoopThread>(loop_options));
+    reactor::LoopThread::Options thread_options{loop_options, "loop-" + std::to_string(i), {}};
+    if (!cpus.empty()) thread_options.cpus = {cpus[i % cpus.size()]};
+    try {
+      threads_.push_back(std::make_unique<reactor::LoopThread>(thread_options));
+    } catch (const std::system_error& e) {  // the loop, its name or its pin failed
+      std::fprintf(stderr, "%s\n", e.what());
+      return kExitRuntime;
+    }
     loops_.push_back(&threads_.back()->loop());
   }
   messages_ = std::make_unique<MessageCounter[]>(count);
@@ -331,6 +379,10 @@ int run_server(int argc, char** argv, const ServerSpec& spec) {
   app.add_flag("--reuseport", settings.reuse_port,
                "One SO_REUSEPORT listening socket per loop instead of one shared socket "
                "(TCP only)");
+  app.add_flag("--pin", settings.pin,
+               "Pin loop i to the i-th CPU the process may run on (sched_getaffinity), the home "
+               "loop (the main thread) to the first; with more loops than CPUs, wrap around "
+               "(loop i on the (i mod count)-th)");
   add_number<std::int64_t>(app, "--busy-poll", settings.busy_poll_us, 0, 10'000'000,
                            "Spin on epoll for up to USEC microseconds before sleeping (0: off)",
                            "USEC");

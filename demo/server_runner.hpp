@@ -1,15 +1,19 @@
 // The shared server runner: the command line, loops, threads, signals and counters of every
 // demo server, so that each server adds only its protocol.
 //
-//   SERVER [--listen ADDR]... [--threads N] [--reuseport] [--busy-poll USEC] [--max-conns N]
-//          [--idle-timeout SEC] [--stats SEC] [protocol options] [--help]
+//   SERVER [--listen ADDR]... [--threads N] [--reuseport] [--pin] [--busy-poll USEC]
+//          [--max-conns N] [--idle-timeout SEC] [--stats SEC] [protocol options] [--help]
 //
 // What run_server() does, in order:
 // - blocks SIGINT and SIGTERM (so call it from main() before starting any thread), ignores
 //   SIGPIPE, raises the soft fd limit to the hard limit;
 // - parses the command line (exit 2 on a usage error, 0 after --help);
 // - makes N loops: the calling thread's is loops[0], the home loop; the others run on
-//   reactor::LoopThread. It calls spec.make_loop once per loop, on that loop's thread;
+//   reactor::LoopThread, named loop-1 ... loop-(N-1) (top -H, gdb, perf). With --pin, loop i is
+//   pinned to the i-th CPU of the process's allowed set (sched_getaffinity; the home loop's
+//   thread, the caller, to the first), wrapping around with more loops than CPUs; a failed pin
+//   prints the error on stderr and exits 1. It calls spec.make_loop once per loop, on that loop's
+//   thread;
 // - starts one reactor::TcpServer per --listen address on all loops (one listening socket
 //   shared with EPOLLEXCLUSIVE, or one SO_REUSEPORT socket per loop with --reuseport) and prints
 //   `listening on ADDR` per address to stdout, flushed, ADDR being the bound address (the real

@@ -8,10 +8,20 @@
 // joins the thread; the loop is destroyed on its own thread, and with it the timers and tasks still
 // queued (see ~EventLoop). Signals: threads inherit the creating thread's signal mask, so call
 // block_signals() before creating any LoopThread.
+//
+// Name and CPUs (Options): the new thread names itself (pthread_setname_np: what top -H, gdb and
+// perf show) and pins itself (pthread_setaffinity_np) before it builds its loop, so the loop's
+// memory is first touched, and every task runs, where it is pinned. Either failing is an error at
+// construction, reported as a failed loop is: the constructor throws std::system_error once the
+// thread has ended. A name longer than 15 characters (Linux's limit) is not truncated: it throws
+// with ERANGE. A CPU set the thread cannot run on exactly (a CPU out of [0, CPU_SETSIZE), or one
+// outside the process's allowed set, even beside allowed ones) throws with EINVAL.
 #pragma once
 
 #include <atomic>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "reactor/event_loop.hpp"
 
@@ -19,7 +29,17 @@ namespace reactor {
 
 class LoopThread {
  public:
+  struct Options {
+    EventLoop::Options loop;
+    // The thread's name, at most 15 characters; empty: it keeps the name it inherited.
+    std::string name;
+    // The CPUs the thread may run on (numbers as in sched_setaffinity); empty: it keeps the
+    // affinity it inherited from the creating thread.
+    std::vector<int> cpus;
+  };
+
   explicit LoopThread(const EventLoop::Options& options = {});
+  explicit LoopThread(const Options& options);
   ~LoopThread();
   LoopThread(const LoopThread&) = delete;
   LoopThread& operator=(const LoopThread&) = delete;

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -20,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -196,6 +198,15 @@ TEST_F(DemoTest, HelpPrintsUsageOnStdoutAndExitsZero) {
   EXPECT_EQ(e.err, "");
 }
 
+// Issue 15, --pin: "with more loops than CPUs, wrap around (say so in --help)".
+TEST_F(DemoTest, HelpSaysPinWrapsAroundWhenLoopsOutnumberCpus) {
+  auto e = run_server_to_exit({"--help"});
+  EXPECT_EQ(e.code, 0);
+  const auto at = e.out.find("--pin");
+  ASSERT_NE(at, std::string::npos) << e.out;
+  EXPECT_NE(e.out.find("wrap around", at), std::string::npos) << e.out;
+}
+
 TEST_F(DemoTest, UnixSocketListenerEchoes) {
   char dir_template[] = "/tmp/reactor-demo-XXXXXX";
   ASSERT_NE(::mkdtemp(dir_template), nullptr);
@@ -282,6 +293,61 @@ TEST_F(DemoTest, ReusePortWithTwoThreadsServesEveryConnectionOnBothLoops) {
   EXPECT_GT(per_loop[0], 0u) << out;
   EXPECT_GT(per_loop[1], 0u) << out;
   EXPECT_EQ(per_loop[0] + per_loop[1], total) << out;
+}
+
+// The CPUs this process may run on (sched_getaffinity), in increasing order; a child inherits them.
+std::vector<int> allowed_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
+    if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
+  return cpus;
+}
+
+// A line of a /proc file, from its `key` on ("" when absent).
+std::string proc_field(const std::filesystem::path& file, const std::string& key) {
+  std::ifstream in(file);
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind(key, 0) == 0) return line.substr(key.size());
+  return "";
+}
+
+// server_runner.hpp: "named loop-1 ... loop-(N-1)"; "With --pin, loop i is pinned to the i-th
+// CPU of the process's allowed set (... the home loop's thread, the caller, to the first),
+// wrapping around": read back from /proc/PID/task/*/{comm,status} while it serves.
+TEST_F(DemoTest, PinWithTwoThreadsServesOnNamedLoopsEachOnItsCpu) {
+  const std::vector<int> cpus = allowed_cpus();
+  ASSERT_FALSE(cpus.empty());
+  Server server({"--listen", "127.0.0.1:0", "--threads", "2", "--pin"});
+  ASSERT_TRUE(server.ready()) << server.child().err();
+  auto r = run_load(
+      {"echo", "--target", server.address(), "--connections", "4", "--duration", "0.5", "--json"});
+  expect_clean_echo(r, 4, 64, 1);
+
+  const std::filesystem::path tasks = "/proc/" + std::to_string(server.child().pid()) + "/task";
+  std::string home_cpus, loop_1_cpus;
+  int named_loop_1 = 0;
+  for (const auto& task : std::filesystem::directory_iterator(tasks)) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    const std::string allowed = proc_field(task.path() / "status", "Cpus_allowed_list:\t");
+    if (task.path().filename() == std::to_string(server.child().pid())) home_cpus = allowed;
+    if (name == "loop-1") {
+      ++named_loop_1;
+      loop_1_cpus = allowed;
+    }
+  }
+  EXPECT_EQ(named_loop_1, 1);
+  EXPECT_EQ(home_cpus, std::to_string(cpus[0]));
+  EXPECT_EQ(loop_1_cpus, std::to_string(cpus[1 % cpus.size()]));  // wraps with one CPU
+
+  server.child().signal(SIGTERM);
+  ASSERT_EQ(server.child().finish(deadline_in(kGenerous)), 0) << server.child().err();
+  EXPECT_NE(server.child().out().find("final: accepted=4 "), std::string::npos)
+      << server.child().out();
 }
 
 TEST_F(DemoTest, SeveralAddressesEachPrintOneListeningLine) {

@@ -4,8 +4,10 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -301,6 +303,120 @@ TEST(EventLoopThreads, LoopThreadInheritsTheCreatorsSignalMask) {
   });
   ASSERT_EQ(future.wait_for(kDeadline), std::future_status::ready);
   EXPECT_TRUE(future.get());
+}
+
+// The CPUs this process may run on (sched_getaffinity), in increasing order.
+std::vector<int> allowed_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
+    if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
+  return cpus;
+}
+
+// What a task posted to the loop reads back about its own thread.
+struct ThreadSeen {
+  std::string name;
+  std::vector<int> cpus;
+};
+
+ThreadSeen seen_from_a_task(LoopThread& worker) {
+  std::promise<ThreadSeen> seen;
+  auto future = seen.get_future();
+  worker.loop().post([&] {
+    ThreadSeen s;
+    char name[16] = {};
+    if (::pthread_getname_np(::pthread_self(), name, sizeof name) == 0) s.name = name;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (::pthread_getaffinity_np(::pthread_self(), sizeof set, &set) == 0) {
+      for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
+        if (CPU_ISSET(cpu, &set)) s.cpus.push_back(cpu);
+    }
+    seen.set_value(std::move(s));
+  });
+  if (future.wait_for(kDeadline) != std::future_status::ready) return {"(no answer)", {}};
+  return future.get();
+}
+
+// Header: "the new thread names itself (pthread_setname_np ...)": 15 characters, Linux's limit.
+TEST(EventLoopThreads, LoopThreadNamesItsThread) {
+  LoopThread::Options options;
+  options.name = "loop-fifteen-ch";
+  ASSERT_EQ(options.name.size(), 15u);
+  LoopThread worker(options);
+  EXPECT_EQ(seen_from_a_task(worker).name, "loop-fifteen-ch");
+}
+
+// Header: "... and pins itself (pthread_setaffinity_np) before it builds its loop ... every task
+// runs where it is pinned": the last allowed CPU, so that CPU 0 by accident does not pass.
+TEST(EventLoopThreads, LoopThreadPinsItsThreadToTheGivenCpus) {
+  const std::vector<int> allowed = allowed_cpus();
+  ASSERT_FALSE(allowed.empty());
+  LoopThread::Options options;
+  options.cpus = {allowed.back()};
+  LoopThread worker(options);
+  EXPECT_EQ(seen_from_a_task(worker).cpus, std::vector<int>{allowed.back()});
+}
+
+// Header: "empty: it keeps the affinity it inherited" (and the name): LoopThread(EventLoop::
+// Options) names and pins nothing.
+TEST(EventLoopThreads, LoopThreadWithoutNameOrCpusKeepsWhatItInherited) {
+  char creator_name[16] = {};
+  ASSERT_EQ(::pthread_getname_np(::pthread_self(), creator_name, sizeof creator_name), 0);
+  LoopThread worker;
+  const ThreadSeen seen = seen_from_a_task(worker);
+  EXPECT_EQ(seen.name, creator_name);
+  EXPECT_EQ(seen.cpus, allowed_cpus());
+}
+
+// Header: "A name longer than 15 characters (Linux's limit) is not truncated: it throws with
+// ERANGE", once the thread has ended; the next LoopThread is fine.
+TEST(EventLoopThreads, LoopThreadNameLongerThanFifteenCharactersThrowsErange) {
+  LoopThread::Options options;
+  options.name = "loop-sixteen-chr";
+  ASSERT_EQ(options.name.size(), 16u);
+  try {
+    LoopThread worker(options);
+    ADD_FAILURE() << "a LoopThread with a 16-character name";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code(), std::errc::result_out_of_range) << e.what();
+    EXPECT_NE(std::string(e.what()).find("loop-sixteen-chr"), std::string::npos) << e.what();
+  }
+  options.name.pop_back();
+  LoopThread works(options);
+  EXPECT_EQ(seen_from_a_task(works).name, "loop-sixteen-ch");
+}
+
+// Header: "A CPU set the thread cannot run on exactly (a CPU out of [0, CPU_SETSIZE), or one
+// outside the process's allowed set, even beside allowed ones) throws with EINVAL"; issue 15:
+// "an error is reported, not ignored".
+TEST(EventLoopThreads, LoopThreadPinnedToACpuItCannotUseThrowsEinval) {
+  const std::vector<int> allowed = allowed_cpus();
+  ASSERT_FALSE(allowed.empty());
+  int outside = CPU_SETSIZE - 1;  // 1023: not a CPU of any machine this runs on, normally
+  while (outside >= 0 && std::find(allowed.begin(), allowed.end(), outside) != allowed.end())
+    --outside;
+  ASSERT_GE(outside, 0);
+  const std::vector<std::vector<int>> refused = {
+      {outside}, {allowed.front(), outside}, {-1}, {CPU_SETSIZE}};
+  for (const std::vector<int>& cpus : refused) {
+    LoopThread::Options options;
+    options.cpus = cpus;
+    SCOPED_TRACE(testing::PrintToString(cpus));
+    try {
+      LoopThread worker(options);
+      ADD_FAILURE() << "a LoopThread pinned to a CPU it cannot use";
+    } catch (const std::system_error& e) {
+      EXPECT_EQ(e.code(), std::errc::invalid_argument) << e.what();
+    }
+  }
+  LoopThread::Options options;
+  options.cpus = {allowed.front()};
+  LoopThread works(options);  // and the next one is fine
+  EXPECT_EQ(seen_from_a_task(works).cpus, std::vector<int>{allowed.front()});
 }
 
 TEST(EventLoopThreads, JoiningALoopThreadWhileItIsBusyIsSafe) {
