@@ -9,6 +9,7 @@
 #pragma once
 
 #include <dirent.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -77,6 +78,18 @@ bool run_unbounded_until(EventLoop& loop, Pred&& done) {
 }
 
 // Options for a loop whose timers move only with `clock` (the clock must outlive the loop).
+// The CPUs this process may run on (sched_getaffinity), in increasing order; a child inherits
+// them (test_threads pins LoopThreads, test_demo checks echo_server --pin).
+inline std::vector<int> allowed_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> cpus;
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
+    if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
+  return cpus;
+}
+
 inline EventLoop::Options with_clock(const ManualClock& clock) {
   EventLoop::Options options;
   options.clock = &clock;

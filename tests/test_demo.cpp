@@ -32,10 +32,12 @@
 #include <nlohmann/json.hpp>
 
 #include "child_process.hpp"
+#include "loopback.hpp"
 
 namespace {
 
 using namespace child_process;  // Child, deadlines, binary(): tests/child_process.hpp
+using reactor::test::allowed_cpus;
 
 // An echo_server child that printed its `listening on` lines.
 class Server {
@@ -293,17 +295,6 @@ TEST_F(DemoTest, ReusePortWithTwoThreadsServesEveryConnectionOnBothLoops) {
   EXPECT_GT(per_loop[0], 0u) << out;
   EXPECT_GT(per_loop[1], 0u) << out;
   EXPECT_EQ(per_loop[0] + per_loop[1], total) << out;
-}
-
-// The CPUs this process may run on (sched_getaffinity), in increasing order; a child inherits them.
-std::vector<int> allowed_cpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  std::vector<int> cpus;
-  if (::sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
-  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
-    if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
-  return cpus;
 }
 
 // A line of a /proc file, from its `key` on ("" when absent).

@@ -48,6 +48,7 @@ constexpr std::uint32_t kTasksPerThread = 100'000;
 // Generous bounds for conditions a correct loop meets in milliseconds, sanitizers included.
 constexpr auto kDeadline = 60s;
 
+using test::allowed_cpus;
 using test::run_until;
 
 // Spins (yielding) until `flag` is set or the deadline passes; returns the flag.
@@ -303,17 +304,6 @@ TEST(EventLoopThreads, LoopThreadInheritsTheCreatorsSignalMask) {
   });
   ASSERT_EQ(future.wait_for(kDeadline), std::future_status::ready);
   EXPECT_TRUE(future.get());
-}
-
-// The CPUs this process may run on (sched_getaffinity), in increasing order.
-std::vector<int> allowed_cpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  std::vector<int> cpus;
-  if (::sched_getaffinity(0, sizeof set, &set) != 0) return cpus;
-  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
-    if (CPU_ISSET(cpu, &set)) cpus.push_back(cpu);
-  return cpus;
 }
 
 // What a task posted to the loop reads back about its own thread.
