@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks what an embedder gets: `meson install --destdir` yields the public headers under
 # include/reactor/, the versioned shared library, reactor.pc and the CMake package
-# (cmake/reactor/reactorConfig.cmake); the README's echo-server example compiles and links
+# (share/cmake/reactor/reactorConfig.cmake); the README's echo-server example compiles and links
 # against them through pkg-config, and through CMake's find_package (tests/cmake_consumer), and
 # the CMake-built one runs: it echoes a line and exits 0 on SIGTERM.
 #   embed_check.sh SOURCE_ROOT BUILD_ROOT
@@ -34,9 +34,9 @@ echo "installed headers, library and reactor.pc OK; README example compiles and 
 
 # CMake: find_package(reactor 0.1 CONFIG REQUIRED) against the same install, found through
 # CMAKE_PREFIX_PATH only (the package's paths are relative to its own file, so DESTDIR works).
-libdir=$(dirname "$(dirname "$pc")")
-[[ -f $libdir/cmake/reactor/reactorConfig.cmake && -f $libdir/cmake/reactor/reactorConfigVersion.cmake ]] ||
-  { echo "missing the CMake package in $libdir/cmake/reactor/ (was cmake found at meson setup?)"; exit 1; }
+cmake_dir=$root/share/cmake/reactor
+[[ -f $cmake_dir/reactorConfig.cmake && -f $cmake_dir/reactorConfigVersion.cmake ]] ||
+  { echo "missing the CMake package in $cmake_dir/ (was cmake found at meson setup?)"; exit 1; }
 command -v cmake >/dev/null || { echo "cmake not found: it is needed to check the CMake package"; exit 1; }
 cmake -S "$src/tests/cmake_consumer" -B "$tmp/cmake" -G Ninja -DCMAKE_PREFIX_PATH="$root" \
   -DCMAKE_CXX_COMPILER="${CXX:-c++}" -DEXAMPLE_SOURCE="$tmp/main.cpp" >"$tmp/cmake.log" 2>&1 ||
