@@ -8,6 +8,7 @@
 #include "reactor/datagram_socket.hpp"
 
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -288,6 +289,81 @@ TEST_F(DatagramTest, AnUnreachableConnectedUdpPeerIsReportedToOnErrorAndIsNotFat
     return !got.empty();
   }));
   EXPECT_EQ(got[0], "again");
+}
+
+// "a queued datagram that fails so is reported to on_error" (never fatal): the peer goes away
+// while datagrams wait for it.
+TEST_F(DatagramTest, AQueuedDatagramWhoseSendFailsIsReportedToOnErrorAndDropped) {
+  DatagramOptions options;
+  options.max_queued_bytes = 3;
+  DatagramSocket socket(loop_, handlers_, options);
+  Address theirs = abstract_address();
+  peer_ = raw_socket(AF_UNIX);
+  ASSERT_EQ(::bind(peer_.get(), theirs.sockaddr_ptr(), theirs.length()), 0);
+  ASSERT_FALSE(socket.connect(theirs));
+  while (socket.queued_datagrams() < 3)
+    ASSERT_FALSE(socket.send("q"));
+  EXPECT_TRUE(errors_.empty());  // queueing reports nothing
+  peer_.reset();                 // the peer is gone: the queued datagrams cannot go anywhere
+  ASSERT_TRUE(run_until(loop_, [&] { return socket.queued_datagrams() == 0; }));
+  ASSERT_FALSE(errors_.empty());
+  EXPECT_EQ(errors_[0], std::errc::connection_refused);
+  EXPECT_EQ(socket.stats().send_errors, errors_.size());
+  EXPECT_EQ(socket.queued_bytes(), 0u);
+  EXPECT_TRUE(socket.is_open());
+}
+
+// "Callbacks never run inside a call you made ...: errors of those calls are returned": an
+// ICMP error already pending is returned by the send that meets it, not reported to on_error.
+TEST_F(DatagramTest, AnErrorPendingWhenYouSendIsReturnedNotReportedToOnError) {
+  Address closed;
+  {
+    Fd probe = raw_socket(AF_INET);
+    Address any = Address::ipv4_loopback(0);
+    ASSERT_EQ(::bind(probe.get(), any.sockaddr_ptr(), any.length()), 0);
+    closed = bound_address(probe.get());
+  }
+  DatagramSocket socket(loop_, handlers_);
+  ASSERT_FALSE(socket.connect(closed));
+  ASSERT_FALSE(socket.send("ping"));
+  pollfd p{socket.fd(), 0, 0};  // POLLERR is always reported; wait for it without the loop
+  ASSERT_EQ(::poll(&p, 1, 10000), 1);
+  ASSERT_TRUE(p.revents & POLLERR);
+  EXPECT_EQ(socket.send("again"), std::errc::connection_refused);
+  EXPECT_EQ(socket.stats().send_errors, 1u);
+  EXPECT_TRUE(errors_.empty());
+  EXPECT_TRUE(socket.is_open());
+}
+
+// connect(): "The default peer: send() goes there, and only its datagrams are received", and
+// "for Unix, ECONNREFUSED when nobody is bound there"; open(): "UDP picks an ephemeral port at
+// the first send".
+TEST_F(DatagramTest, AConnectedSocketSendsToItsPeerAndReceivesOnlyFromIt) {
+  DatagramSocket receiver(loop_, handlers_);
+  ASSERT_FALSE(receiver.bind(Address::ipv4_loopback(0)));
+  DatagramHandlers quiet;
+  DatagramSocket peer(loop_, quiet);
+  ASSERT_FALSE(peer.open(AF_INET));
+  DatagramSocket stranger(loop_, quiet);
+  ASSERT_FALSE(stranger.open(AF_INET));
+  const Address to = *receiver.local_address();
+  ASSERT_FALSE(peer.send_to(to, "from-peer"));  // picks the peer's port
+  ASSERT_TRUE(run_until(loop_, [&] { return received_.size() == 1; }));
+  const Address peer_address = received_[0].source;
+  EXPECT_NE(peer_address.port(), 0);
+  EXPECT_EQ(peer_address.port(), peer.local_address()->port());  // bound to 0.0.0.0:port
+
+  ASSERT_FALSE(receiver.connect(peer_address));
+  EXPECT_EQ(receiver.peer(), peer_address);
+  ASSERT_FALSE(stranger.send_to(to, "from-stranger"));  // filtered by the kernel
+  ASSERT_FALSE(peer.send_to(to, "second"));
+  ASSERT_TRUE(run_until(loop_, [&] { return received_.size() >= 2; }));
+  EXPECT_EQ(received_[1].bytes, "second");
+  loop_.run_once(0ns);
+  EXPECT_EQ(received_.size(), 2u);
+
+  DatagramSocket unix_socket(loop_, handlers_);
+  EXPECT_EQ(unix_socket.connect(abstract_address()), std::errc::connection_refused);
 }
 
 // IPv4 UDP both ways: send_to, the source address, and "send_batch() sends a span of
