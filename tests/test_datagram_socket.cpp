@@ -588,6 +588,43 @@ TEST_F(DatagramTest, SteadyStateSendAndReceiveDoNotAllocate) {
   EXPECT_EQ(counting.calls(), 0u);
 }
 
+// "a socket in steady state (... queueing below a queue size it reached before) does not
+// allocate per datagram": the second fill of the queue reuses the first's storage.
+TEST_F(DatagramTest, RefillingTheQueueToASizeItReachedBeforeDoesNotAllocate) {
+  DatagramOptions options;
+  options.max_queued_bytes = 8 * 100;
+  DatagramSocket socket(loop_, handlers_, options);
+  Address theirs = abstract_address();
+  peer_ = raw_socket(AF_UNIX);
+  ASSERT_EQ(::bind(peer_.get(), theirs.sockaddr_ptr(), theirs.length()), 0);
+  ASSERT_FALSE(socket.connect(theirs));
+  const std::string payload(100, 'p');
+  auto episode = [&] {
+    while (socket.queued_datagrams() < 8)
+      ASSERT_FALSE(socket.send(payload));
+    EXPECT_EQ(socket.send(payload), std::errc::no_buffer_space);  // a drop allocates nothing
+    ASSERT_TRUE(run_until(loop_, [&] {
+      drain(peer_.get());
+      return socket.queued_datagrams() == 0;
+    }));
+    drain(peer_.get());
+  };
+  ASSERT_NO_FATAL_FAILURE(episode());
+  test::Counting counting;
+  for (int i = 0; i < 3; ++i) {
+    while (socket.queued_datagrams() < 8)
+      ASSERT_FALSE(socket.send(payload));
+    for (int n = 0; n < 1000 && socket.queued_datagrams() > 0; ++n) {
+      char buf[128];
+      while (::recv(peer_.get(), buf, sizeof buf, MSG_DONTWAIT) > 0) {
+      }
+      loop_.run_once(10ms);
+    }
+    ASSERT_EQ(socket.queued_datagrams(), 0u);
+  }
+  EXPECT_EQ(counting.calls(), 0u);
+}
+
 #ifndef NDEBUG
 // "Every method must be called on the socket's loop thread (debug builds assert it in open,
 // bind, connect, close and the sends)"
