@@ -1,5 +1,6 @@
 #include "reactor/datagram_socket.hpp"
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -50,8 +51,9 @@ std::error_code DatagramSocket::open(int family) {
   // The one raw socket() of the datagram layer (socket.hpp opens only stream sockets).
   int fd = ::socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return errno_code();
+  if (auto ec = start(Fd(fd))) return ec;
   family_ = family;
-  return start(Fd(fd));
+  return {};
 }
 
 std::error_code DatagramSocket::bind(const Address& local) {
@@ -382,6 +384,73 @@ void DatagramSocket::update_interest() {
   if (want == writable_armed_) return;
   // Should epoll_ctl fail (ENOMEM), the queue waits for the next readiness that arrives.
   if (!loop_.modify(io_id_, io::readable | (want ? io::writable : 0u))) writable_armed_ = want;
+}
+
+std::error_code DatagramSocket::join_group(const Address& group, unsigned interface_index) {
+  assert_in_loop();
+  return membership(group, interface_index, true);
+}
+
+std::error_code DatagramSocket::leave_group(const Address& group, unsigned interface_index) {
+  assert_in_loop();
+  return membership(group, interface_index, false);
+}
+
+std::error_code DatagramSocket::membership(const Address& group, unsigned interface_index,
+                                           bool join) {
+  if (!fd_) return errc(std::errc::bad_file_descriptor);
+  if (group.family() != family_ || family_ == AF_UNIX)
+    return errc(std::errc::address_family_not_supported);
+  int rc;
+  if (family_ == AF_INET) {
+    ip_mreqn req{};
+    req.imr_multiaddr = reinterpret_cast<const sockaddr_in*>(group.sockaddr_ptr())->sin_addr;
+    req.imr_address.s_addr = htonl(INADDR_ANY);
+    req.imr_ifindex = static_cast<int>(interface_index);
+    rc = ::setsockopt(fd_.get(), IPPROTO_IP, join ? IP_ADD_MEMBERSHIP : IP_DROP_MEMBERSHIP, &req,
+                      sizeof req);
+  } else {
+    ipv6_mreq req{};
+    req.ipv6mr_multiaddr = reinterpret_cast<const sockaddr_in6*>(group.sockaddr_ptr())->sin6_addr;
+    req.ipv6mr_interface = interface_index;
+    rc = ::setsockopt(fd_.get(), IPPROTO_IPV6, join ? IPV6_JOIN_GROUP : IPV6_LEAVE_GROUP, &req,
+                      sizeof req);
+  }
+  return rc == 0 ? std::error_code{} : errno_code();
+}
+
+std::error_code DatagramSocket::set_multicast_interface(unsigned interface_index) {
+  assert_in_loop();
+  if (!fd_) return errc(std::errc::bad_file_descriptor);
+  if (family_ == AF_INET) {
+    ip_mreqn req{};
+    req.imr_ifindex = static_cast<int>(interface_index);
+    if (::setsockopt(fd_.get(), IPPROTO_IP, IP_MULTICAST_IF, &req, sizeof req) != 0)
+      return errno_code();
+    return {};
+  }
+  return ip_option(0, IPV6_MULTICAST_IF, static_cast<int>(interface_index));
+}
+
+std::error_code DatagramSocket::set_multicast_ttl(int ttl) {
+  assert_in_loop();
+  if (ttl < 0 || ttl > 255) return errc(std::errc::invalid_argument);
+  return ip_option(IP_MULTICAST_TTL, IPV6_MULTICAST_HOPS, ttl);
+}
+
+std::error_code DatagramSocket::set_multicast_loop(bool on) {
+  assert_in_loop();
+  return ip_option(IP_MULTICAST_LOOP, IPV6_MULTICAST_LOOP, on ? 1 : 0);
+}
+
+std::error_code DatagramSocket::ip_option(int v4_name, int v6_name, int value) {
+  if (!fd_) return errc(std::errc::bad_file_descriptor);
+  if (family_ != AF_INET && family_ != AF_INET6)
+    return errc(std::errc::address_family_not_supported);
+  int rc = family_ == AF_INET
+               ? ::setsockopt(fd_.get(), IPPROTO_IP, v4_name, &value, sizeof value)
+               : ::setsockopt(fd_.get(), IPPROTO_IPV6, v6_name, &value, sizeof value);
+  return rc == 0 ? std::error_code{} : errno_code();
 }
 
 }  // namespace reactor

@@ -10,7 +10,7 @@
 // remove a file already there (EADDRINUSE); the socket removes the file it bound when it closes.
 //
 // Threads. Every method must be called on the socket's loop thread (debug builds assert it in
-// open, bind, connect, close and the sends).
+// open, bind, connect, close, the sends and the multicast calls).
 //
 // Callbacks (all optional; without on_datagrams received datagrams are read and dropped):
 //   on_datagrams(socket, datagrams)  a batch arrived: `datagrams` and the bytes they point to
@@ -45,6 +45,18 @@
 // its error and drops that datagram only; a queued datagram that fails so is reported to
 // on_error. MSG_NOSIGNAL everywhere. (EPOLLOUT waits for the peer's queue only on a connected
 // Unix socket; an unconnected one sending to a full Unix receiver retries at each iteration.)
+//
+// Multicast (UDP). join_group()/leave_group() add and drop a membership of an IPv4 or IPv6
+// group (IP_ADD_MEMBERSHIP / IPV6_JOIN_GROUP) on an interface, by index (if_nametoindex; 0: the
+// kernel picks one by its routes); the group's port is ignored, the socket receives on the port
+// it is bound to. The sending side: set_multicast_interface() (0: by route), set_multicast_ttl()
+// (IPv4 TTL or IPv6 hop limit, 0..255; default 1, this network only) and set_multicast_loop()
+// (default on: a sender's own host's members receive its datagrams; over `lo` they receive
+// them whatever it says, as the device itself loops them back). All of these are
+// setsockopt on the open socket: EBADF when closed, EAFNOSUPPORT when the group's family is not
+// the socket's (AF_UNIX included), EINVAL for a group that is not multicast or a TTL outside
+// 0..255, and the kernel's errors (EADDRINUSE: joined twice; EADDRNOTAVAIL: left without
+// joining; ENODEV: no such interface).
 //
 // Allocation. The receive buffers, the batch arrays and the queue's storage are allocated when
 // the socket opens or first queues; a socket in steady state (receiving, sending, queueing
@@ -157,6 +169,13 @@ class DatagramSocket {
   // returns the first error (as send_to's), empty when all were sent or queued.
   std::error_code send_batch(std::span<const OutgoingDatagram> datagrams);
 
+  // Multicast (see above).
+  std::error_code join_group(const Address& group, unsigned interface_index = 0);
+  std::error_code leave_group(const Address& group, unsigned interface_index = 0);
+  std::error_code set_multicast_interface(unsigned interface_index);
+  std::error_code set_multicast_ttl(int ttl);
+  std::error_code set_multicast_loop(bool on);
+
   std::size_t queued_bytes() const noexcept { return queued_bytes_; }
   std::size_t queued_datagrams() const noexcept { return queue_.size() - queue_head_; }
   const DatagramStats& stats() const noexcept { return stats_; }
@@ -197,6 +216,9 @@ class DatagramSocket {
   std::error_code enqueue(const Address* to, std::span<const std::byte> bytes);
   void update_interest();
   void report(std::error_code ec);
+  std::error_code membership(const Address& group, unsigned interface_index, bool join);
+  // setsockopt at the IP or IPv6 level, by the socket's family: EBADF, EAFNOSUPPORT for Unix.
+  std::error_code ip_option(int v4_name, int v6_name, int value);
 
   EventLoop& loop_;
   DatagramHandlers& handlers_;
