@@ -93,6 +93,15 @@ std::error_code DatagramSocket::start(Fd fd) {
     send_headers_.assign(batch, mmsghdr{});
     send_iov_.assign(batch, iovec{});
   }
+  if (options_.receive_timestamps) {
+    if (control_.empty()) {
+      control_slot_ = (CMSG_SPACE(sizeof(timespec)) + sizeof(cmsghdr) - 1) / sizeof(cmsghdr);
+      control_.assign(batch * control_slot_, cmsghdr{});
+    }
+    int on = 1;
+    if (::setsockopt(fd.get(), SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) != 0)
+      return errno_code();
+  }
   auto added =
       loop_.add(fd.get(), io::readable, [this](std::uint32_t events) { on_events(events); });
   if (!added) return added.error();
@@ -159,8 +168,13 @@ void DatagramSocket::receive(const bool& closed) {
       h.msg_namelen = sizeof(sockaddr_storage);
       h.msg_iov = &receive_iov_[i];
       h.msg_iovlen = 1;
-      h.msg_control = nullptr;
-      h.msg_controllen = 0;
+      if (control_slot_ != 0) {
+        h.msg_control = &control_[i * control_slot_];
+        h.msg_controllen = control_slot_ * sizeof(cmsghdr);
+      } else {
+        h.msg_control = nullptr;
+        h.msg_controllen = 0;
+      }
       h.msg_flags = 0;
     }
     int n = ::recvmmsg(fd_.get(), receive_headers_.data(), batch, 0, nullptr);
@@ -181,6 +195,14 @@ void DatagramSocket::receive(const bool& closed) {
       d.bytes = {static_cast<const std::byte*>(receive_iov_[static_cast<std::size_t>(i)].iov_base),
                  len};
       d.truncated = (m.msg_hdr.msg_flags & MSG_TRUNC) != 0;
+      if (control_slot_ != 0) {
+        d.timestamp = {};
+        msghdr& h = receive_headers_[static_cast<std::size_t>(i)].msg_hdr;
+        for (cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(&h, c)) {
+          if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS)
+            std::memcpy(&d.timestamp, CMSG_DATA(c), sizeof d.timestamp);
+        }
+      }
       socklen_t name_len = m.msg_hdr.msg_namelen;
       auto* sa = reinterpret_cast<sockaddr*>(&sources_[static_cast<std::size_t>(i)]);
       if (family_ == AF_UNIX && name_len < sizeof(sa_family_t)) {

@@ -69,6 +69,7 @@
 #pragma once
 
 #include <sys/socket.h>
+#include <time.h>
 
 #include <cassert>
 #include <cstddef>
@@ -94,6 +95,10 @@ struct Datagram {
   std::span<const std::byte> bytes;  // at most max_datagram bytes
   Address source;                    // the sender (for a connected socket: the peer)
   bool truncated = false;            // longer than max_datagram: `bytes` holds its start
+  // DatagramOptions::receive_timestamps: when the kernel received it (SO_TIMESTAMPNS), on
+  // CLOCK_REALTIME, not the loop's monotonic clock: compare it with clock_gettime(CLOCK_REALTIME)
+  // (or a sender's wall-clock stamp), never with now(). Zero when the option is off.
+  timespec timestamp{};
   std::string_view text() const noexcept {
     return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
   }
@@ -115,6 +120,7 @@ struct DatagramOptions {
   std::size_t max_datagram = 2048;         // receive buffer per datagram (1..65536)
   int reads_per_event = 4;                 // recvmmsg batches per readiness (fairness)
   std::size_t max_queued_bytes = 1 << 20;  // queued output past which datagrams are dropped
+  bool receive_timestamps = false;         // SO_TIMESTAMPNS: Datagram::timestamp (CLOCK_REALTIME)
 };
 
 // Counters of one socket; loop thread only.
@@ -241,6 +247,8 @@ class DatagramSocket {
   std::vector<iovec> receive_iov_;
   std::vector<sockaddr_storage> sources_;
   std::vector<Datagram> datagrams_;
+  std::vector<cmsghdr> control_;  // receive_timestamps only: one timestamp message per slot
+  std::size_t control_slot_ = 0;  // cmsghdr units per slot
 
   // Send side: the batch arrays for sendmmsg, and the queue (payloads in order in one Buffer).
   std::vector<mmsghdr> send_headers_;

@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -564,6 +565,41 @@ TEST_F(DatagramTest, OnDatagramsMayDestroyItsOwnSocket) {
   loop_.run_once(0ns);
   EXPECT_EQ(batch_sizes_.size(), 1u);
   EXPECT_EQ(loop_.registrations(), 1u);  // the loop's own eventfd only
+}
+
+// Datagram::timestamp: "when the kernel received it (SO_TIMESTAMPNS), on CLOCK_REALTIME ...
+// Zero when the option is off."
+TEST_F(DatagramTest, ReceiveTimestampsAreTheKernelsRealtimeReceiveTimeAndZeroWhenOff) {
+  std::vector<timespec> stamps;
+  handlers_.on_datagrams = [&stamps](DatagramSocket&, std::span<const Datagram> batch) {
+    for (const Datagram& d : batch)
+      stamps.push_back(d.timestamp);
+  };
+  auto ns = [](timespec t) { return std::int64_t{t.tv_sec} * 1000000000 + t.tv_nsec; };
+  for (bool on : {true, false}) {
+    SCOPED_TRACE(on);
+    stamps.clear();
+    DatagramOptions options;
+    options.receive_timestamps = on;
+    DatagramSocket socket(loop_, handlers_, options);
+    ASSERT_NO_FATAL_FAILURE(unix_pair(socket));
+    timespec before{};
+    ::clock_gettime(CLOCK_REALTIME, &before);
+    for (int i = 0; i < 3; ++i)
+      ASSERT_NO_FATAL_FAILURE(peer_send("t"));
+    loop_.run_once(kDeadline);
+    timespec after{};
+    ::clock_gettime(CLOCK_REALTIME, &after);
+    ASSERT_EQ(stamps.size(), 3u);
+    for (const timespec& t : stamps) {
+      if (on) {
+        EXPECT_GE(ns(t), ns(before));
+        EXPECT_LE(ns(t), ns(after));
+      } else {
+        EXPECT_EQ(ns(t), 0);
+      }
+    }
+  }
 }
 
 // "a socket in steady state (receiving, sending, queueing below a queue size it reached
