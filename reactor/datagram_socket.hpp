@@ -9,6 +9,10 @@
 // discarding queued output, and no callback runs after that. bind() to a Unix path does not
 // remove a file already there (EADDRINUSE); the socket removes the file it bound when it closes.
 //
+// State. closed (constructed, or after close()) -- open()/bind() --> open -- connect() -->
+// connected (connect() on a closed socket opens it first); any -- close() --> closed. A closed
+// socket may be opened again (same options, same buffers); its stats() keep counting.
+//
 // Threads. Every method must be called on the socket's loop thread (debug builds assert it in
 // open, bind, connect, close, the sends and the multicast calls).
 //

@@ -549,6 +549,24 @@ TEST_F(DatagramTest, OnDatagramsMayCloseItsOwnSocket) {
   EXPECT_EQ(socket.send("x"), std::errc::bad_file_descriptor);
 }
 
+// State: "A closed socket may be opened again (same options, same buffers); its stats() keep
+// counting."
+TEST_F(DatagramTest, AClosedSocketMayBeOpenedAgain) {
+  DatagramSocket socket(loop_, handlers_);
+  ASSERT_NO_FATAL_FAILURE(unix_pair(socket));
+  ASSERT_NO_FATAL_FAILURE(peer_send("one"));
+  loop_.run_once(kDeadline);
+  socket.close();
+  EXPECT_FALSE(socket.is_open());
+  EXPECT_EQ(socket.peer(), Address());
+  ASSERT_NO_FATAL_FAILURE(unix_pair(socket));
+  ASSERT_NO_FATAL_FAILURE(peer_send("two"));
+  loop_.run_once(kDeadline);
+  ASSERT_EQ(received_.size(), 2u);
+  EXPECT_EQ(received_[1].bytes, "two");
+  EXPECT_EQ(socket.stats().received, 2u);
+}
+
 // "A callback may ... destroy this ... socket: ... touches nothing of itself" (ASan holds it)
 TEST_F(DatagramTest, OnDatagramsMayDestroyItsOwnSocket) {
   DatagramOptions options;
