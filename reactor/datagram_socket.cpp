@@ -102,6 +102,16 @@ std::error_code DatagramSocket::start(Fd fd) {
     if (::setsockopt(fd.get(), SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) != 0)
       return errno_code();
   }
+  const std::size_t size = options_.max_datagram;
+  for (std::size_t i = 0; i < batch; ++i) {
+    receive_iov_[i] = {receive_buffer_.get() + i * size, size};
+    msghdr& h = receive_headers_[i].msg_hdr;
+    h.msg_iov = &receive_iov_[i];
+    h.msg_iovlen = 1;
+    h.msg_name = &sources_[i];
+    h.msg_control = control_slot_ != 0 ? &control_[i * control_slot_] : nullptr;
+    reset_receive_header(i);
+  }
   auto added =
       loop_.add(fd.get(), io::readable, [this](std::uint32_t events) { on_events(events); });
   if (!added) return added.error();
@@ -160,23 +170,6 @@ void DatagramSocket::receive(const bool& closed) {
   const auto batch = static_cast<unsigned>(options_.batch);
   const std::size_t size = options_.max_datagram;
   for (int round = 0; round < options_.reads_per_event; ++round) {
-    // recvmmsg rewrites msg_namelen, msg_flags and msg_len: reset what it reads.
-    for (unsigned i = 0; i < batch; ++i) {
-      receive_iov_[i] = {receive_buffer_.get() + i * size, size};
-      msghdr& h = receive_headers_[i].msg_hdr;
-      h.msg_name = &sources_[i];
-      h.msg_namelen = sizeof(sockaddr_storage);
-      h.msg_iov = &receive_iov_[i];
-      h.msg_iovlen = 1;
-      if (control_slot_ != 0) {
-        h.msg_control = &control_[i * control_slot_];
-        h.msg_controllen = control_slot_ * sizeof(cmsghdr);
-      } else {
-        h.msg_control = nullptr;
-        h.msg_controllen = 0;
-      }
-      h.msg_flags = 0;
-    }
     int n = ::recvmmsg(fd_.get(), receive_headers_.data(), batch, 0, nullptr);
     ++stats_.receive_calls;
     if (n < 0) {
@@ -215,6 +208,11 @@ void DatagramSocket::receive(const bool& closed) {
       stats_.received_bytes += len;
       stats_.truncated += d.truncated ? 1 : 0;
     }
+    // recvmmsg rewrote the lengths and flags of the headers it filled (and, to be safe, the
+    // one after them, where it stopped): only those need their capacities back.
+    const std::size_t touched = std::min<std::size_t>(static_cast<std::size_t>(n) + 1, batch);
+    for (std::size_t i = 0; i < touched; ++i)
+      reset_receive_header(i);
     stats_.received += static_cast<std::uint64_t>(n);
     if (n > 0 && handlers_.on_datagrams) {
       handlers_.on_datagrams(
@@ -224,6 +222,13 @@ void DatagramSocket::receive(const bool& closed) {
     // A short batch: the socket is drained; another recvmmsg would only say EAGAIN.
     if (static_cast<unsigned>(n) < batch) return;
   }
+}
+
+void DatagramSocket::reset_receive_header(std::size_t i) noexcept {
+  msghdr& h = receive_headers_[i].msg_hdr;
+  h.msg_namelen = sizeof(sockaddr_storage);
+  h.msg_controllen = control_slot_ * sizeof(cmsghdr);
+  h.msg_flags = 0;
 }
 
 void DatagramSocket::report(std::error_code ec) {

@@ -226,6 +226,7 @@ class DatagramSocket {
   std::error_code enqueue(const Address* to, std::span<const std::byte> bytes);
   void update_interest();
   void report(std::error_code ec);
+  void reset_receive_header(std::size_t i) noexcept;
   std::error_code membership(const Address& group, unsigned interface_index, bool join);
   // setsockopt at the IP or IPv6 level, by the socket's family: EBADF, EAFNOSUPPORT for Unix.
   std::error_code ip_option(int v4_name, int v6_name, int value);

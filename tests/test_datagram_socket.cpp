@@ -460,6 +460,29 @@ TEST_F(DatagramTest, UnixPathSocketReportsAnUnboundSenderAsUnnamedAndRemovesItsF
   EXPECT_FALSE(std::filesystem::exists(path));
 }
 
+// "each with its bytes, its source address": each datagram's own, whatever the previous
+// receive into the same slot reported (an unnamed sender's empty name, then a named one).
+TEST_F(DatagramTest, EachDatagramCarriesItsOwnSourceAcrossReceives) {
+  DatagramSocket socket(loop_, handlers_);
+  const Address mine = abstract_address();
+  ASSERT_FALSE(socket.bind(mine));
+  Fd unnamed = raw_socket(AF_UNIX);
+  Fd named = raw_socket(AF_UNIX);
+  const Address name = abstract_address();
+  ASSERT_EQ(::bind(named.get(), name.sockaddr_ptr(), name.length()), 0);
+  for (int round = 0; round < 2; ++round) {
+    ASSERT_EQ(::sendto(unnamed.get(), "u", 1, 0, mine.sockaddr_ptr(), mine.length()), 1);
+    loop_.run_once(kDeadline);
+    ASSERT_EQ(::sendto(named.get(), "n", 1, 0, mine.sockaddr_ptr(), mine.length()), 1);
+    loop_.run_once(kDeadline);
+  }
+  ASSERT_EQ(received_.size(), 4u);
+  for (std::size_t i = 0; i < 4; i += 2) {
+    EXPECT_EQ(received_[i].source.to_string(), "unix:");
+    EXPECT_EQ(received_[i + 1].source, name);
+  }
+}
+
 // "bind() to a Unix path does not remove a file already there (EADDRINUSE)"
 TEST_F(DatagramTest, BindingAUnixPathThatExistsFailsWithAddressInUse) {
   test::TempDir dir;
