@@ -2379,6 +2379,43 @@ TEST_F(ConnectionTest, StringLiteralAndViewSendsStillPickTheStringViewOverload) 
   EXPECT_EQ(client.received(), expected);
 }
 
+// tcp_server.hpp, send(id, bytes): "moves them into one task posted to the connection's loop
+// (one allocation: the task, for the id and the string; the bytes are moved, not copied)": the
+// call allocates once, and running the task (find, a direct send) allocates nothing.
+TEST_F(ConnectionTest, ServerSendAllocatesOnlyItsPostedTask) {
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  const ConnectionId id = records_[0].id;
+  const std::string message(100, 'm');  // past the small-string buffer: a moved heap block
+  std::string expected;
+  std::uint64_t call_allocations = 0;
+  std::uint64_t run_allocations = 0;
+  for (int round = 0; round < 3; ++round) {  // the first rounds grow the loop's task queues
+    std::string bytes = message;
+    const char* block = bytes.data();
+    std::uint64_t before = allocations.load();
+    counting_allocations = true;
+    server_->send(id, std::move(bytes));
+    counting_allocations = false;
+    call_allocations = allocations.load() - before;
+    EXPECT_NE(bytes.data(), block) << "the bytes were not moved";
+    before = allocations.load();
+    counting_allocations = true;
+    loop_->run_once(0ns);
+    counting_allocations = false;
+    run_allocations = allocations.load() - before;
+    expected += message;
+    ASSERT_TRUE(run_until([&] {
+      client.receive_some();
+      return client.received().size() >= expected.size() || client.eof() || client.failed();
+    }));
+  }
+  EXPECT_EQ(call_allocations, 1u);
+  EXPECT_EQ(run_allocations, 0u);
+  EXPECT_EQ(client.received(), expected);
+}
+
 // connection.hpp, send(std::span<const std::byte>) and send(std::span<const iovec>): "each
 // forwards to the send above ... without copying" (issue 15: "no implicit copies"; the iovec
 // one splits at IOV_MAX). Binary bytes (zeros included) and a span of more than IOV_MAX
