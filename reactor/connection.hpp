@@ -15,6 +15,7 @@
 //     loop.post([&server, id, msg = std::move(msg)] {
 //       if (Connection* c = server.find(id)) c->send(msg);   // a stale id finds nothing
 //     });
+// or call TcpServer::send(id, bytes), which does just that.
 //
 // Callbacks (all optional except that unread input accumulates without on_data):
 //   on_data(conn, input)      bytes arrived; consume() what you used, the rest stays for next time.

@@ -120,8 +120,8 @@ class TcpServer {
   // thread, never allocating. fn may send to, close, abort or pause this or any connection:
   // ended connections keep their slots until their on_close has run from the loop, so the
   // walk never loses its place, and a connection fn ends before the walk reaches it is
-  // skipped. A send may run on_high_water inside fn, as always. fn must not
-  // destroy the server. A loop_index past loop_count() is asserted (release: no call).
+  // skipped. A send may run on_high_water inside fn, as always. fn must not destroy the
+  // server. A loop_index past loop_count() is asserted (release: no call).
   template <class F>
   void for_each_connection(std::size_t loop_index, F&& fn) {
     walk_connections(
