@@ -15,6 +15,7 @@
 //     loop.post([&server, id, msg = std::move(msg)] {
 //       if (Connection* c = server.find(id)) c->send(msg);   // a stale id finds nothing
 //     });
+// or call TcpServer::send(id, bytes), which does just that.
 //
 // Callbacks (all optional except that unread input accumulates without on_data):
 //   on_data(conn, input)      bytes arrived; consume() what you used, the rest stays for next time.
@@ -123,6 +124,12 @@ struct ConnectionHandlers {
   Function<void(Connection&, CloseReason, std::error_code)> on_close;
 };
 
+// What pushes an idle timeout's deadline back (ConnectionOptions::idle_counts).
+enum class IdleCounts : std::uint8_t {
+  any,    // bytes received or sent (sent: taken by the kernel, not merely queued)
+  input,  // bytes received only: a peer that sends nothing times out, however much it is sent
+};
+
 struct ConnectionOptions {
   std::size_t high_water_mark = 1 << 20;   // queued output that triggers on_high_water
   std::size_t low_water_mark = 256 << 10;  // reading resumes when output drains below this
@@ -130,6 +137,7 @@ struct ConnectionOptions {
   // Bound on a graceful close(); then abort. Duration::max(): no bound.
   Duration linger = std::chrono::seconds(5);
   Duration idle_timeout = Duration::zero();  // zero or Duration::max(): none
+  IdleCounts idle_counts = IdleCounts::any;  // what counts as activity for idle_timeout
   bool tcp_nodelay = true;                   // TCP only
   int reads_per_event = 4;  // reads per readiness while each read fills the buffer (fairness)
   // Hard bound on queued output: past it the connection is aborted (output_limit). Zero: no
@@ -206,8 +214,15 @@ class Connection {
   // True while one of this connection's callbacks is running (owners' debug checks).
   bool in_callback() const noexcept { return callback_depth_ > 0; }
 
-  // Idle timeout: closes (reason timed_out) after `timeout` without input or output. Costs one
-  // timer operation per timeout period, not one per byte. Zero turns it off.
+  // Idle timeout: closes (reason timed_out) after `timeout` without activity: input or output
+  // (options' idle_counts = IdleCounts::any, the default), or input only (IdleCounts::input).
+  // Costs one timer operation per timeout period, not one per byte. Zero turns it off.
+  // The idle close is close(), graceful: queued output is flushed, our FIN sent, input
+  // discarded until the peer's EOF; on_close(timed_out) runs once that is done (ec empty). What
+  // is not done when `linger` (counted from the deadline) runs out is aborted (RST), and
+  // on_close(timed_out) comes with ec errc::timed_out. So on_close comes up to `linger` after
+  // the deadline (unbounded with linger Duration::max() or zero); at the deadline only when the
+  // peer's EOF is already in and nothing is queued. Meanwhile is_open() is false.
   void set_idle_timeout(Duration timeout);
 
   const Address& peer() const noexcept { return peer_; }
@@ -267,7 +282,9 @@ class Connection {
   void count_out(std::size_t n) noexcept {
     bytes_out_ += n;
     if (counters_) counters_->add_out(n);
-    note_activity();
+    // Without an idle timeout, the same single compare as before; with one, a second.
+    if (options_.idle_timeout > Duration::zero() && options_.idle_counts == IdleCounts::any)
+      last_activity_ = loop_.now();
   }
   // Only an idle timeout reads last_activity_: without one, traffic reads no clock.
   void note_activity() noexcept {

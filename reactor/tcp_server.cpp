@@ -1,6 +1,7 @@
 #include "reactor/tcp_server.hpp"
 
 #include <cassert>
+#include <mutex>
 
 namespace reactor {
 
@@ -11,7 +12,13 @@ namespace reactor {
 class TcpServer::Shard {
  public:
   Shard(TcpServer& server, EventLoop& loop, ConnectionHandlers& handlers, std::uint32_t index)
-      : loop(loop), handlers_(handlers), server_(server), index_(index) {}
+      : loop(loop), handlers_(handlers), server_(server), index_(index) {
+    gate->shard = this;
+  }
+  ~Shard() {
+    std::lock_guard lock(gate->mutex);
+    gate->shard = nullptr;
+  }
 
   // The Listener's handlers: a new connection for this shard (or refused), an accept error.
   void accept(Fd socket, const Address& peer);
@@ -22,6 +29,8 @@ class TcpServer::Shard {
   // to the home loop once no connection is left.
   void stop(Duration grace);
   Connection* find(ConnectionId id) const noexcept;
+  // for_each_connection(): fn on each connection that has not ended.
+  void walk(void (*call)(void*, Connection&), void* fn);
   // For the server's destructor: drops every connection without callbacks.
   void detach_all() noexcept;
 
@@ -40,6 +49,16 @@ class TcpServer::Shard {
   std::atomic<std::uint64_t> fd_exhaustion{0};
   bool stopping = false;
   bool in_listener_callback = false;  // on_open or on_error running (debug check)
+
+  // How a task posted by TcpServer::send() reaches the shard: `shard` is cleared when the
+  // shard is destroyed, and a task that runs later drops its bytes. A lock rather than an
+  // atomic: a multi-loop server may be destroyed on the home thread (after a completed stop)
+  // while this loop still runs a send task that uses the shard; the lock makes one wait.
+  struct Gate {
+    std::mutex mutex;
+    Shard* shard = nullptr;
+  };
+  const std::shared_ptr<Gate> gate = std::make_shared<Gate>();
 
  private:
   void report_stopped();
@@ -132,6 +151,16 @@ Connection* TcpServer::Shard::find(ConnectionId id) const noexcept {
   if (id.slot >= slots_.size()) return nullptr;
   const Entry& entry = slots_[id.slot];
   return entry.generation == id.generation ? entry.connection.get() : nullptr;
+}
+
+void TcpServer::Shard::walk(void (*call)(void*, Connection&), void* fn) {
+  assert(loop.in_loop_thread() && "for_each_connection() on that loop's thread only");
+  // By index, re-reading the size: fn may end connections, which stay in their slots until
+  // their on_close has run from the loop (never inside fn); no slot is added inside fn.
+  for (std::size_t i = 0; i < slots_.size(); ++i) {
+    Connection* connection = slots_[i].connection.get();
+    if (connection && !connection->is_closed()) call(fn, *connection);
+  }
 }
 
 void TcpServer::Shard::stop(Duration grace) {
@@ -279,6 +308,25 @@ std::error_code TcpServer::start() {
 Connection* TcpServer::find(ConnectionId id) const noexcept {
   if (id.shard >= shards_.size()) return nullptr;
   return shards_[id.shard]->find(id);
+}
+
+void TcpServer::walk_connections(std::size_t loop_index, void (*call)(void*, Connection&),
+                                 void* fn) {
+  assert(loop_index < shards_.size() && "for_each_connection(): no such loop");
+  if (loop_index >= shards_.size()) return;
+  shards_[loop_index]->walk(call, fn);
+}
+
+void TcpServer::send(ConnectionId id, std::string bytes) {
+  if (!id || id.shard >= shards_.size()) return;
+  Shard& shard = *shards_[id.shard];
+  // One Function on the heap (the capture is larger than its inline storage); the string's
+  // buffer moves along with it.
+  shard.loop.post([gate = shard.gate, id, bytes = std::move(bytes)] {
+    std::lock_guard lock(gate->mutex);
+    if (!gate->shard) return;  // the server is gone
+    if (Connection* connection = gate->shard->find(id)) (void)connection->send(bytes);
+  });
 }
 
 void TcpServer::stop(Duration grace, Function<void()> done) {

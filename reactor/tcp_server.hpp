@@ -22,6 +22,8 @@
 //   find(id): the thread of loops[id.shard] only (from elsewhere, post to that loop).
 //   address(): the home loop's thread, or a callback of the server.
 //   stats(), loop_count(): any thread.
+//   for_each_connection(i, fn): the thread of loops[i] only (asserted in debug builds).
+//   send(id, bytes): any thread (the server must outlive the call).
 //   Callbacks: on_open and the connection's handlers run on the loop that accepted the
 //   connection, on_error on the loop whose accept failed, `done` on the home loop.
 //
@@ -41,7 +43,10 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <system_error>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "reactor/address.hpp"
@@ -110,6 +115,31 @@ class TcpServer {
   // The connection with this id; nullptr when it has finished (a stale id) or never existed.
   Connection* find(ConnectionId id) const noexcept;
 
+  // Calls fn(Connection&) for each connection of loops[loop_index] that has not ended
+  // (is_closed() false; those closing gracefully included), in slot order, on that loop's
+  // thread, never allocating. fn may send to, close, abort or pause this or any connection:
+  // ended connections keep their slots until their on_close has run from the loop, so the
+  // walk never loses its place, and a connection fn ends before the walk reaches it is
+  // skipped. A send may run on_high_water inside fn, as always. fn must not destroy the
+  // server. A loop_index past loop_count() is asserted (release: no call).
+  template <class F>
+  void for_each_connection(std::size_t loop_index, F&& fn) {
+    walk_connections(
+        loop_index,
+        [](void* f, Connection& c) { (*static_cast<std::remove_reference_t<F>*>(f))(c); },
+        const_cast<void*>(static_cast<const void*>(std::addressof(fn))));
+  }
+
+  // Sends `bytes` on the connection with this id, from any thread: moves them into one task
+  // posted to the connection's loop (one allocation: the task, for the id and the string;
+  // the bytes are moved, not copied), which finds the connection there and send()s them. A
+  // connection gone by then (a stale id), one that no longer sends (send() false), an id this
+  // server never handed out, or a server destroyed meanwhile: the bytes are dropped, silently
+  // (to know, post your own task and use find()). Sends from one thread to one connection go
+  // out in call order (post() is FIFO per posting thread). Even on the connection's own loop
+  // it posts: find(id)->send() there sends at once.
+  void send(ConnectionId id, std::string bytes);
+
   // Graceful shutdown: stop accepting, close() every connection (flush, FIN, wait for the
   // peer's EOF), abort what is still open after `grace`, then run `done` on the home loop
   // (from a task of its own, never inside stop()). Every stop()'s `done` runs exactly once: a
@@ -125,6 +155,7 @@ class TcpServer {
   class Shard;  // one loop's listener and connections (tcp_server.cpp)
   enum class Phase { idle, listening, stopping };
   EventLoop& home() const noexcept;
+  void walk_connections(std::size_t loop_index, void (*call)(void*, Connection&), void* fn);
   // The home loop's side of the stop: begins it, and counts the shards' reports.
   void begin_stop(Duration grace, Function<void()> done);
   void shard_stopped();

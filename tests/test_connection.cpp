@@ -1925,6 +1925,123 @@ TEST_F(ConnectionTest, InputPushesIdleTimeoutOut) {
   EXPECT_EQ(rec.reason, CloseReason::timed_out) << to_string(rec.reason);
 }
 
+// Server-pushed output taken by the kernel every 10 s, for `rounds` rounds, to a client that
+// reads it all and sends nothing.
+void push_every_ten_seconds(ManualClock& clock, EventLoop& loop, Connection& conn,
+                            RawClient& client, int rounds) {
+  for (int i = 0; i < rounds && conn.is_open(); ++i) {
+    clock.advance(10s);
+    loop.run_once(0ns);
+    if (!conn.is_open()) return;
+    ASSERT_TRUE(conn.send("push"));
+    ASSERT_EQ(conn.queued_bytes(), 0u) << "the kernel did not take 4 bytes";
+    client.receive_some();
+  }
+}
+
+// connection.hpp: IdleCounts::any (the default) "bytes received or sent": output the kernel
+// takes pushes the deadline back, so a silent client that is sent to stays open.
+TEST_F(ConnectionTest, IdleCountsAnyLetsSentOutputPushIdleTimeoutOut) {
+  use_manual_clock();
+  ServerOptions options;
+  options.connection.idle_timeout = 30s;
+  ASSERT_EQ(options.connection.idle_counts, IdleCounts::any) << "the default changed";
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Connection* conn = server_side(records_[0]);
+  ASSERT_NE(conn, nullptr);
+  push_every_ten_seconds(clock_, *loop_, *conn, client, 9);  // 90 s, silent client
+  EXPECT_TRUE(conn->is_open()) << "output did not push the idle timeout out";
+  EXPECT_EQ(records_[0].close_calls, 0);
+}
+
+// connection.hpp: IdleCounts::input "bytes received only: a peer that sends nothing times out,
+// however much it is sent" (issue 15 part 7: with server-pushed traffic a silent client never
+// timed out).
+TEST_F(ConnectionTest, IdleCountsInputTimesOutASilentPeerThatIsSentTo) {
+  use_manual_clock();
+  ServerOptions options;
+  options.connection.idle_timeout = 30s;
+  options.connection.idle_counts = IdleCounts::input;
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  push_every_ten_seconds(clock_, *loop_, *conn, client, 2);  // 20 s
+  EXPECT_TRUE(conn->is_open()) << "closed before the idle timeout passed";
+  clock_.advance(10s - 1ns);
+  loop_->run_once(0ns);
+  EXPECT_TRUE(conn->is_open()) << "closed before the idle timeout passed";
+  clock_.advance(1ns);  // 30 s since the open, the last output 10 s ago
+  loop_->run_once(0ns);
+  EXPECT_FALSE(conn->is_open()) << "output pushed the timeout out under IdleCounts::input";
+  ASSERT_TRUE(run_until_eof(client));  // graceful: FIN first
+  client.close();
+  ASSERT_TRUE(run_until([&] { return rec.close_calls == 1; }));
+  EXPECT_EQ(rec.reason, CloseReason::timed_out) << to_string(rec.reason);
+}
+
+// IdleCounts::input: input still counts.
+TEST_F(ConnectionTest, IdleCountsInputLetsInputPushIdleTimeoutOut) {
+  use_manual_clock();
+  ServerOptions options;
+  options.connection.idle_timeout = 30s;
+  options.connection.idle_counts = IdleCounts::input;
+  on_data_ = [](Connection&, Buffer& input, Record&) { input.consume(input.size()); };
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  clock_.advance(20s);
+  ASSERT_EQ(client.send_some("ping"), 4u);
+  ASSERT_TRUE(run_until([&] { return rec.data_calls == 1; }));
+  clock_.advance(30s - 1ns);  // 30 s since the input, less 1 ns
+  loop_->run_once(0ns);
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  EXPECT_TRUE(conn->is_open()) << "input did not push the idle timeout out";
+  clock_.advance(1ns);
+  loop_->run_once(0ns);
+  EXPECT_FALSE(conn->is_open());
+}
+
+// connection.hpp, set_idle_timeout(): "on_close comes up to `linger` after the deadline": the
+// idle close is graceful, and toward a peer that sends no EOF on_close(timed_out) comes when
+// linger runs out, counted from the deadline, with ec timed_out.
+TEST_F(ConnectionTest, IdleCloseIsGracefulAndOnCloseComesUpToLingerAfterTheDeadline) {
+  use_manual_clock();
+  ServerOptions options;
+  options.connection.idle_timeout = 30s;
+  options.connection.linger = 5s;
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound);  // reads, but never sends its EOF
+  ASSERT_TRUE(run_until_open());
+  Record& rec = records_[0];
+  Connection* conn = server_side(rec);
+  ASSERT_NE(conn, nullptr);
+  clock_.advance(30s);
+  loop_->run_once(0ns);
+  EXPECT_FALSE(conn->is_open()) << "the deadline passed without a close";
+  EXPECT_FALSE(conn->is_closed()) << "the idle close was not graceful";
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.eof();
+  })) << "no FIN at the deadline";
+  clock_.advance(5s - 1ns);
+  loop_->run_once(0ns);
+  loop_->run_once(0ns);
+  EXPECT_EQ(rec.close_calls, 0) << "on_close came before linger ran out";
+  clock_.advance(1ns);
+  loop_->run_once(0ns);
+  loop_->run_once(0ns);  // on_close: from the loop, after the timer that ended it
+  ASSERT_EQ(rec.close_calls, 1) << "linger ran out without ending the connection";
+  EXPECT_EQ(rec.reason, CloseReason::timed_out) << to_string(rec.reason);
+  EXPECT_EQ(rec.ec, std::errc::timed_out) << rec.ec.message();
+}
+
 // connection.hpp: set_idle_timeout() on a live connection replaces its timeout, and the
 // countdown starts at the call.
 TEST_F(ConnectionTest, SetIdleTimeoutOnALiveConnectionReplacesTheTimeoutFromNow) {
@@ -2259,6 +2376,43 @@ TEST_F(ConnectionTest, StringLiteralAndViewSendsStillPickTheStringViewOverload) 
     return client.received().size() >= expected.size() || client.eof() || client.failed();
   }));
   EXPECT_EQ(results, (std::vector<bool>{true, true, true, true}));
+  EXPECT_EQ(client.received(), expected);
+}
+
+// tcp_server.hpp, send(id, bytes): "moves them into one task posted to the connection's loop
+// (one allocation: the task, for the id and the string; the bytes are moved, not copied)": the
+// call allocates once, and running the task (find, a direct send) allocates nothing.
+TEST_F(ConnectionTest, ServerSendAllocatesOnlyItsPostedTask) {
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient client(bound);
+  ASSERT_TRUE(run_until_open());
+  const ConnectionId id = records_[0].id;
+  const std::string message(100, 'm');  // past the small-string buffer: a moved heap block
+  std::string expected;
+  std::uint64_t call_allocations = 0;
+  std::uint64_t run_allocations = 0;
+  for (int round = 0; round < 3; ++round) {  // the first rounds grow the loop's task queues
+    std::string bytes = message;
+    const char* block = bytes.data();
+    std::uint64_t before = allocations.load();
+    counting_allocations = true;
+    server_->send(id, std::move(bytes));
+    counting_allocations = false;
+    call_allocations = allocations.load() - before;
+    EXPECT_NE(bytes.data(), block) << "the bytes were not moved";
+    before = allocations.load();
+    counting_allocations = true;
+    loop_->run_once(0ns);
+    counting_allocations = false;
+    run_allocations = allocations.load() - before;
+    expected += message;
+    ASSERT_TRUE(run_until([&] {
+      client.receive_some();
+      return client.received().size() >= expected.size() || client.eof() || client.failed();
+    }));
+  }
+  EXPECT_EQ(call_allocations, 1u);
+  EXPECT_EQ(run_allocations, 0u);
   EXPECT_EQ(client.received(), expected);
 }
 

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -867,6 +868,171 @@ TEST(TcpServer, DestroyedWithAnOnCloseStillDueDropsIt) {
   ::close(client);
 }
 
+// Accepts `n` clients on a one-loop server; their ids in `ids`, in accept order.
+void open_clients(EventLoop& loop, TcpServer& server, int n, std::vector<int>& clients,
+                  std::vector<ConnectionId>& ids) {
+  for (int i = 0; i < n; ++i) {
+    const int fd = connect_to(server.address());
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    clients.push_back(fd);
+  }
+  ASSERT_TRUE(run_until(loop, [&] { return ids.size() == static_cast<std::size_t>(n); }));
+}
+
+// tcp_server.hpp: for_each_connection "calls fn(Connection&) for each connection of
+// loops[loop_index] that has not ended" (issue 15 part 7: a broadcast without a registry of
+// one's own), and fn may send.
+TEST(TcpServer, ForEachConnectionVisitsEachConnectionThatHasNotEndedAndMaySend) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  int closes = 0;
+  handlers.on_close = [&](Connection&, CloseReason, std::error_code) { ++closes; };
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  std::vector<ConnectionId> ids;
+  server.set_open_handler([&](Connection& c) { ids.push_back(c.id()); });
+  ASSERT_FALSE(server.start());
+  std::vector<int> clients;
+  open_clients(loop, server, 3, clients, ids);
+  ::close(clients[1]);  // its connection ends
+  ASSERT_TRUE(run_until(loop, [&] { return closes == 1; }));
+
+  std::vector<ConnectionId> visited;
+  server.for_each_connection(0, [&](Connection& c) {
+    visited.push_back(c.id());
+    EXPECT_TRUE(c.send("broadcast"));
+  });
+  EXPECT_EQ(visited, (std::vector<ConnectionId>{ids[0], ids[2]}));
+  for (int i : {0, 2}) {
+    std::string got;
+    ASSERT_TRUE(receive(loop, clients[static_cast<std::size_t>(i)], 9, got)) << "client " << i;
+    EXPECT_EQ(got, "broadcast");
+  }
+  ::close(clients[0]);
+  ::close(clients[2]);
+}
+
+// tcp_server.hpp: "fn may send to, close, abort or pause this or any connection ... a
+// connection fn ends before the walk reaches it is skipped" (closing during the walk is safe;
+// ASan holds the "never loses its place").
+TEST(TcpServer, ForEachConnectionMayCloseAndAbortConnectionsDuringTheWalk) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  std::vector<CloseReason> reasons;
+  handlers.on_close = [&](Connection&, CloseReason r, std::error_code) { reasons.push_back(r); };
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  std::vector<ConnectionId> ids;
+  server.set_open_handler([&](Connection& c) { ids.push_back(c.id()); });
+  ASSERT_FALSE(server.start());
+  std::vector<int> clients;
+  open_clients(loop, server, 4, clients, ids);
+
+  std::vector<ConnectionId> visited;
+  server.for_each_connection(0, [&](Connection& c) {
+    visited.push_back(c.id());
+    if (c.id() == ids[0]) {
+      server.find(ids[3])->abort();  // ends one the walk has not reached
+      c.close();                     // and closes itself, gracefully
+    } else {
+      c.close();
+    }
+  });
+  EXPECT_EQ(visited, (std::vector<ConnectionId>{ids[0], ids[1], ids[2]}));
+  EXPECT_TRUE(reasons.empty()) << "on_close ran inside the walk";
+  for (int fd : clients)
+    EXPECT_NE(read_until_closed(loop, fd), PeerEnd::open);
+  for (int fd : clients)
+    ::close(fd);
+  ASSERT_TRUE(run_until(loop, [&] { return reasons.size() == 4; }));
+  EXPECT_EQ(std::count(reasons.begin(), reasons.end(), CloseReason::aborted), 1);
+  EXPECT_EQ(std::count(reasons.begin(), reasons.end(), CloseReason::local_close), 3);
+  int after = 0;
+  const auto count = [&](Connection&) { ++after; };  // a const callable is taken too
+  server.for_each_connection(0, count);
+  EXPECT_EQ(after, 0);
+}
+
+// tcp_server.hpp: send(id, bytes) "from any thread ... Sends from one thread to one connection
+// go out in call order".
+TEST(TcpServer, SendFromAnotherThreadReachesTheConnectionInCallOrder) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  std::vector<ConnectionId> ids;
+  server.set_open_handler([&](Connection& c) { ids.push_back(c.id()); });
+  ASSERT_FALSE(server.start());
+  std::vector<int> clients;
+  open_clients(loop, server, 1, clients, ids);
+  const ConnectionId id = ids[0];
+  std::thread([&server, id] {
+    for (int i = 0; i < 100; ++i)
+      server.send(id, std::to_string(i % 10));
+  }).join();
+  std::string want;
+  for (int i = 0; i < 100; ++i)
+    want += std::to_string(i % 10);
+  std::string got;
+  ASSERT_TRUE(receive(loop, clients[0], want.size(), got));
+  EXPECT_EQ(got, want);
+  ::close(clients[0]);
+}
+
+// tcp_server.hpp: send(): "A connection gone by then (a stale id) ... the bytes are dropped,
+// silently": not sent to the connection that took its slot.
+TEST(TcpServer, SendToAStaleIdFromAnotherThreadDropsTheBytes) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  int closes = 0;
+  handlers.on_close = [&](Connection&, CloseReason, std::error_code) { ++closes; };
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  std::vector<ConnectionId> ids;
+  server.set_open_handler([&](Connection& c) { ids.push_back(c.id()); });
+  ASSERT_FALSE(server.start());
+  std::vector<int> clients;
+  open_clients(loop, server, 1, clients, ids);
+  const ConnectionId stale = ids[0];
+  ::close(clients[0]);
+  ASSERT_TRUE(run_until(loop, [&] { return closes == 1; }));
+  const int second = connect_to(server.address());
+  ASSERT_GE(second, 0);
+  ASSERT_TRUE(run_until(loop, [&] { return ids.size() == 2; }));
+  ASSERT_EQ(ids[1].slot, stale.slot) << "the freed slot is reused";
+
+  std::thread([&server, stale, fresh = ids[1]] {
+    server.send(stale, "for the old one ");
+    server.send(ConnectionId{}, "never handed out ");
+    server.send(ConnectionId{stale.slot, stale.generation, 7}, "no such loop ");
+    server.send(fresh, "for the new one");
+  }).join();
+  std::string got;
+  ASSERT_TRUE(receive(loop, second, 15, got));
+  loop.run_once(0ms);
+  char extra[64];
+  EXPECT_LT(::recv(second, extra, sizeof extra, MSG_DONTWAIT), 0);
+  EXPECT_EQ(got, "for the new one");
+  ::close(second);
+}
+
+// tcp_server.hpp: send(): "... or a server destroyed meanwhile: the bytes are dropped" (under
+// ASan: the task does not touch the destroyed server).
+TEST(TcpServer, DestroyedWithASendPostedFromAnotherThreadDropsTheBytes) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  auto server = std::make_unique<TcpServer>(loop, Address::ipv4_loopback(0), handlers);
+  std::vector<ConnectionId> ids;
+  server->set_open_handler([&](Connection& c) { ids.push_back(c.id()); });
+  ASSERT_FALSE(server->start());
+  std::vector<int> clients;
+  open_clients(loop, *server, 1, clients, ids);
+  std::thread([&] { server->send(ids[0], "too late"); }).join();
+  server.reset();
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  std::string got;
+  EXPECT_NE(read_until_closed(loop, clients[0], &got), PeerEnd::open);
+  EXPECT_EQ(got, "");
+  ::close(clients[0]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The header's "asserted in debug builds": misuse from the wrong thread or from inside the
 // server's own callbacks aborts with a message naming it (skipped under NDEBUG).
@@ -906,6 +1072,18 @@ TEST(TcpServerDeathTest, FindOffTheConnectionsLoopThreadIsAsserted) {
   EXPECT_DEATH(std::thread([&] { (void)server.find(id); }).join(),
                "find\\(\\) on the connection's own loop only");
   ::close(client);
+}
+
+// "for_each_connection(i, fn): the thread of loops[i] only (asserted in debug builds)"
+TEST(TcpServerDeathTest, ForEachConnectionOffThatLoopsThreadIsAsserted) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  TcpServer server(loop, Address::ipv4_loopback(0), handlers);
+  EXPECT_DEATH(std::thread([&] { server.for_each_connection(0, [](Connection&) {}); }).join(),
+               "for_each_connection\\(\\) on that loop's thread only");
+  EXPECT_DEATH(server.for_each_connection(1, [](Connection&) {}),
+               "for_each_connection\\(\\): no such loop");
 }
 
 // "Destruction ... outside the server's own callbacks (asserted in debug builds; defer() it)"
@@ -1212,6 +1390,94 @@ TEST(TcpServerTwoLoops, PostingToTheShardFindsTheConnectionById) {
   ASSERT_EQ(sent_result.wait_for(10s), std::future_status::ready);
   EXPECT_TRUE(sent_result.get());
   stop_server(loop, server, clients);
+}
+
+// tcp_server.hpp: send(id, bytes) from any thread reaches a connection of another loop
+// (issue 15 part 7: "without hand-written post + find").
+TEST(TcpServerTwoLoops, SendFromTheTestThreadReachesAConnectionOfTheOtherLoop) {
+  EventLoop loop;
+  LoopThread other;
+  ShardLog log;
+  TcpServer server(std::vector<EventLoop*>{&loop, &other.loop()}, Address::ipv4_loopback(0),
+                   log.handlers);
+  server.set_open_handler(log.open_handler());
+  ASSERT_FALSE(server.start());
+  std::vector<int> clients;
+  ASSERT_TRUE(connect_clients(server.address(), 1, clients)) << std::strerror(errno);
+  ASSERT_TRUE(log.wait_for(1, 1));
+  ConnectionId id;
+  {
+    std::lock_guard lock(log.mutex);
+    id = log.opened[0];
+  }
+  ASSERT_EQ(id.shard, 1u);
+  server.send(id, "pushed from another thread");
+  std::string got;
+  ASSERT_TRUE(receive(loop, clients[0], 26, got));
+  EXPECT_EQ(got, "pushed from another thread");
+  stop_server(loop, server, clients);
+}
+
+// tcp_server.hpp: for_each_connection on a loop's own thread (a task posted there) walks that
+// loop's connections only.
+TEST(TcpServerTwoLoops, ForEachConnectionOnTheOtherLoopWalksItsOwnConnections) {
+  EventLoop loop;
+  LoopThread other;
+  ShardLog log;
+  TcpServer server(std::vector<EventLoop*>{&loop, &other.loop()}, Address::ipv4_loopback(0),
+                   log.handlers);
+  server.set_open_handler(log.open_handler());
+  ASSERT_FALSE(server.start());
+  std::vector<int> clients;
+  ASSERT_TRUE(connect_clients(server.address(), 2, clients)) << std::strerror(errno);
+  ASSERT_TRUE(log.wait_for(1, 2));  // the test's loop is not running: loop 1 took both
+  std::promise<std::vector<ConnectionId>> walked;
+  other.loop().post([&] {
+    std::vector<ConnectionId> ids;
+    server.for_each_connection(1, [&](Connection& c) { ids.push_back(c.id()); });
+    walked.set_value(ids);
+  });
+  auto result = walked.get_future();
+  ASSERT_EQ(result.wait_for(10s), std::future_status::ready);
+  std::vector<ConnectionId> ids = result.get();
+  {
+    std::lock_guard lock(log.mutex);
+    EXPECT_EQ(ids, log.opened);
+  }
+  int on_home = 0;
+  server.for_each_connection(0, [&](Connection&) { ++on_home; });
+  EXPECT_EQ(on_home, 0);
+  stop_server(loop, server, clients);
+}
+
+// tcp_server.hpp: send(): "a server destroyed meanwhile: the bytes are dropped": a multi-loop
+// server destroyed after a completed stop while loop 1 still holds a send task for it (TSan and
+// ASan hold that the task neither races with nor outlives the destruction).
+TEST(TcpServerTwoLoops, DestroyedAfterStopWithASendStillQueuedOnTheOtherLoopDropsIt) {
+  EventLoop loop;
+  LoopThread other;
+  ShardLog log;
+  auto server = std::make_unique<TcpServer>(std::vector<EventLoop*>{&loop, &other.loop()},
+                                            Address::ipv4_loopback(0), log.handlers);
+  server->set_open_handler(log.open_handler());
+  ASSERT_FALSE(server->start());
+  std::vector<int> clients;
+  ASSERT_TRUE(connect_clients(server->address(), 1, clients)) << std::strerror(errno);
+  ASSERT_TRUE(log.wait_for(1, 1));
+  ConnectionId id;
+  {
+    std::lock_guard lock(log.mutex);
+    id = log.opened[0];
+  }
+  stop_server(loop, *server, clients);
+  {
+    LoopBlocker blocked(other.loop());
+    server->send(id, "after the stop");  // queued behind the blocker
+    server.reset();
+  }
+  std::promise<void> ran;
+  other.loop().post([&] { ran.set_value(); });  // FIFO: the send task has run before this
+  ASSERT_EQ(ran.get_future().wait_for(10s), std::future_status::ready);
 }
 
 TEST(TcpServerTwoLoops, StartAfterAStopServesOnBothLoopsAgain) {
