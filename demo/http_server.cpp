@@ -34,6 +34,7 @@
 #include <reactor/event_loop.hpp>
 
 #include "cli.hpp"
+#include "end_of_round.hpp"
 #include "http_parser.hpp"
 #include "server_runner.hpp"
 
@@ -107,19 +108,7 @@ class HttpLoop : public demo::LoopHandlers {
   void flush_at_end_of_round(ConnectionState& state) {
     if (state.flush_queued) return;
     state.flush_queued = true;
-    to_flush_.push_back({&state, state.generation});
-    if (to_flush_.size() == 1) loop_.defer([this] { flush_queued(); });
-  }
-
-  void flush_queued() {
-    // By index: a close below ends in on_close, which releases only its own state.
-    for (std::size_t i = 0; i < to_flush_.size(); ++i) {
-      auto [state, generation] = to_flush_[i];
-      if (state->generation != generation) continue;  // closed since it was read
-      state->flush_queued = false;
-      flush(*state);
-    }
-    to_flush_.clear();
+    end_of_round_.queue({&state, state.generation});
   }
 
   // Sends the connection's pending responses, then closes it if the last one asked for that.
@@ -193,7 +182,14 @@ class HttpLoop : public demo::LoopHandlers {
   demo::MessageCounter& messages_;
   const std::string body_;
   http::Request request_;  // ~2 KiB of header slots: one per loop, reused for every request
-  std::vector<std::pair<ConnectionState*, std::uint64_t>> to_flush_;  // read this round
+  // Connections read this round; a flush skips one closed since (its generation moved on).
+  demo::EndOfRound<std::pair<ConnectionState*, std::uint64_t>> end_of_round_{
+      loop_, [this](std::pair<ConnectionState*, std::uint64_t> queued) {
+        auto [state, generation] = queued;
+        if (state->generation != generation) return;
+        state->flush_queued = false;
+        flush(*state);
+      }};
   http::DateCache date_;
   reactor::TimePoint date_read_at_{};
   std::deque<ConnectionState> states_;  // a deque: growth does not move the states handed out

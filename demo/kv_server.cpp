@@ -23,7 +23,7 @@
 // replies; a slot is filled when its Job (or all its parts) come back. A flush sends `out` and
 // the ready slots at the head of the queue with one send.
 //
-// When. Replies are flushed at the end of the loop's dispatch round (a deferred task), after
+// When. Replies are flushed at the end of the loop's dispatch round (EndOfRound), after
 // every ready connection has been read, as redis-server does before it sleeps: a client with
 // many connections then receives its replies in one burst and wakes once for all of them,
 // rather than once per connection.
@@ -45,6 +45,7 @@
 #include <deque>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -55,6 +56,7 @@
 #include <reactor/event_loop.hpp>
 
 #include "cli.hpp"
+#include "end_of_round.hpp"
 #include "keyspace.hpp"
 #include "resp_parser.hpp"
 #include "server_runner.hpp"
@@ -491,7 +493,6 @@ class Shard {
   void finish(Slot& slot);
   void flush(ConnectionState& state);
   void flush_at_end_of_round(ConnectionState& state);
-  void flush_queued();
   ConnectionState* find(ConnectionKey key);
   Args job_args(const Job& job);
 
@@ -507,7 +508,9 @@ class Shard {
   std::vector<std::uint32_t> free_;
   std::vector<std::string_view> argv_;      // the command being dispatched
   std::vector<std::string_view> job_argv_;  // the Job being run (fan_out runs one mid-dispatch)
-  std::vector<ConnectionKey> to_flush_;     // connections read this round, flushed at its end
+  // Connections read this round, flushed at its end; removed by stop(), on the loop's thread
+  // (the shard outlives its loop).
+  std::optional<demo::EndOfRound<ConnectionKey>> end_of_round_;
   std::string scratch_;
   std::vector<std::unique_ptr<Job>> parts_;  // fan_out: one per shard
 };
@@ -558,10 +561,17 @@ Shard::Shard(Cluster& cluster, demo::LoopContext& context, const resp::Limits& l
       messages_(context.messages),
       limits_(limits) {
   sweep_timer_ = loop_.every(kSweepPeriod, [this] { keys_.sweep(loop_.now(), kSweepLimit); });
+  end_of_round_.emplace(loop_, [this](ConnectionKey key) {
+    ConnectionState* state = find(key);
+    if (state == nullptr) return;  // closed since it was read
+    state->flush_queued = false;
+    flush(*state);
+  });
 }
 
 void Shard::stop() {
   loop_.cancel(sweep_timer_);
+  end_of_round_.reset();
 }
 
 void Shard::on_open(reactor::Connection& c) {
@@ -634,19 +644,7 @@ void Shard::on_data(reactor::Connection& c, reactor::Buffer& input) {
 void Shard::flush_at_end_of_round(ConnectionState& state) {
   if (state.flush_queued) return;
   state.flush_queued = true;
-  to_flush_.push_back({state.index, state.generation});
-  if (to_flush_.size() == 1) loop_.defer([this] { flush_queued(); });
-}
-
-void Shard::flush_queued() {
-  // By index: a flush may close a connection, whose on_close touches only its own state.
-  for (std::size_t i = 0; i < to_flush_.size(); ++i) {
-    ConnectionState* state = find(to_flush_[i]);
-    if (state == nullptr) continue;  // closed since it was read
-    state->flush_queued = false;
-    flush(*state);
-  }
-  to_flush_.clear();
+  end_of_round_->queue({state.index, state.generation});
 }
 
 void Shard::on_peer_shutdown(reactor::Connection& c) {

@@ -91,6 +91,7 @@ EventLoop::EventLoop(const Options& options)
     ::prctl(PR_SET_TIMERSLACK, static_cast<unsigned long>(options_.timer_slack.count()));
   }
   measuring_ = options_.measure_time || options_.stall_threshold > Duration::zero();
+  after_wait_work_ = measuring_;
   if (options_.measure_time) {
     timer_delay_ = std::make_unique<Histogram>();
     measured_until_ = clock_now();
@@ -125,6 +126,12 @@ EventLoop::~EventLoop() {
   // Each queue is swapped out before its tasks are destroyed: a destructor may push to it.
   std::vector<Task> doomed;
   for (;;) {
+    for (auto* hooks : {&before_wait_, &after_wait_}) {
+      for (auto& hook : *hooks)
+        doomed.push_back(std::move(hook.fn));
+      hooks->clear();
+    }
+    doomed.clear();
     timers_.clear();
     doomed.swap(deferred_);
     if (doomed.empty()) doomed.swap(posted_run_);
@@ -181,6 +188,8 @@ std::size_t EventLoop::run_once(std::optional<Duration> timeout) {
   } leave{in_run_once_};
 #endif
   ++stats_.iterations;
+  if (before_wait_hooks_) [[unlikely]]
+    run_hooks(before_wait_);
 
   if (!deferred_.empty() || stop_requested_.load(std::memory_order_relaxed)) {
     timeout = Duration::zero();
@@ -194,9 +203,12 @@ std::size_t EventLoop::run_once(std::optional<Duration> timeout) {
 
   const int n = wait(timeout);
   now_valid_ = false;
-  if (measuring_) [[unlikely]] {
-    dispatch_measured(n);
-    return static_cast<std::size_t>(n);
+  if (after_wait_work_) [[unlikely]] {
+    if (!after_wait_.empty()) run_hooks(after_wait_);
+    if (measuring_) {
+      dispatch_measured(n);
+      return static_cast<std::size_t>(n);
+    }
   }
   const epoll_event* events = events_.data();
   for (int i = 0; i < n; ++i) {
@@ -506,6 +518,71 @@ bool EventLoop::reschedule(TimerId id, Duration delay) noexcept {
 void EventLoop::defer(Task fn) {
   assert_in_loop();
   deferred_.push_back(std::move(fn));
+}
+
+HookId EventLoop::on_before_wait(Task fn) {
+  return add_hook(before_wait_, std::move(fn));
+}
+
+HookId EventLoop::on_after_wait(Task fn) {
+  return add_hook(after_wait_, std::move(fn));
+}
+
+HookId EventLoop::add_hook(std::deque<Hook>& hooks, Task fn) {
+  assert_in_loop();
+  hooks.push_back({++last_hook_id_, std::move(fn)});
+  hooks_changed();
+  return HookId{last_hook_id_};
+}
+
+bool EventLoop::remove_hook(HookId id) noexcept {
+  assert_in_loop();
+  if (!id) return false;
+  for (auto* hooks : {&before_wait_, &after_wait_}) {
+    for (auto it = hooks->begin(); it != hooks->end(); ++it) {
+      if (it->id != id.value) continue;
+      if (hooks == hooks_running_) {
+        it->id = 0;  // it may be the running one: run_hooks() erases it when done
+        hooks_removed_ = true;
+        return true;
+      }
+      // Erased before it is destroyed: its destructor may add or remove hooks.
+      Task doomed = std::move(it->fn);
+      hooks->erase(it);
+      hooks_changed();
+      return true;
+    }
+  }
+  return false;
+}
+
+void EventLoop::run_hooks(std::deque<Hook>& hooks) {
+  hooks_running_ = &hooks;
+  // By index, up to the count at the start: hooks added now first run next iteration.
+  const std::size_t count = hooks.size();
+  for (std::size_t i = 0; i < count; ++i) {
+    if (hooks[i].id != 0) hooks[i].fn();
+  }
+  hooks_running_ = nullptr;
+  if (!hooks_removed_) [[likely]]
+    return;
+  hooks_removed_ = false;
+  // Erased first, destroyed after: a destructor may add or remove hooks.
+  std::vector<Task> doomed;
+  for (auto it = hooks.begin(); it != hooks.end();) {
+    if (it->id == 0) {
+      doomed.push_back(std::move(it->fn));
+      it = hooks.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  hooks_changed();
+}
+
+void EventLoop::hooks_changed() noexcept {
+  before_wait_hooks_ = !before_wait_.empty();
+  after_wait_work_ = measuring_ || !after_wait_.empty();
 }
 
 void EventLoop::post(Task fn) {

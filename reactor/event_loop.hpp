@@ -8,11 +8,13 @@
 // being destroyed (LoopThread keeps its loop alive until join() has stopped it).
 //
 // One iteration, in order:
+//   0. before-wait hooks (on_before_wait), in registration order,
 //   1. wait for I/O (epoll_pwait2, nanosecond timeout: until the next timer that can fire, or
 //      not at all when deferred tasks are pending; epoll_wait, millisecond timeout rounded up,
 //      where the constructor's first epoll_pwait2 failed with ENOSYS, an old kernel, or EPERM,
 //      a seccomp profile that does not know the call),
-//   2. dispatch: each ready fd's handler is called with its event mask,
+//   2. after-wait hooks (on_after_wait), in registration order, then dispatch: each ready fd's
+//      handler is called with its event mask,
 //   3. timers whose deadline is <= now(), in deadline order (a delay too long for the clock,
 //      Duration::max() say, saturates to "never"),
 //   4. deferred tasks (defer()), then posted tasks (post()), in the order they were queued,
@@ -101,6 +103,13 @@ struct IoId {
   std::uint32_t generation = 0;  // 0: never valid
   explicit operator bool() const noexcept { return generation != 0; }
   friend bool operator==(IoId, IoId) = default;
+};
+
+// Names one hook (on_before_wait, on_after_wait). Never reused: once removed, stale forever.
+struct HookId {
+  std::uint64_t value = 0;  // 0: never valid
+  explicit operator bool() const noexcept { return value != 0; }
+  friend bool operator==(HookId, HookId) = default;
 };
 
 class EventLoop {
@@ -220,6 +229,21 @@ class EventLoop {
 
   // Runs `fn` after the current dispatch round, on this loop's thread, in the order deferred.
   void defer(Task fn);
+
+  // Hooks, libev's prepare and check watchers: what a library sharing the loop (c-ares, a
+  // database driver) needs to flush its work and recompute its timeouts, and what batching
+  // needs ("send everything queued this round"). Before-wait hooks run at the start of every
+  // iteration, before the wait's timeout is computed, so what they schedule (a timer, a
+  // deferred task, a post) is honoured by that same wait; after-wait hooks run as soon as the
+  // wait returns, before its events are dispatched. Each kind runs in registration order. A
+  // hook added from inside a hook first runs in the next iteration; a hook removed from inside
+  // a hook (itself included) is not called again, and is destroyed once its kind has run. A
+  // hook may do what any callback may. With none registered an iteration pays one compare.
+  HookId on_before_wait(Task fn);
+  HookId on_after_wait(Task fn);
+  // Unregisters and destroys (or, from inside a hook, marks for destruction) the hook. False,
+  // changing nothing, for an id that was removed already or never handed out.
+  bool remove_hook(HookId id) noexcept;
   // Any thread: runs `fn` on the loop's thread, exactly once, FIFO per posting thread. Posts
   // between two iterations cost one eventfd write and read in all. Tasks still queued when the
   // loop is destroyed are destroyed without running.
@@ -280,11 +304,15 @@ class EventLoop {
     assert(in_loop_thread() && "EventLoop method called from a thread that does not own the loop");
   }
   class Meter;
+  struct Hook;
   int wait(std::optional<Duration> timeout);
   int wait_slow(std::optional<Duration> timeout);
   void dispatch_measured(int n);
   void run_tasks(Meter* meter);
   void recycle_removed_slots() noexcept;
+  HookId add_hook(std::deque<Hook>& hooks, Task fn);
+  void run_hooks(std::deque<Hook>& hooks);
+  void hooks_changed() noexcept;
   void on_wakeup();
   void take_posted();
   void on_signalfd();
@@ -298,7 +326,9 @@ class EventLoop {
   mutable TimePoint now_{};
   mutable bool now_valid_ = false;  // now_ was read after the last wait
   Stats stats_;
-  bool measuring_ = false;      // an instrument is on: iterations take dispatch_measured()
+  bool measuring_ = false;  // an instrument is on: iterations take dispatch_measured()
+  // measuring_ or an after-wait hook: the wait is followed by more than the plain dispatch.
+  bool after_wait_work_ = false;
   TimePoint measured_until_{};  // measure_time: the end of the last iteration (or creation)
   std::unique_ptr<Histogram> timer_delay_;  // measure_time only
   std::atomic<bool> stop_requested_{false};
@@ -331,6 +361,19 @@ class EventLoop {
   std::atomic<bool> spinning_{false};
   std::atomic<bool> has_posted_{false};
   std::vector<Task> posted_run_;  // loop thread only
+
+  // Hooks. Deques: a hook added while its kind runs does not move the running one. A removed
+  // hook's id is 0 until its kind has finished running (hooks_running_), then it is erased.
+  struct Hook {
+    std::uint64_t id;
+    Task fn;
+  };
+  std::deque<Hook> before_wait_;
+  std::deque<Hook> after_wait_;
+  bool before_wait_hooks_ = false;  // !before_wait_.empty(): the one compare per iteration
+  std::deque<Hook>* hooks_running_ = nullptr;
+  bool hooks_removed_ = false;  // a hook of hooks_running_ was removed while it ran
+  std::uint64_t last_hook_id_ = 0;
 
   std::deque<std::pair<int, SignalHandler>> signal_handlers_;  // deque: handlers may add handlers
   IoId wake_id_;

@@ -142,6 +142,8 @@ class RefusedPort {
     if (address.ok()) address_ = *address;
   }
   const Address& address() const { return address_; }
+  // From now on connections to the port complete (into the backlog, unaccepted).
+  void start_listening() { EXPECT_EQ(::listen(fd_.get(), 16), 0) << std::strerror(errno); }
 
  private:
   Fd fd_;
@@ -924,6 +926,221 @@ TEST(ConnectionHandle, MovingTransfersOwnership) {
   ASSERT_TRUE(moved->send("still mine"));
   ASSERT_TRUE(run_until(loop, [&] { return client.received.size() >= 10; }));
   EXPECT_EQ(client.received, "still mine");
+}
+
+// Connector::Options::retry: "Any failed attempt ... is retried while attempts remain; the
+// handler then runs once, with ... the last attempt's error, and attempt() says which attempt
+// that was". configure runs once per attempt, which counts them.
+TEST(ConnectorRetry, RefusedAttemptsAreRetriedUpToMaxAttemptsThenTheLastErrorIsReported) {
+  RefusedPort refused;
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  int attempts = 0;
+  Connector::Options options;
+  options.retry.max_attempts = 3;
+  options.retry.first_delay = 100ms;
+  options.retry.jitter = 0;
+  options.configure = [&](int) {
+    ++attempts;
+    return std::error_code{};
+  };
+  Connector connector(loop, std::move(options));
+  Client client;
+  Outcome outcome;
+  int attempt_seen = 0;
+  ASSERT_FALSE(connector.connect(refused.address(), 10s, client.handlers,
+                                 [&](std::error_code ec, ConnectionHandle handle) {
+                                   attempt_seen = connector.attempt();
+                                   record_into(outcome)(ec, std::move(handle));
+                                 }));
+  for (int step = 0; step < 10 && outcome.calls == 0; ++step) {
+    for (int i = 0; i < 5; ++i)
+      loop.run_once(1ms);  // the refusal arrives; the backoff timer waits for the clock
+    EXPECT_TRUE(connector.pending() || outcome.calls == 1);
+    clock.advance(1s);
+  }
+  EXPECT_EQ(attempts, 3);
+  ASSERT_EQ(outcome.calls, 1);
+  EXPECT_EQ(outcome.error, std::errc::connection_refused) << outcome.error.message();
+  EXPECT_EQ(attempt_seen, 3);
+  EXPECT_FALSE(connector.pending());
+}
+
+// "exponential from first_delay by multiplier, capped at max_delay; each delay drawn uniformly
+// from [delay x (1 - jitter), delay]": on the test clock, no attempt starts before the low end
+// of its window, and one has started at its high end.
+TEST(ConnectorRetry, BackoffGrowsByTheMultiplierUpToTheCapWithinItsJitterWindow) {
+  RefusedPort refused;
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  int attempts = 0;
+  Connector::Options options;
+  options.retry.max_attempts = 5;
+  options.retry.first_delay = 100ms;
+  options.retry.multiplier = 2.0;
+  options.retry.max_delay = 300ms;
+  options.retry.jitter = 0.5;
+  options.configure = [&](int) {
+    ++attempts;
+    return std::error_code{};
+  };
+  Connector connector(loop, std::move(options));
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(connector.connect(refused.address(), 10s, client.handlers, record_into(outcome)));
+  const Duration delays[] = {100ms, 200ms, 300ms, 300ms};  // before attempts 2..5
+  for (int k = 0; k < 4; ++k) {
+    SCOPED_TRACE(k);
+    ASSERT_TRUE(run_until(loop, [&] { return attempts == k + 1; }));
+    for (int i = 0; i < 5; ++i)
+      loop.run_once(1ms);  // the refusal arrives, the backoff starts
+    const Duration low = delays[k] / 2;
+    clock.advance(low - 1ms);
+    loop.run_once(0ms);
+    EXPECT_EQ(attempts, k + 1) << "an attempt before its window";
+    clock.advance(delays[k] - low + 1ms);
+    loop.run_once(0ms);
+    EXPECT_EQ(attempts, k + 2) << "no attempt by the end of its window";
+  }
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls == 1; }));
+  EXPECT_EQ(connector.attempt(), 5);
+}
+
+// A later attempt that finds the server up succeeds, and attempt() names it.
+TEST(ConnectorRetry, AnAttemptAfterTheServerComesUpConnects) {
+  RefusedPort refused;
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  Connector::Options options;
+  options.retry.max_attempts = 0;  // no limit
+  options.retry.jitter = 0;
+  Connector connector(loop, std::move(options));
+  Client client;
+  Outcome outcome;
+  int attempt_seen = 0;
+  ASSERT_FALSE(connector.connect(refused.address(), 10s, client.handlers,
+                                 [&](std::error_code ec, ConnectionHandle handle) {
+                                   attempt_seen = connector.attempt();
+                                   record_into(outcome)(ec, std::move(handle));
+                                 }));
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(1ms);
+  EXPECT_EQ(outcome.calls, 0);
+  EXPECT_TRUE(connector.pending());
+  refused.start_listening();
+  clock.advance(100ms);  // first_delay
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls == 1; }));
+  EXPECT_FALSE(outcome.error) << outcome.error.message();
+  EXPECT_TRUE(outcome.handle);
+  EXPECT_EQ(attempt_seen, 2);
+}
+
+// "cancel() during a backoff cancels the rest": no handler, no further attempt.
+TEST(ConnectorRetry, CancelDuringABackoffStopsTheRetries) {
+  RefusedPort refused;
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  int attempts = 0;
+  Connector::Options options;
+  options.retry.max_attempts = 0;
+  options.configure = [&](int) {
+    ++attempts;
+    return std::error_code{};
+  };
+  Connector connector(loop, std::move(options));
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(connector.connect(refused.address(), 10s, client.handlers, record_into(outcome)));
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(1ms);
+  ASSERT_TRUE(connector.pending()) << "waiting out the backoff";
+  connector.cancel();
+  EXPECT_FALSE(connector.pending());
+  clock.advance(1h);
+  for (int i = 0; i < 5; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(attempts, 1);
+  EXPECT_EQ(outcome.calls, 0);
+}
+
+// "configure: called with each attempt's socket before bind() and connect()": a receive buffer
+// it sets is the connection's; "an error it returns is that attempt's error" (the first
+// attempt's: returned by connect(), the handler not called).
+TEST(ConnectorOptions, ConfigureSetsSocketOptionsBeforeConnectAndItsErrorIsReturned) {
+  EventLoop loop;
+  EchoServer server(loop, Address::ipv4_loopback(0));
+  Connector::Options options;
+  int configured_fd = -1;
+  options.configure = [&](int fd) {
+    configured_fd = fd;
+    const int size = 64 * 1024;
+    return ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size) == 0 ? std::error_code{}
+                                                                            : errno_code();
+  };
+  Connector connector(loop, std::move(options));
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(
+      connector.connect(server.server.address(), 10s, client.handlers, record_into(outcome)));
+  ASSERT_TRUE(run_until(loop, [&] { return outcome.calls == 1; }));
+  ASSERT_TRUE(outcome.handle) << outcome.error.message();
+  EXPECT_EQ(outcome.handle->fd(), configured_fd);
+  int size = 0;
+  socklen_t len = sizeof size;
+  ASSERT_EQ(::getsockopt(outcome.handle->fd(), SOL_SOCKET, SO_RCVBUF, &size, &len), 0);
+  EXPECT_EQ(size, 2 * 64 * 1024);  // the kernel doubles what it was given
+
+  Connector::Options failing;
+  failing.configure = [](int) { return std::make_error_code(std::errc::permission_denied); };
+  Connector refused_by_configure(loop, std::move(failing));
+  Outcome never;
+  EXPECT_EQ(refused_by_configure.connect(server.server.address(), 10s, client.handlers,
+                                         record_into(never)),
+            std::errc::permission_denied);
+  for (int i = 0; i < 3; ++i)
+    loop.run_once(0ms);
+  EXPECT_EQ(never.calls, 0);
+  EXPECT_FALSE(refused_by_configure.pending());
+}
+
+// "source: bound before connect(): the address (and port) the connection comes from", with a
+// port of 0 left to connect(); a family other than the destination's is refused.
+TEST(ConnectorOptions, SourceAddressIsTheConnectionsLocalAddress) {
+  EventLoop loop;
+  EchoServer server(loop, Address::ipv4_loopback(0));
+  for (const bool fixed_port : {false, true}) {
+    SCOPED_TRACE(fixed_port ? "fixed port" : "port 0");
+    Address source = *Address::parse("127.0.0.2:0");
+    if (fixed_port) {
+      RefusedPort probe;  // a port no one else holds, released just below
+      source = *Address::parse("127.0.0.2:" + std::to_string(probe.address().port()));
+    }
+    Connector::Options options;
+    options.source = source;
+    Connector connector(loop, std::move(options));
+    Client client;
+    Outcome outcome;
+    ASSERT_FALSE(
+        connector.connect(server.server.address(), 10s, client.handlers, record_into(outcome)));
+    ASSERT_TRUE(run_until(loop, [&] { return outcome.calls == 1; }));
+    ASSERT_TRUE(outcome.handle) << outcome.error.message();
+    const auto bound = outcome.handle->local_address();
+    ASSERT_TRUE(bound.ok());
+    const Address local = *bound;
+    EXPECT_EQ(local.to_string().rfind("127.0.0.2:", 0), 0u) << local.to_string();
+    if (fixed_port) {
+      EXPECT_EQ(local.port(), source.port());
+    } else {
+      EXPECT_NE(local.port(), 0);
+    }
+  }
+  Connector::Options v6;
+  v6.source = Address::ipv6_loopback(0);
+  Connector mismatched(loop, std::move(v6));
+  Client client;
+  Outcome never;
+  EXPECT_EQ(mismatched.connect(server.server.address(), 10s, client.handlers, record_into(never)),
+            std::errc::address_family_not_supported);
 }
 
 }  // namespace

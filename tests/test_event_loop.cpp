@@ -2451,5 +2451,172 @@ TEST(EventLoop, TimerSlackIsSetOnTheConstructingThreadOnly) {
   EXPECT_EQ(default_after, default_before);
 }
 
+// Hooks: "Each kind runs in registration order", before-wait hooks at the start of every
+// iteration (step 0), after-wait hooks as soon as the wait returns, before its events are
+// dispatched (step 2).
+TEST(EventLoopHooks, BeforeAndAfterWaitHooksRunEveryIterationInRegistrationOrder) {
+  EventLoop loop;
+  FdPair pipe = make_pipe();
+  ASSERT_TRUE(pipe.a);
+  std::vector<std::string> log;
+  loop.on_before_wait([&] { log.push_back("before1"); });
+  loop.on_after_wait([&] { log.push_back("after1"); });
+  loop.on_before_wait([&] { log.push_back("before2"); });
+  loop.on_after_wait([&] { log.push_back("after2"); });
+  ASSERT_TRUE(loop.add(pipe.a.get(), io::readable, [&](std::uint32_t) {
+    log.push_back("io");
+    char c;
+    ASSERT_EQ(::read(pipe.a.get(), &c, 1), 1);
+  }));
+  write_byte(pipe.b.get());
+  loop.run_once(0ms);
+  loop.run_once(0ms);
+  EXPECT_EQ(log, (std::vector<std::string>{"before1", "before2", "after1", "after2", "io",
+                                           "before1", "before2", "after1", "after2"}));
+}
+
+// "a hook removed from inside a hook (itself included) is not called again": the hook that
+// removes itself finishes its run with its captures whole; the later one it removes is skipped
+// in that same round.
+TEST(EventLoopHooks, AHookRemovedFromInsideAHookIsNotCalledAgain) {
+  EventLoop loop;
+  auto alive = std::make_shared<int>(7);
+  int self_runs = 0, other_runs = 0, kept_runs = 0;
+  HookId self, other;
+  self = loop.on_before_wait([&, alive] {
+    ++self_runs;
+    EXPECT_TRUE(loop.remove_hook(self));
+    EXPECT_TRUE(loop.remove_hook(other));
+    EXPECT_EQ(*alive, 7);  // its callable is still whole after removing itself
+  });
+  other = loop.on_before_wait([&] { ++other_runs; });
+  loop.on_before_wait([&] { ++kept_runs; });
+  std::weak_ptr<int> watch = alive;
+  alive.reset();
+  loop.run_once(0ms);
+  loop.run_once(0ms);
+  EXPECT_EQ(self_runs, 1);
+  EXPECT_EQ(other_runs, 0);
+  EXPECT_EQ(kept_runs, 2);
+  EXPECT_TRUE(watch.expired()) << "a removed hook is destroyed once its kind has run";
+  EXPECT_FALSE(loop.remove_hook(self)) << "removing twice";
+}
+
+// "A hook added from inside a hook first runs in the next iteration."
+TEST(EventLoopHooks, AHookAddedFromInsideAHookFirstRunsNextIteration) {
+  EventLoop loop;
+  std::vector<std::string> log;
+  bool added = false;
+  loop.on_after_wait([&] {
+    log.push_back("adder");
+    if (added) return;
+    added = true;
+    // Enough of them to make the deque allocate a new block under the running hook.
+    for (int i = 0; i < 100; ++i)
+      loop.on_after_wait([&, i] {
+        if (i == 0) log.push_back("new");
+      });
+  });
+  loop.run_once(0ms);
+  EXPECT_EQ(log, (std::vector<std::string>{"adder"}));
+  loop.run_once(0ms);
+  EXPECT_EQ(log, (std::vector<std::string>{"adder", "adder", "new"}));
+}
+
+// "what they schedule (a timer ...) is honoured by that same wait": a before-wait hook that
+// adds a 1 ms timer bounds the wait it precedes (the wait's timeout is read off the epoll call).
+TEST(EventLoopHooks, ATimerAddedByABeforeWaitHookBoundsThatWait) {
+  EventLoop loop;
+  bool fired = false;
+  bool armed = false;
+  loop.on_before_wait([&] {
+    if (armed) return;
+    armed = true;
+    loop.after(1ms, [&] { fired = true; });
+  });
+  waits.reset();
+  // Unbounded waits (run_once()): the hook's timer is the bound; a guard ends a broken one.
+  EXPECT_TRUE(run_unbounded_until(loop, [&] { return fired; }));
+  if (loop.stats().epoll_pwait2) {
+    EXPECT_EQ(waits.last_pwait2_timeout_ns.load() == -1, false) << "an unbounded wait";
+    EXPECT_LE(waits.last_pwait2_timeout_ns.load(), std::chrono::nanoseconds(1ms).count());
+  } else {
+    EXPECT_GE(waits.last_wait_timeout_ms.load(), 0) << "an unbounded wait";
+    EXPECT_LE(waits.last_wait_timeout_ms.load(), 1);
+  }
+}
+
+// "(... a deferred task, a post) is honoured by that same wait": the task runs in the
+// iteration the hook ran in, and that iteration's wait did not block.
+TEST(EventLoopHooks, ATaskDeferredOrPostedByABeforeWaitHookRunsInThatIteration) {
+  for (const bool post : {false, true}) {
+    SCOPED_TRACE(post ? "post" : "defer");
+    EventLoop loop;
+    int ran = 0;
+    bool queued = false;
+    loop.on_before_wait([&] {
+      if (queued) return;
+      queued = true;
+      if (post) {
+        loop.post([&] { ++ran; });
+      } else {
+        loop.defer([&] { ++ran; });
+      }
+    });
+    // Unbounded waits: one that ignored the task would block until the guard's post.
+    EXPECT_TRUE(run_unbounded_until(loop, [&] { return ran == 1; }));
+    EXPECT_EQ(loop.stats().iterations, 1u);
+  }
+}
+
+// "remove_hook ... False, changing nothing, for an id that was removed already or never handed
+// out"; ids are never reused.
+TEST(EventLoopHooks, RemoveHookOfAStaleOrUnknownIdReturnsFalse) {
+  EventLoop loop;
+  int runs = 0;
+  const HookId first = loop.on_after_wait([&] { ++runs; });
+  EXPECT_FALSE(loop.remove_hook(HookId{}));
+  EXPECT_FALSE(loop.remove_hook(HookId{first.value + 100}));
+  EXPECT_TRUE(loop.remove_hook(first));
+  EXPECT_FALSE(loop.remove_hook(first));
+  const HookId second = loop.on_after_wait([&] { ++runs; });
+  EXPECT_NE(second, first);
+  EXPECT_FALSE(loop.remove_hook(first));
+  loop.run_once(0ms);
+  EXPECT_EQ(runs, 1);
+}
+
+// After-wait hooks with the instruments on: the measured dispatch runs them too, first.
+TEST(EventLoopHooks, AfterWaitHooksRunWhenTheLoopMeasures) {
+  EventLoop::Options options;
+  options.measure_time = true;
+  EventLoop loop(options);
+  std::vector<std::string> log;
+  loop.on_after_wait([&] { log.push_back("after"); });
+  loop.defer([&] { log.push_back("deferred"); });
+  loop.run_once(0ms);
+  EXPECT_EQ(log, (std::vector<std::string>{"after", "deferred"}));
+}
+
+// "Destruction": hooks are destroyed with the loop, first, while it is whole: a hook that owns
+// something whose destructor uses the loop (here: removes another hook) is safe.
+TEST(EventLoopHooks, HooksAreDestroyedWithTheLoopWhileItIsWhole) {
+  struct RemovesOnDestruction {
+    EventLoop* loop;
+    HookId other;
+    ~RemovesOnDestruction() {
+      if (loop) loop->remove_hook(other);
+    }
+    RemovesOnDestruction(EventLoop* l, HookId o) : loop(l), other(o) {}
+    RemovesOnDestruction(RemovesOnDestruction&& from) noexcept
+        : loop(std::exchange(from.loop, nullptr)), other(from.other) {}
+  };
+  auto loop = std::make_unique<EventLoop>();
+  const HookId other = loop->on_after_wait([] {});
+  loop->on_before_wait([owner = RemovesOnDestruction(loop.get(), other)] {});
+  loop.reset();  // ASan: no use of a destroyed member
+  SUCCEED();
+}
+
 }  // namespace
 }  // namespace reactor
