@@ -138,10 +138,18 @@ Resolver::Resolver(EventLoop& loop, const Options& options) : loop_(loop) {
                               "ares_set_servers_ports_csv: " + options.servers);
     }
   }
+  // Once per iteration, before the loop computes its wait: c-ares' next timeout, when anything
+  // called into c-ares since the last time (nothing else changes it).
+  hook_ = loop_.on_before_wait([this] {
+    if (!timer_stale_) return;
+    timer_stale_ = false;
+    update_timer();
+  });
 }
 
 Resolver::~Resolver() {
   destroying_ = true;
+  loop_.remove_hook(hook_);
   loop_.cancel(timer_);
   for (auto& [id, query] : queries_)
     loop_.cancel(query->delivery);
@@ -175,7 +183,7 @@ Resolver::QueryId Resolver::resolve(std::string_view host, std::uint16_t port, i
   // schedules the delivery.
   ares_getaddrinfo(channel_, std::string(host).c_str(), nullptr, &hints, &Resolver::on_addrinfo,
                    &query);
-  update_timer();
+  timer_stale_ = true;
   return id;
 }
 
@@ -272,13 +280,13 @@ void Resolver::on_io(int fd, std::uint32_t events) {
   const bool read = (events & io::readable) != 0 || (failed && (interest & io::readable) != 0);
   const bool write = (events & io::writable) != 0 || (failed && (interest & io::writable) != 0);
   ares_process_fd(channel_, read ? fd : ARES_SOCKET_BAD, write ? fd : ARES_SOCKET_BAD);
-  update_timer();
+  timer_stale_ = true;
 }
 
 void Resolver::on_timer() {
   timer_ = {};
   ares_process_fd(channel_, ARES_SOCKET_BAD, ARES_SOCKET_BAD);  // expires what timed out
-  update_timer();
+  timer_stale_ = true;
 }
 
 void Resolver::update_timer() {

@@ -4,8 +4,9 @@
 // What it is. One c-ares channel driven only through the loop's public API: the sockets c-ares
 // opens are registered with loop.add() from its socket-state callback (and removed before
 // c-ares closes them), their events go to ares_process_fd(), and one loop timer follows
-// ares_timeout(), recomputed after every call into c-ares. No thread, no blocking call: the
-// hosts file is read and the answers parsed on the loop thread, inside resolve() and the
+// ares_timeout(), recomputed by a before-wait hook (on_before_wait) before each wait that
+// follows a call into c-ares (resolve(), an event, the timer). No thread, no blocking call:
+// the hosts file is read and the answers parsed on the loop thread, inside resolve() and the
 // loop's dispatch.
 //
 // resolve(host, port, family, handler) looks `host` up (AF_INET, AF_INET6 or AF_UNSPEC for
@@ -112,6 +113,8 @@ class Resolver {
   QueryId next_id_ = 1;
   std::size_t pending_ = 0;
   TimerId timer_{};
+  HookId hook_{};
+  bool timer_stale_ = false;  // c-ares was called since the timer was last recomputed
   bool destroying_ = false;
 };
 

@@ -322,6 +322,18 @@ TEST_F(ResolverTest, UnansweredQueryTimesOut) {
   EXPECT_THAT(out.addresses, IsEmpty());
 }
 
+// "one loop timer follows ares_timeout(), recomputed by a before-wait hook (on_before_wait)
+// before each wait that follows a call into c-ares": a loop whose waits nobody bounds
+// (run_once() without a timeout) still wakes for c-ares' retry and its timeout.
+TEST_F(ResolverTest, UnboundedWaitsEndAtCaresTimeoutThroughTheBeforeWaitHook) {
+  Resolver resolver(loop_, options(20ms, 3));
+  Outcome out;
+  resolver.resolve("never.test", 80, AF_INET, record(out));
+  ASSERT_TRUE(test::run_unbounded_until(loop_, [&] { return out.called; }));
+  EXPECT_EQ(out.error, ResolveError::timeout) << out.error.message();
+  EXPECT_EQ(responder_.udp_queries, 3);  // each retry was sent when its timer fired
+}
+
 // "A truncated UDP answer is retried over TCP by c-ares."
 TEST_F(ResolverTest, TruncatedUdpAnswerIsRetriedOverTcp) {
   Resolver resolver(loop_, options());
