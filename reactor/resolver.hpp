@@ -9,16 +9,16 @@
 // the hosts file is read and the answers parsed on the loop thread, inside resolve() and the
 // loop's dispatch.
 //
-// resolve(host, port, family, handler) looks `host` up (AF_INET, AF_INET6 or AF_UNSPEC for
-// both) and returns a QueryId. The handler runs exactly once, later, on the loop (never inside
-// resolve(), even when the answer is known at once: a numeric host, the hosts file), with
-// either the addresses, each carrying `port`, in the order c-ares gives them (sorted by RFC
-// 6724's rules, the answer's order kept among equals), and no error; or an empty span and a
-// ResolveError: not_found (NXDOMAIN: no such name), no_address (the name
-// exists, without an address of that family), timeout (Options::tries attempts of Options::timeout
-// each, doubling per round, got no answer), server_failure (SERVFAIL, REFUSED, a malformed answer),
-// bad_name, ... The span is valid during the call only. /etc/hosts is consulted before DNS
-// (`localhost` resolves without a server). A truncated UDP answer is retried over TCP by c-ares.
+// resolve(host, port, family, handler) looks `host` up (AF_INET, AF_INET6 or AF_UNSPEC for both)
+// and returns a QueryId. The handler runs exactly once, later, on the loop (never inside resolve(),
+// even when the answer is known at once: a numeric host, the hosts file), with either the
+// addresses, each carrying `port`, in the order c-ares gives them (sorted by RFC 6724's rules, the
+// answer's order kept among equals), and no error; or an empty span and a ResolveError: not_found
+// (NXDOMAIN: no such name), no_address (the name exists, without an address of that family),
+// timeout (Options::tries attempts of Options::timeout each, doubling per round, got no answer),
+// server_failure (SERVFAIL, REFUSED, a malformed answer), bad_name, ... The span is valid during
+// the call only. /etc/hosts is consulted before DNS (`localhost` resolves without a server). A
+// truncated UDP answer is retried over TCP by c-ares.
 //
 // cancel(id) drops the query's handler: it is never called. The lookup itself may go on in
 // c-ares until it finishes unseen (c-ares 1.18 cancels only a whole channel). Cancelling a
