@@ -7,6 +7,8 @@
 server_binary() {
   case "$2" in
     floor) echo "$1/bench/floor_server" ;;
+    floor_udp | naive_udp) echo "$1/bench/floor_udp" ;;  # naive_udp: with --naive
+    udp_echo) echo "$1/demo/udp_echo" ;;
     reactor) echo "$1/demo/echo_server" ;;
     libuv) echo "$1/bench/peer_libuv" ;;
     libevent) echo "$1/bench/peer_libevent" ;;
@@ -54,6 +56,8 @@ start_server() {
     return 1
   fi
   SERVER_PORT=${SERVER_ADDR##*:}  # used by the scripts that source this file
+  # A UDP server prints `listening on udp:ADDR`: SERVER_ADDR keeps the prefix, which the UDP
+  # clients accept.
 }
 
 # server_cpu_ns: CPU time (user + system, ns) the server process (SERVER_PID) has used so far,

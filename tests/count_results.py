@@ -27,6 +27,7 @@ EXPECTED = {
     'http_parser': NO_TSAN, 'resp_parser': NO_TSAN, 'histogram': NO_TSAN, 'demo': NO_TSAN,
     'http_server': NO_TSAN, 'kv_server': NO_TSAN, 'bad_input': NO_TSAN, 'soak': NO_TSAN,
     'faults': NO_TSAN, 'embed': SANITIZERS_OFF,
+    'datagram_socket': NO_TSAN,
     'resolver': NO_TSAN,  # built with -Dresolver=enabled, as build.sh configures every test build
     # The multi-threaded cases of other executables, picked by name into the TSan run
     # (tests/meson.build): the signal tests' second thread, two-loop servers, --threads demos.

@@ -15,7 +15,7 @@ meson install -C "$build" --destdir "$tmp/root" --no-rebuild --quiet >/dev/null
 prefix=$(meson introspect "$build" --buildoptions |
   python3 -c 'import json,sys; print(next(o["value"] for o in json.load(sys.stdin) if o["name"]=="prefix"))')
 root=$tmp/root$prefix
-for h in event_loop connection tcp_server listener connector buffer address socket function result timer_queue loop_thread; do
+for h in event_loop connection tcp_server listener connector buffer address socket function result timer_queue loop_thread datagram_socket histogram; do
   [[ -f $root/include/reactor/$h.hpp ]] || { echo "missing header: include/reactor/$h.hpp"; exit 1; }
 done
 pc=$(find "$root" -name reactor.pc | head -n 1)
