@@ -16,9 +16,9 @@
 // answer's order kept among equals), and no error; or an empty span and a ResolveError: not_found
 // (NXDOMAIN: no such name), no_address (the name exists, without an address of that family),
 // timeout (Options::tries attempts of Options::timeout each, doubling per round, got no answer),
-// server_failure (SERVFAIL, REFUSED, a malformed answer), bad_name, ... The span is valid during
-// the call only. /etc/hosts is consulted before DNS (`localhost` resolves without a server). A
-// truncated UDP answer is retried over TCP by c-ares.
+// server_failure (SERVFAIL, REFUSED, a malformed answer), refused (no server could be reached),
+// bad_name, ... The span is valid during the call only. /etc/hosts is consulted before DNS
+// (`localhost` resolves without a server). A truncated UDP answer is retried over TCP by c-ares.
 //
 // cancel(id) drops the query's handler: it is never called. The lookup itself may go on in
 // c-ares until it finishes unseen (c-ares 1.18 cancels only a whole channel). Cancelling a

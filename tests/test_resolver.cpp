@@ -335,6 +335,22 @@ TEST_F(ResolverTest, UnboundedWaitsEndAtCaresTimeoutThroughTheBeforeWaitHook) {
   EXPECT_GE(responder_.udp_queries, 3);  // each retry was sent when its timer fired
 }
 
+// "refused: no server could be reached" (each try's UDP query met a closed port: ECONNREFUSED)
+TEST_F(ResolverTest, ServerOnAClosedPortIsRefused) {
+  int udp = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof sa;
+  ASSERT_EQ(::bind(udp, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  ASSERT_EQ(::getsockname(udp, reinterpret_cast<sockaddr*>(&sa), &len), 0);
+  ::close(udp);  // nothing listens there now
+  Resolver resolver(loop_, {"127.0.0.1:" + std::to_string(ntohs(sa.sin_port)), 5s, 2});
+  Outcome out = resolve(resolver, "a.test", AF_INET);
+  EXPECT_EQ(out.error, ResolveError::refused) << out.error.message();
+  EXPECT_THAT(out.addresses, IsEmpty());
+}
+
 // "A truncated UDP answer is retried over TCP by c-ares."
 TEST_F(ResolverTest, TruncatedUdpAnswerIsRetriedOverTcp) {
   Resolver resolver(loop_, options());
