@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 
 run_pkgs=(meson ninja-build g++ pkg-config libcli11-dev nlohmann-json3-dev)
 test_pkgs=("${run_pkgs[@]}" libgtest-dev libgmock-dev libbenchmark-dev python3 curl redis-tools
-           fiu-utils cmake)
+           fiu-utils cmake libc-ares-dev)
 
 install_missing() {
   local missing=() p
@@ -67,8 +67,8 @@ case $cmd in
       tests/test_threads tests/test_event_loop tests/test_tcp_server tests/test_demo
       tests/test_http_server tests/test_kv_server
       demo/echo_server demo/reactor-load demo/http_server demo/kv_server)
-    # enabled, not auto: a missing GoogleTest or CLI11 is an error, not a smaller suite.
-    setup "$dir" -Dtests=enabled -Ddemo=enabled "${opts[@]}"
+    # enabled, not auto: a missing GoogleTest, CLI11 or c-ares is an error, not a smaller suite.
+    setup "$dir" -Dtests=enabled -Ddemo=enabled -Dresolver=enabled "${opts[@]}"
     ninja -C "$dir" "${targets[@]}"
     # No stale results: a report or log left by an earlier run must not count for this one.
     rm -rf "$dir/tests/results" "$dir/meson-logs/testlog.json"

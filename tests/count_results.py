@@ -28,6 +28,7 @@ EXPECTED = {
     'http_server': NO_TSAN, 'kv_server': NO_TSAN, 'bad_input': NO_TSAN, 'soak': NO_TSAN,
     'faults': NO_TSAN, 'embed': SANITIZERS_OFF,
     'datagram_socket': NO_TSAN,
+    'resolver': NO_TSAN,  # built with -Dresolver=enabled, as build.sh configures every test build
     # The multi-threaded cases of other executables, picked by name into the TSan run
     # (tests/meson.build): the signal tests' second thread, two-loop servers, --threads demos.
     'event_loop_threads': TSAN_ONLY, 'tcp_server_threads': TSAN_ONLY, 'demo_threads': TSAN_ONLY,
