@@ -22,8 +22,12 @@
 #include <chrono>
 #include <csignal>
 #include <cstdint>
+#include <cstdio>
+#include <fstream>
 #include <optional>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -171,13 +175,13 @@ class Peer {
 // A listening socket of the test's own, the proxy's upstream.
 class Upstream {
  public:
-  explicit Upstream(bool listen = true) {
+  explicit Upstream(bool listen = true, int backlog = 16) {
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    if (listen) ::listen(fd_, 16);
+    if (listen) ::listen(fd_, backlog);
     socklen_t len = sizeof a;
     ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
     port_ = ntohs(a.sin_port);
@@ -390,6 +394,59 @@ TEST_F(TcpProxyTest, UpstreamDownClosesTheClientCleanly) {
   ASSERT_TRUE(again.ok());
   EXPECT_TRUE(again.read_to_eof());
   EXPECT_EQ(again.error(), 0);
+}
+
+// Whether a socket of this network namespace is in SYN_SENT towards 127.0.0.1:`port` (a line
+// of /proc/net/tcp with that remote port and state 02): a connect the listener dropped.
+bool syn_sent_to(std::uint16_t port) {
+  std::ifstream tcp("/proc/net/tcp");
+  std::string line;
+  std::getline(tcp, line);  // the header
+  char want[8];
+  std::snprintf(want, sizeof want, ":%04X", port);
+  while (std::getline(tcp, line)) {
+    std::istringstream fields(line);
+    std::string slot, local, remote, state;
+    fields >> slot >> local >> remote >> state;
+    if (remote.size() > 5 && remote.compare(remote.size() - 5, 5, want) == 0 && state == "02")
+      return true;
+  }
+  return false;
+}
+
+// tcp_proxy.cpp: "Client bytes that arrive before the upstream connection is up stay in the
+// client's socket": none is lost, and they arrive first, in order.
+TEST_F(TcpProxyTest, ClientBytesSentBeforeTheUpstreamConnectsArriveInOrder) {
+  // Backlog 0 holds one connection: with the test's own in it, the proxy's SYN is dropped and
+  // retried a second later (the kernel's retransmission), so its connect stays pending.
+  Upstream upstream(/*listen=*/true, /*backlog=*/0);
+  const std::uint16_t upstream_port = static_cast<std::uint16_t>(
+      std::stoi(upstream.address().substr(upstream.address().rfind(':') + 1)));
+  Peer filler(Peer::connect_to(upstream_port));
+  ASSERT_TRUE(filler.ok());
+  Proxy proxy(upstream.address());
+  ASSERT_TRUE(proxy.ready()) << proxy.child().err();
+  Peer client(Peer::connect_to(proxy.port()));
+  ASSERT_TRUE(client.ok());
+  const std::string early = pattern(200 << 10, 3);  // more than one read of the proxy's
+  std::size_t sent = 0;
+  while (sent < early.size()) {
+    pollfd p{client.fd(), POLLOUT, 0};
+    ASSERT_GT(::poll(&p, 1, ms_until(deadline_in(kGenerous))), 0);
+    client.send_some(early, sent);
+  }
+  // Once the proxy's connect is pending (polled: no event says so), make room in the queue:
+  // its retried SYN gets in, and the bytes follow.
+  const Deadline deadline = deadline_in(kGenerous);
+  while (!syn_sent_to(upstream_port) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(syn_sent_to(upstream_port)) << "the proxy's connect never waited";
+  Peer first(upstream.accept());
+  ASSERT_TRUE(first.ok());
+  Peer server(upstream.accept());
+  ASSERT_TRUE(server.ok()) << "the proxy never connected";
+  ASSERT_TRUE(server.read_at_least(early.size()));
+  EXPECT_TRUE(server.received() == early) << "the early bytes differ";
 }
 
 // tcp_proxy.cpp: "each connection's queued_bytes() stays under the high-water mark plus what one
