@@ -2,6 +2,11 @@
 //
 //   tcp_proxy --listen ADDR --upstream HOST:PORT [--connect-timeout SEC] [runner options]
 //
+// HOST may be a name where the build has the resolver (reactor_resolver, c-ares): each loop
+// has a Resolver, and each client's upstream is connected through a HostConnector (RFC 8305
+// attempts over the name's addresses, --connect-timeout covering resolution and attempts).
+// Without it, HOST must be numeric (or unix:PATH), connected through a Connector.
+//
 // What it promises, per client:
 // - Bytes pass through unchanged in both directions. Client bytes that arrive before the
 //   upstream connection is up stay in the client's socket (its reading is paused until then).
@@ -22,7 +27,9 @@
 //   connections reached, on either side (read after every send, the only thing that grows it).
 // The runner's messages count the reads forwarded, in either direction.
 #include <algorithm>
+#include <cctype>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <list>
@@ -36,6 +43,10 @@
 #include <reactor/buffer.hpp>
 #include <reactor/connection.hpp>
 #include <reactor/connector.hpp>
+#if TCP_PROXY_RESOLVES_NAMES
+#include <reactor/host_connector.hpp>
+#include <reactor/resolver.hpp>
+#endif
 
 #include "cli.hpp"
 #include "server_runner.hpp"
@@ -43,21 +54,35 @@
 namespace {
 
 struct ProxySettings {
-  std::string upstream_text;
+#if TCP_PROXY_RESOLVES_NAMES
+  std::string upstream;  // HOST:PORT or an address, resolved per client
+#else
   reactor::Address upstream;
+#endif
   double connect_timeout_s = 5.0;
 };
 
-// The upstream as given on the command line. Numeric addresses (and `localhost`, unix:PATH) only
-// for now: when the resolver lands (issue 16 parts 1-2), a host name is kept here as text and
-// connected to through the connect-by-name Connector instead of being refused.
-std::optional<reactor::Address> parse_upstream(const std::string& text, std::string* why) {
+// The upstream as given on the command line: an address; with the resolver, HOST:PORT too
+// (checked here for its form only: the name is resolved per client).
+bool parse_upstream(const std::string& text, std::string* why) {
   auto address = reactor::Address::parse(text);
-  if (!address) {
-    if (why) *why = address.error().message();
-    return std::nullopt;
+  if (address) return true;
+#if TCP_PROXY_RESOLVES_NAMES
+  // name:port, the name made of what host names are made of (RFC 1123: letters, digits, '-',
+  // dots; '_' too, as some internal names have it).
+  const std::size_t colon = text.rfind(':');
+  if (colon != std::string::npos && colon > 0 && colon <= 253 &&
+      std::all_of(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(colon),
+                  [](char c) {
+                    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' ||
+                           c == '_';
+                  }) &&
+      reactor::Address::parse("0.0.0.0" + text.substr(colon))) {
+    return true;
   }
-  return *address;
+#endif
+  if (why) *why = address.error().message();
+  return false;
 }
 
 // One client and its upstream connection. Owned by its ProxyLoop; freed once both sides have
@@ -65,14 +90,22 @@ std::optional<reactor::Address> parse_upstream(const std::string& text, std::str
 struct Session {
   std::list<Session>::iterator self;
   reactor::Connection* client = nullptr;  // null once the client's on_close ran
+#if TCP_PROXY_RESOLVES_NAMES
+  reactor::HostConnector connector;
+#else
   reactor::Connector connector;
+#endif
   reactor::ConnectionHandle upstream;
   bool upstream_done = false;       // the upstream ended (on_close) or never connected
   bool client_held = false;         // client reading paused by us (connecting, or backpressure)
   bool upstream_held = false;       // upstream reading paused by us (backpressure)
   bool client_eof_pending = false;  // the client's FIN arrived before the upstream was up
 
+#if TCP_PROXY_RESOLVES_NAMES
+  Session(reactor::EventLoop& loop, reactor::Resolver& resolver) : connector(loop, resolver) {}
+#else
   explicit Session(reactor::EventLoop& loop) : connector(loop) {}
+#endif
 };
 
 bool is_clean(reactor::CloseReason reason) {
@@ -174,7 +207,11 @@ class ProxyLoop : public demo::LoopHandlers {
 
  private:
   void open(reactor::Connection& client) {
+#if TCP_PROXY_RESOLVES_NAMES
+    Session& s = sessions_.emplace_back(loop_, resolver_);
+#else
     Session& s = sessions_.emplace_back(loop_);
+#endif
     s.self = std::prev(sessions_.end());
     s.client = &client;
     ++sessions_total_;
@@ -242,6 +279,9 @@ class ProxyLoop : public demo::LoopHandlers {
   std::size_t index_;
   demo::MessageCounter& messages_;
   const ProxySettings& settings_;
+#if TCP_PROXY_RESOLVES_NAMES
+  reactor::Resolver resolver_{loop_};  // before the sessions: they use it until destroyed
+#endif
   reactor::ConnectionHandlers upstream_handlers_;
   reactor::ConnectionOptions upstream_options_;
   std::list<Session> sessions_;
@@ -263,11 +303,19 @@ int main(int argc, char** argv) {
     auto* upstream = app.add_option_function<std::string>(
         "--upstream",
         [&settings](const std::string& text) {
-          settings.upstream_text = text;
-          if (auto address = parse_upstream(text, nullptr)) settings.upstream = *address;
+#if TCP_PROXY_RESOLVES_NAMES
+          settings.upstream = text;
+#else
+          if (auto address = reactor::Address::parse(text)) settings.upstream = *address;
+#endif
         },
+#if TCP_PROXY_RESOLVES_NAMES
+        "Where each client is connected: HOST:PORT (a name, resolved per client; RFC 8305 "
+        "attempts over its addresses), 127.0.0.1:7777, [::1]:7777 or unix:PATH");
+#else
         "Where each client is connected: 127.0.0.1:7777, [::1]:7777, localhost:7777 or "
-        "unix:PATH (host names: not yet)");
+        "unix:PATH (host names need the resolver: build with libc-ares-dev)");
+#endif
     upstream->type_name("HOST:PORT")->required();
     // Runs before the function above: CLI11 reports the returned text as "--upstream: TEXT".
     upstream->check([](const std::string& text) -> std::string {

@@ -42,9 +42,11 @@ std::error_code HostConnector::connect(std::string_view target, Duration timeout
                                        const ConnectionOptions& options,
                                        TrafficCounters* counters) {
   if (pending()) return std::make_error_code(std::errc::connection_already_in_progress);
+  auto numeric = Address::parse(target);
   std::string host;
   std::uint16_t port = 0;
-  if (!split_target(target, host, port)) return std::make_error_code(std::errc::invalid_argument);
+  if (!numeric.ok() && !split_target(target, host, port))
+    return std::make_error_code(std::errc::invalid_argument);
   handlers_ = &handlers;
   connection_options_ = options;
   counters_ = counters;
@@ -57,6 +59,15 @@ std::error_code HostConnector::connect(std::string_view target, Duration timeout
     deadline_ = TimerId{};
     finish(std::make_error_code(std::errc::timed_out), {});
   });
+  if (numeric.ok()) {
+    // No DNS for an address: the one attempt starts from the loop, as the handler must.
+    addresses_.push_back(*numeric);
+    next_attempt_ = loop_.after(Duration::zero(), [this] {
+      next_attempt_ = TimerId{};
+      start_next();
+    });
+    return {};
+  }
   query_ = resolver_.resolve(host, port, AF_UNSPEC,
                              [this](std::error_code ec, std::span<const Address> addresses) {
                                query_ = 0;

@@ -3,17 +3,17 @@
 // reactor_resolver library (it needs c-ares); the core's Connector takes addresses only.
 //
 // connect(target, timeout, handlers, handler): `target` is "host:port" or "[v6-literal]:port"
-// (a numeric host needs no DNS). The addresses come in the Resolver's order (RFC 6724 sorted),
-// then interleaved by family, starting with the first one's (IPv6, IPv4, IPv6, ...). The first
-// attempt starts at once; each next one starts when the previous fails, or `attempt_delay`
-// (250 ms, RFC 8305's recommended value) after it started if it has not finished, whichever
-// is first: a stalled address (a firewall dropping SYNs, a broken IPv6 path) costs
-// attempt_delay, not a connect timeout. The first attempt to connect wins, and every other
-// one is cancelled (its socket closed). The handler runs exactly once, later, on the loop:
-// with the winning ConnectionHandle, or with an error and an empty handle: the resolver's
-// (ResolveError: not_found, no_address, ...), the last attempt's (ECONNREFUSED, ...) when all
-// failed, or ETIMEDOUT when `timeout`, counted from connect() and covering resolution and
-// every attempt, ran out first.
+// (an address, as Address::parse() reads it, Unix ones included, is connected to without DNS). The
+// addresses come in the Resolver's order (RFC 6724 sorted), then interleaved by family, starting
+// with the first one's (IPv6, IPv4, IPv6, ...). The first attempt starts at once; each next one
+// starts when the previous fails, or `attempt_delay` (250 ms, RFC 8305's recommended value) after
+// it started if it has not finished, whichever is first: a stalled address (a firewall dropping
+// SYNs, a broken IPv6 path) costs attempt_delay, not a connect timeout. The first attempt to
+// connect wins, and every other one is cancelled (its socket closed). The handler runs exactly
+// once, later, on the loop: with the winning ConnectionHandle, or with an error and an empty
+// handle: the resolver's (ResolveError: not_found, no_address, ...), the last attempt's
+// (ECONNREFUSED, ...) when all failed, or ETIMEDOUT when `timeout`, counted from connect() and
+// covering resolution and every attempt, ran out first.
 //
 // A malformed target (no port, a port out of range, an empty host) or a connect() while one
 // is pending (EALREADY) is returned by connect(), and the handler is not called. cancel(), or

@@ -9,6 +9,9 @@
 #pragma once
 
 #include <dirent.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -19,6 +22,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -30,6 +34,7 @@
 #include "reactor/address.hpp"
 #include "reactor/connection.hpp"
 #include "reactor/event_loop.hpp"
+#include "reactor/listener.hpp"
 #include "reactor/socket.hpp"
 #include "reactor/timer_queue.hpp"
 
@@ -211,6 +216,57 @@ inline void fill_unix_backlog(const Address& address, std::vector<Fd>& queued) {
   }
   FAIL() << "the backlog never filled";
 }
+
+// A listener whose accept queue is full (backlog 0 and one connection nobody accepted): a
+// new SYN is dropped and the connect hangs in SYN_SENT until it times out.
+class FullBacklog {
+ public:
+  explicit FullBacklog(const Address& at = Address::ipv4_loopback(0)) {
+    ListenOptions options;
+    options.backlog = 0;
+    auto socket = ListenSocket::open(at, options);
+    EXPECT_TRUE(socket.ok()) << socket.error().message();
+    if (!socket.ok()) return;
+    socket_.emplace(std::move(*socket));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!full() && std::chrono::steady_clock::now() < deadline) {
+      // Only while there is room: a connect to a full queue would hang.
+      int fd = ::socket(at.family(), SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+      EXPECT_GE(fd, 0);
+      const Address& to = socket_->address();
+      int rc = ::connect(fd, to.sockaddr_ptr(), to.length());
+      EXPECT_TRUE(rc == 0 || errno == EINPROGRESS) << std::strerror(errno);
+      fillers_.push_back(fd);
+      pollfd pfd{fd, POLLOUT, 0};
+      EXPECT_EQ(::poll(&pfd, 1, 10000), 1);
+      // The handshake's last ACK reaches the queue a moment after the client is connected.
+      const std::uint32_t want = static_cast<std::uint32_t>(fillers_.size());
+      while (queued() < want && std::chrono::steady_clock::now() < deadline) {
+        ::sched_yield();
+      }
+    }
+    EXPECT_TRUE(full());
+  }
+  ~FullBacklog() {
+    for (int fd : fillers_)
+      ::close(fd);
+  }
+  const Address& address() const { return socket_->address(); }
+
+ private:
+  tcp_info info() const {
+    tcp_info i{};
+    socklen_t len = sizeof i;
+    EXPECT_EQ(::getsockopt(socket_->fd(), IPPROTO_TCP, TCP_INFO, &i, &len), 0);
+    return i;
+  }
+  // For a listening socket Linux reports the accept queue's length and limit here.
+  std::uint32_t queued() const { return info().tcpi_unacked; }
+  bool full() const { return info().tcpi_unacked > info().tcpi_sacked; }
+
+  std::optional<ListenSocket> socket_;
+  std::vector<int> fillers_;
+};
 
 // Open descriptors of this process (the directory stream's own fd included, every time), or
 // -1 if /proc/self/fd cannot be read.

@@ -58,6 +58,7 @@ using test::run_unbounded_until;
 using SteadyClock = std::chrono::steady_clock;
 
 using test::echo_handlers;
+using test::FullBacklog;
 using test::open_fd_count;
 using test::run_until;
 using test::TempDir;
@@ -148,57 +149,6 @@ class RefusedPort {
  private:
   Fd fd_;
   Address address_;
-};
-
-// A listener whose accept queue is full (backlog 0 and one connection nobody accepted): a
-// new SYN is dropped and the connect hangs in SYN_SENT until it times out.
-class FullBacklog {
- public:
-  FullBacklog() {
-    ListenOptions options;
-    options.backlog = 0;
-    auto socket = ListenSocket::open(Address::ipv4_loopback(0), options);
-    EXPECT_TRUE(socket.ok()) << socket.error().message();
-    if (!socket.ok()) return;
-    socket_.emplace(std::move(*socket));
-    const auto deadline = SteadyClock::now() + 10s;
-    while (!full() && SteadyClock::now() < deadline) {
-      // Only while there is room: a connect to a full queue would hang.
-      int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-      EXPECT_GE(fd, 0);
-      const Address& to = socket_->address();
-      int rc = ::connect(fd, to.sockaddr_ptr(), to.length());
-      EXPECT_TRUE(rc == 0 || errno == EINPROGRESS) << std::strerror(errno);
-      fillers_.push_back(fd);
-      pollfd pfd{fd, POLLOUT, 0};
-      EXPECT_EQ(::poll(&pfd, 1, 10000), 1);
-      // The handshake's last ACK reaches the queue a moment after the client is connected.
-      const std::uint32_t want = static_cast<std::uint32_t>(fillers_.size());
-      while (queued() < want && SteadyClock::now() < deadline) {
-        ::sched_yield();
-      }
-    }
-    EXPECT_TRUE(full());
-  }
-  ~FullBacklog() {
-    for (int fd : fillers_)
-      ::close(fd);
-  }
-  const Address& address() const { return socket_->address(); }
-
- private:
-  tcp_info info() const {
-    tcp_info i{};
-    socklen_t len = sizeof i;
-    EXPECT_EQ(::getsockopt(socket_->fd(), IPPROTO_TCP, TCP_INFO, &i, &len), 0);
-    return i;
-  }
-  // For a listening socket Linux reports the accept queue's length and limit here.
-  std::uint32_t queued() const { return info().tcpi_unacked; }
-  bool full() const { return info().tcpi_unacked > info().tcpi_sacked; }
-
-  std::optional<ListenSocket> socket_;
-  std::vector<int> fillers_;
 };
 
 int accept_with_deadline(const ListenSocket& socket);

@@ -24,6 +24,8 @@
 #include <gtest/gtest.h>
 
 #include "loopback.hpp"
+#include "reactor/host_connector.hpp"
+#include "reactor/tcp_server.hpp"
 
 namespace reactor {
 namespace {
@@ -90,6 +92,11 @@ class DnsResponder {
   std::uint16_t port() const { return port_; }
   std::string servers() const { return "127.0.0.1:" + std::to_string(port_); }
   void silent() { silent_ = true; }
+  // Adds an A or AAAA record (by the text's form) to the zone.
+  void add(const std::string& name, const char* address) {
+    const bool is_v6 = std::string_view(address).find(':') != std::string_view::npos;
+    extra_[name].push_back({is_v6 ? kTypeAaaa : kTypeA, is_v6 ? v6(address) : v4(address)});
+  }
   int udp_queries = 0;
   int tcp_queries = 0;
 
@@ -113,13 +120,15 @@ class DnsResponder {
     ::inet_pton(AF_INET6, text, out.data());
     return out;
   }
-  static std::map<std::string, std::vector<Record>> zone() {
-    return {
+  std::map<std::string, std::vector<Record>> zone() const {
+    std::map<std::string, std::vector<Record>> records = extra_;
+    records.insert({
         {"a.test", {{kTypeA, v4("192.0.2.1")}, {kTypeA, v4("192.0.2.2")}}},
         {"aaaa.test", {{kTypeAaaa, v6("2001:db8::1")}}},
         {"both.test", {{kTypeA, v4("192.0.2.3")}, {kTypeAaaa, v6("2001:db8::3")}}},
         {"big.test", {{kTypeA, v4("192.0.2.10")}}},
-    };
+    });
+    return records;
   }
 
   // The answer to `query`, or nothing (never.test, silent, malformed).
@@ -236,6 +245,7 @@ class DnsResponder {
   IoId tcp_id_;
   std::map<int, TcpConn> conns_;
   bool silent_ = false;
+  std::map<std::string, std::vector<Record>> extra_;
 };
 
 struct Outcome {
@@ -491,6 +501,184 @@ TEST(ResolveCategory, NamesAndConditions) {
   for (int v = 1; v <= static_cast<int>(ResolveError::other); ++v)
     EXPECT_FALSE(std::error_code(v, resolve_category()).message().empty());
   EXPECT_NE(std::error_code(99, resolve_category()).message().find("99"), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// HostConnector: "host:port" by name, RFC 8305 attempts.
+
+struct Connected {
+  int calls = 0;
+  std::error_code error;
+  ConnectionHandle handle;
+};
+
+HostConnector::ConnectHandler record(Connected& out) {
+  return [&out](std::error_code ec, ConnectionHandle handle) {
+    ++out.calls;
+    out.error = ec;
+    out.handle = std::move(handle);
+  };
+}
+
+class HostConnectorTest : public ResolverTest {
+ protected:
+  Resolver resolver_{loop_, options()};
+  ConnectionHandlers client_;  // nothing to do: the tests look at the handle
+};
+
+// "each next one starts when the previous fails, or `attempt_delay` ... after it started if it
+// has not finished ...: a stalled address ... costs attempt_delay, not a connect timeout", and
+// "The first attempt to connect wins, and every other one is cancelled". The first address
+// (IPv6, RFC 6724's first) has a full accept queue, so its SYN is dropped; the IPv4 one, tried
+// 250 ms later, connects long before the 10 s timeout that a one-at-a-time connector would
+// have run into.
+TEST_F(HostConnectorTest, AStalledFirstAddressCostsTheAttemptDelayNotTheTimeout) {
+  auto probe = ListenSocket::open(Address::ipv6_loopback(0));
+  if (!probe.ok()) GTEST_SKIP() << "no IPv6 loopback: " << probe.error().message();
+  test::FullBacklog stalled(Address::ipv6_loopback(0));
+  const std::uint16_t port = stalled.address().port();
+  ConnectionHandlers echo = test::echo_handlers();
+  TcpServer server(loop_, Address::ipv4_loopback(port), echo);
+  if (auto ec = server.start()) GTEST_SKIP() << "127.0.0.1:" << port << " taken: " << ec.message();
+  responder_.add("he.test", "::1");
+  responder_.add("he.test", "127.0.0.1");
+
+  HostConnector connector(loop_, resolver_);
+  Connected out;
+  ASSERT_FALSE(connector.connect("he.test:" + std::to_string(port), 10s, client_, record(out)));
+  ASSERT_TRUE(run_until(
+      loop_, [&] { return out.calls > 0; }, 20s));
+  ASSERT_FALSE(out.error) << out.error.message();
+  ASSERT_EQ(connector.addresses().size(), 2u);
+  EXPECT_EQ(connector.addresses()[0].family(), AF_INET6) << "the stalled address was not first";
+  EXPECT_EQ(connector.attempts(), 2u);
+  ASSERT_TRUE(out.handle);
+  EXPECT_EQ(out.handle->peer().to_string(), "127.0.0.1:" + std::to_string(port));
+  EXPECT_EQ(out.calls, 1);
+  EXPECT_FALSE(connector.pending());
+}
+
+// "interleaved by family, starting with the first one's (IPv6, IPv4, IPv6, ...)"; "the last
+// attempt's [error] when all failed"; a failure starts the next attempt at once (no delay:
+// refused ports answer at once, and the whole run ends well inside the 250 ms delays it
+// would otherwise add up to, which the test does not time: it checks the order and the error).
+TEST_F(HostConnectorTest, AddressesAreInterleavedByFamilyAndAllRefusedReportsTheLastError) {
+  // Every one refused at once on loopback (an IPv4-mapped IPv6 address reaches 127.0.0.1);
+  // RFC 6724 sorts ::1 first and the mapped one with the IPv4 ones.
+  responder_.add("many.test", "127.0.0.1");
+  responder_.add("many.test", "127.0.0.2");
+  responder_.add("many.test", "127.0.0.3");
+  responder_.add("many.test", "::1");
+  responder_.add("many.test", "::ffff:127.0.0.1");
+  // A port bound but not listening on 127.0.0.1: connecting there is refused.
+  auto held = open_stream_socket(AF_INET);
+  ASSERT_TRUE(held.ok());
+  auto probe = ListenSocket::open(Address::ipv6_loopback(0));
+  if (!probe.ok()) GTEST_SKIP() << "no IPv6 loopback: " << probe.error().message();
+  const Address any = Address::ipv4_loopback(0);
+  ASSERT_EQ(::bind(held->get(), any.sockaddr_ptr(), any.length()), 0);
+  sockaddr_storage bound{};
+  socklen_t len = sizeof bound;
+  ASSERT_EQ(::getsockname(held->get(), reinterpret_cast<sockaddr*>(&bound), &len), 0);
+  const std::uint16_t port = ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+
+  HostConnector connector(loop_, resolver_);
+  Connected out;
+  ASSERT_FALSE(connector.connect("many.test:" + std::to_string(port), 10s, client_, record(out)));
+  ASSERT_TRUE(run_until(
+      loop_, [&] { return out.calls > 0; }, 20s));
+  EXPECT_TRUE(out.error);
+  EXPECT_FALSE(out.handle);
+  ASSERT_EQ(connector.addresses().size(), 5u);
+  EXPECT_EQ(connector.attempts(), 5u);
+  std::vector<int> families;
+  for (const Address& a : connector.addresses())
+    families.push_back(a.family());
+  // Whatever the sorted order, the families alternate from the first address's while both last.
+  const int first = families[0];
+  const long n_first = std::count(families.begin(), families.end(), first);
+  std::vector<int> expected;
+  for (long i = 0; i < std::max(n_first, 5 - n_first); ++i) {
+    if (i < n_first) expected.push_back(first);
+    if (i < 5 - n_first) expected.push_back(first == AF_INET ? AF_INET6 : AF_INET);
+  }
+  EXPECT_EQ(families, expected);
+}
+
+// "the resolver's (ResolveError: not_found ...)"
+TEST_F(HostConnectorTest, AResolutionErrorIsReportedThroughTheHandler) {
+  HostConnector connector(loop_, resolver_);
+  Connected out;
+  ASSERT_FALSE(connector.connect("nowhere.test:80", 10s, client_, record(out)));
+  ASSERT_TRUE(run_until(loop_, [&] { return out.calls > 0; }));
+  EXPECT_EQ(out.error, ResolveError::not_found) << out.error.message();
+  EXPECT_FALSE(out.handle);
+}
+
+// "ETIMEDOUT when `timeout`, counted from connect() and covering resolution and every attempt,
+// ran out first": the only address stalls; and a silent DNS server.
+TEST_F(HostConnectorTest, TheTimeoutCoversResolutionAndEveryAttempt) {
+  test::FullBacklog stalled;
+  responder_.add("stall.test", "127.0.0.1");
+  {
+    HostConnector connector(loop_, resolver_);
+    Connected out;
+    ASSERT_FALSE(connector.connect("stall.test:" + std::to_string(stalled.address().port()), 300ms,
+                                   client_, record(out)));
+    ASSERT_TRUE(run_until(loop_, [&] { return out.calls > 0; }));
+    EXPECT_EQ(out.error, std::errc::timed_out) << out.error.message();
+    EXPECT_EQ(connector.attempts(), 1u);
+  }
+  responder_.silent();
+  HostConnector connector(loop_, resolver_);
+  Connected out;
+  ASSERT_FALSE(connector.connect("quiet.test:80", 300ms, client_, record(out)));
+  ASSERT_TRUE(run_until(loop_, [&] { return out.calls > 0; }));
+  EXPECT_EQ(out.error, std::errc::timed_out) << out.error.message();
+  EXPECT_EQ(connector.attempts(), 0u);
+}
+
+// "cancel(), or destroying the HostConnector, cancels: ... every attempt's socket closed, the
+// handler not called."
+TEST_F(HostConnectorTest, CancelDropsTheHandlerAndClosesTheAttempts) {
+  test::FullBacklog stalled;
+  responder_.add("stall.test", "127.0.0.1");
+  const int fds_before = test::open_fd_count();
+  HostConnector connector(loop_, resolver_);
+  Connected out;
+  ASSERT_FALSE(connector.connect("stall.test:" + std::to_string(stalled.address().port()), 10s,
+                                 client_, record(out)));
+  ASSERT_TRUE(run_until(loop_, [&] { return connector.attempts() == 1; }));
+  connector.cancel();
+  EXPECT_FALSE(connector.pending());
+  for (int i = 0; i < 5; ++i)
+    loop_.run_once(1ms);
+  EXPECT_EQ(out.calls, 0);
+  EXPECT_EQ(test::open_fd_count(), fds_before) << "the attempt's socket is still open";
+}
+
+// "A malformed target (no port, a port out of range, an empty host) or a connect() while one
+// is pending (EALREADY) is returned by connect(), and the handler is not called"; "a numeric
+// host needs no DNS" (the server says nothing at all).
+TEST_F(HostConnectorTest, MalformedTargetsAreReturnedAndNumericHostsNeedNoDns) {
+  HostConnector connector(loop_, resolver_);
+  Connected out;
+  for (const char* bad : {"nohost", "host:", ":80", "::1:80", "host:0", "host:65536", "host:8x"}) {
+    SCOPED_TRACE(bad);
+    EXPECT_EQ(connector.connect(bad, 10s, client_, record(out)), std::errc::invalid_argument);
+  }
+  responder_.silent();
+  ConnectionHandlers echo = test::echo_handlers();
+  TcpServer server(loop_, Address::ipv4_loopback(0), echo);
+  ASSERT_FALSE(server.start());
+  const std::string target = "127.0.0.1:" + std::to_string(server.address().port());
+  ASSERT_FALSE(connector.connect(target, 10s, client_, record(out)));
+  EXPECT_EQ(connector.connect(target, 10s, client_, record(out)),
+            std::errc::connection_already_in_progress);
+  ASSERT_TRUE(run_until(loop_, [&] { return out.calls > 0; }));
+  EXPECT_FALSE(out.error) << out.error.message();
+  EXPECT_TRUE(out.handle);
+  EXPECT_EQ(out.calls, 1);
 }
 
 }  // namespace
