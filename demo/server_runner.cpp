@@ -2,20 +2,24 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <future>
 #include <optional>
 #include <string>
 #include <system_error>
 #include <utility>
+#include <variant>
 
 #include <reactor/address.hpp>
 #include <reactor/histogram.hpp>
+#include <reactor/listener.hpp>
 #include <reactor/loop_thread.hpp>
 #include <reactor/socket.hpp>
 #include <reactor/tcp_server.hpp>
@@ -48,10 +52,101 @@ reactor::Duration from_seconds(double seconds) {
 }
 
 // "address already in use: 127.0.0.1:7777": the error as a user-fixable sentence, then the address.
-std::string describe(std::error_code ec, const reactor::Address& address) {
+std::string describe(std::error_code ec, const std::string& where) {
   std::string what = ec.message();
   if (!what.empty()) what[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(what[0])));
-  return what + ": " + address.to_string();
+  return what + ": " + where;
+}
+std::string describe(std::error_code ec, const reactor::Address& address) {
+  return describe(ec, address.to_string());
+}
+
+// One --listen value, parsed in this one place: an address to bind, a listening socket inherited
+// as fd N, or the sockets passed by systemd socket activation.
+struct ListenSpec {
+  enum class Kind { address, fd, systemd };
+  Kind kind = Kind::address;
+  reactor::Address address;  // Kind::address
+  int fd = -1;               // Kind::fd
+};
+
+// The value's grammar: `fd:N`, `systemd`, or an address (reactor::Address::parse). Returns the
+// usage error's text when it is malformed.
+std::variant<ListenSpec, std::string> parse_listen(const std::string& text) {
+  ListenSpec spec;
+  if (text == "systemd") {
+    spec.kind = ListenSpec::Kind::systemd;
+    return spec;
+  }
+  if (text.rfind("fd:", 0) == 0) {
+    const std::string number = text.substr(3);
+    char* end = nullptr;
+    errno = 0;
+    const long fd = number.empty() ? -1 : std::strtol(number.c_str(), &end, 10);
+    if (number.empty() || *end != '\0' || errno != 0 || fd < 0 || fd > 1'000'000 ||
+        !std::isdigit(static_cast<unsigned char>(number[0]))) {
+      return "malformed inherited fd: " + text + " (want fd:N, N a descriptor number)";
+    }
+    spec.kind = ListenSpec::Kind::fd;
+    spec.fd = static_cast<int>(fd);
+    return spec;
+  }
+  auto address = reactor::Address::parse(text);
+  if (!address) return "malformed address: " + text + " (" + address.error().message() + ")";
+  spec.address = *address;
+  return spec;
+}
+
+// What one server listens on: an address to bind, or a socket already listening.
+struct Listen {
+  reactor::Address address;
+  std::optional<reactor::ListenSocket> socket;
+};
+
+// sd_listen_fds(3) by hand: LISTEN_PID must name this process, LISTEN_FDS counts the sockets
+// from fd 3 on, LISTEN_FDNAMES (optional) names them, colon-separated. The three variables are
+// unset after reading, so that a child of the server does not take the sockets for its own.
+// Returns the fds, or the error's text (nothing was passed, or it was meant for another
+// process).
+std::variant<std::vector<std::pair<int, std::string>>, std::string> systemd_fds() {
+  const char* pid_text = std::getenv("LISTEN_PID");
+  const char* fds_text = std::getenv("LISTEN_FDS");
+  const char* names_text = std::getenv("LISTEN_FDNAMES");
+  const std::string pid_value = pid_text ? pid_text : "";
+  const std::string fds_value = fds_text ? fds_text : "";
+  const std::string names = names_text ? names_text : "";
+  ::unsetenv("LISTEN_PID");
+  ::unsetenv("LISTEN_FDS");
+  ::unsetenv("LISTEN_FDNAMES");
+  if (!pid_text || !fds_text) {
+    return std::string(
+        "--listen systemd: no sockets passed (LISTEN_PID and LISTEN_FDS are not "
+        "set; run under systemd socket activation or systemd-socket-activate)");
+  }
+  const std::string self = std::to_string(::getpid());
+  if (pid_value != self) {
+    return "--listen systemd: the sockets are for process " + pid_value + ", not this one (" +
+           self + ")";
+  }
+  char* end = nullptr;
+  errno = 0;
+  const long count = std::strtol(fds_value.c_str(), &end, 10);
+  if (fds_value.empty() || *end != '\0' || errno != 0 || count <= 0 || count > 65'536) {
+    return "--listen systemd: LISTEN_FDS is not a positive count: " + fds_value;
+  }
+  std::vector<std::string> fd_names;  // LISTEN_FDNAMES, split at ':'
+  for (std::size_t from = 0; !names.empty() && from <= names.size();) {
+    const auto colon = std::min(names.find(':', from), names.size());
+    fd_names.push_back(names.substr(from, colon - from));
+    from = colon + 1;
+  }
+  std::vector<std::pair<int, std::string>> fds;
+  for (long i = 0; i < count; ++i) {
+    const auto index = static_cast<std::size_t>(i);
+    const std::string name = index < fd_names.size() ? fd_names[index] : "";
+    fds.emplace_back(3 + static_cast<int>(i), name);
+  }
+  return fds;
 }
 
 // The CPUs this process may run on (sched_getaffinity), in increasing order.
@@ -70,8 +165,8 @@ std::vector<int> allowed_cpus(std::error_code& ec) {
 
 class Runner {
  public:
-  Runner(const ServerSpec& spec, const Settings& settings, std::vector<reactor::Address> addresses)
-      : spec_(spec), settings_(settings), addresses_(std::move(addresses)) {}
+  Runner(const ServerSpec& spec, const Settings& settings, std::vector<Listen> listens)
+      : spec_(spec), settings_(settings), listens_(std::move(listens)) {}
 
   int run();
 
@@ -98,7 +193,7 @@ class Runner {
 
   const ServerSpec& spec_;
   Settings settings_;
-  std::vector<reactor::Address> addresses_;
+  std::vector<Listen> listens_;
 
   std::optional<reactor::EventLoop> home_;
   std::vector<std::unique_ptr<reactor::LoopThread>> threads_;
@@ -204,8 +299,12 @@ int Runner::run() {
   server_options.max_connections = static_cast<std::size_t>(settings_.max_connections);
   server_options.connection.idle_timeout = from_seconds(settings_.idle_timeout_s);
   int rc = kExitOk;
-  for (const reactor::Address& address : addresses_) {
-    auto server = std::make_unique<reactor::TcpServer>(served, address, server_options);
+  for (Listen& listen : listens_) {
+    const reactor::Address address = listen.address;
+    auto server = listen.socket
+                      ? std::make_unique<reactor::TcpServer>(served, std::move(*listen.socket),
+                                                             server_options)
+                      : std::make_unique<reactor::TcpServer>(served, address, server_options);
     server->set_open_handler([this](reactor::Connection& c) {
       auto& p = protocol(c);
       if (p.on_open) p.on_open(c);
@@ -370,7 +469,9 @@ int run_server(int argc, char** argv, const ServerSpec& spec) {
   Settings settings;
   app.add_option("--listen", settings.listen,
                  "Address to serve (repeatable): 127.0.0.1:PORT, [::1]:PORT, unix:/path, "
-                 "unix:@abstract; port 0 picks a free one. Default " +
+                 "unix:@abstract; port 0 picks a free one. Or a listening socket inherited from "
+                 "the parent: fd:N (descriptor N), systemd (socket activation: LISTEN_PID, "
+                 "LISTEN_FDS). Default " +
                      spec.default_listen)
       ->type_name("ADDR")
       ->allow_extra_args(false);
@@ -401,17 +502,55 @@ int run_server(int argc, char** argv, const ServerSpec& spec) {
   if (auto rc = parse_command_line(app, argc, argv)) return *rc;
 
   if (settings.listen.empty()) settings.listen.push_back(spec.default_listen);
-  std::vector<reactor::Address> addresses;
+  std::vector<ListenSpec> specs;
   for (const std::string& text : settings.listen) {
-    auto address = reactor::Address::parse(text);
-    if (!address) {
-      return usage_error(app,
-                         "malformed address: " + text + " (" + address.error().message() + ")");
+    auto parsed = parse_listen(text);
+    if (auto* error = std::get_if<std::string>(&parsed)) return usage_error(app, *error);
+    const ListenSpec& spec_of = std::get<ListenSpec>(parsed);
+    if (spec_of.kind != ListenSpec::Kind::address && settings.reuse_port) {
+      return usage_error(app, "--reuseport cannot apply to an inherited socket (" + text +
+                                  "): it is one socket, bound by another process");
     }
-    addresses.push_back(*address);
+    specs.push_back(spec_of);
+  }
+  // Inherited sockets are checked and adopted now, before any thread exists (the systemd
+  // variables are unset here, and unsetenv is not thread-safe).
+  std::vector<Listen> listens;
+  auto adopt = [&listens](int fd, const std::string& what) {
+    auto socket = reactor::ListenSocket::adopt(reactor::Fd(fd));
+    if (!socket) {
+      std::fprintf(stderr, "%s\n", describe(socket.error(), what).c_str());
+      return false;
+    }
+    const reactor::Address address = socket->address();
+    listens.push_back({address, std::move(*socket)});
+    return true;
+  };
+  for (const ListenSpec& listen : specs) {
+    switch (listen.kind) {
+      case ListenSpec::Kind::address:
+        listens.push_back({listen.address, std::nullopt});
+        break;
+      case ListenSpec::Kind::fd:
+        if (!adopt(listen.fd, "inherited fd " + std::to_string(listen.fd))) return kExitRuntime;
+        break;
+      case ListenSpec::Kind::systemd: {
+        auto fds = systemd_fds();
+        if (auto* error = std::get_if<std::string>(&fds)) {
+          std::fprintf(stderr, "%s\n", error->c_str());
+          return kExitRuntime;
+        }
+        for (const auto& [fd, name] : std::get<0>(fds)) {
+          std::string what = "systemd socket fd " + std::to_string(fd);
+          if (!name.empty()) what += " (" + name + ")";
+          if (!adopt(fd, what)) return kExitRuntime;
+        }
+        break;
+      }
+    }
   }
 
-  Runner runner(spec, settings, std::move(addresses));
+  Runner runner(spec, settings, std::move(listens));
   return runner.run();
 }
 

@@ -1,24 +1,31 @@
 // The shared server runner: the command line, loops, threads, signals and counters of every
 // demo server, so that each server adds only its protocol.
 //
-//   SERVER [--listen ADDR]... [--threads N] [--reuseport] [--pin] [--busy-poll USEC]
+//   SERVER [--listen ADDR|fd:N|systemd]... [--threads N] [--reuseport] [--pin] [--busy-poll USEC]
 //          [--max-conns N] [--idle-timeout SEC] [--stats SEC] [protocol options] [--help]
 //
 // What run_server() does, in order:
 // - blocks SIGINT and SIGTERM (so call it from main() before starting any thread), ignores
 //   SIGPIPE, raises the soft fd limit to the hard limit;
-// - parses the command line (exit 2 on a usage error, 0 after --help);
+// - parses the command line (exit 2 on a usage error, 0 after --help). Each --listen value is
+//   an address to bind, `fd:N` (a listening socket inherited as descriptor N: a hot restart,
+//   a supervisor), or `systemd` (socket activation, sd_listen_fds(3) without libsystemd:
+//   LISTEN_PID must be this process, LISTEN_FDS sockets from fd 3, LISTEN_FDNAMES optional; the
+//   variables are unset after use). Inherited sockets are checked with
+//   reactor::ListenSocket::adopt; one that is not a listening stream socket, or `systemd`
+//   without the variables (or with another process's LISTEN_PID), prints the reason on stderr
+//   and exits 1. --reuseport with an inherited socket is a usage error (exit 2);
 // - makes N loops: the calling thread's is loops[0], the home loop; the others run on
 //   reactor::LoopThread, named loop-1 ... loop-(N-1) (top -H, gdb, perf). With --pin, loop i is
 //   pinned to the i-th CPU of the process's allowed set (sched_getaffinity; the home loop's
 //   thread, the caller, to the first), wrapping around with more loops than CPUs; a failed pin
 //   prints the error on stderr and exits 1. It calls spec.make_loop once per loop, on that loop's
 //   thread;
-// - starts one reactor::TcpServer per --listen address on all loops (one listening socket
-//   shared with EPOLLEXCLUSIVE, or one SO_REUSEPORT socket per loop with --reuseport) and prints
-//   `listening on ADDR` per address to stdout, flushed, ADDR being the bound address (the real
-//   port when 0 was asked). A failure prints `address already in use: ADDR` (or the like) as
-//   the first line on stderr and exits 1;
+// - starts one reactor::TcpServer per --listen address or inherited socket on all loops (one
+//   listening socket shared with EPOLLEXCLUSIVE, or one SO_REUSEPORT socket per loop with
+//   --reuseport) and prints `listening on ADDR` per address to stdout, flushed, ADDR being the
+//   bound address (the real port when 0 was asked; an inherited socket's own address). A failure
+//   prints `address already in use: ADDR` (or the like) as the first line on stderr and exits 1;
 // - serves until SIGINT or SIGTERM: then every server stops accepting and closes its
 //   connections gracefully (aborting what is still open after 2 s), the final counters are
 //   printed (`final: accepted=... refused=... messages=... bytes_in=... bytes_out=...

@@ -7,7 +7,8 @@
 // destroyed after on_close, at the end of a dispatch round, so a reference obtained in a
 // callback stays valid until that callback returns, whatever the callback does. A Connection
 // may also be made directly on an already connected socket (a hot restart, an fd passed over a
-// Unix socket): construct it with the fd, then start().
+// Unix socket): construct it with the fd, then start(). That is the hot-restart / fd-passing
+// path for connections, as ListenSocket::adopt (listener.hpp) is for listening sockets.
 //
 // Threads. Every method must be called on the connection's loop thread (debug builds assert
 // it in each method that acts: send, close, abort, shutdown_write, pause and resume, timeouts). To

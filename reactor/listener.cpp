@@ -86,6 +86,28 @@ Result<ListenSocket> ListenSocket::open(const Address& address, const ListenOpti
   return ListenSocket(std::move(*socket), actual, unix_path);
 }
 
+Result<ListenSocket> ListenSocket::adopt(Fd fd) {
+  const int raw = fd.get();
+  int value = 0;
+  socklen_t len = sizeof value;
+  // SO_TYPE fails with ENOTSOCK on a file or pipe, EBADF on a closed fd.
+  if (::getsockopt(raw, SOL_SOCKET, SO_TYPE, &value, &len) < 0) return errno_code();
+  if (value != SOCK_STREAM) return std::make_error_code(std::errc::wrong_protocol_type);
+  len = sizeof value;
+  if (::getsockopt(raw, SOL_SOCKET, SO_ACCEPTCONN, &value, &len) < 0) return errno_code();
+  if (!value) return std::make_error_code(std::errc::invalid_argument);
+  sockaddr_storage bound{};
+  len = sizeof bound;
+  if (::getsockname(raw, reinterpret_cast<sockaddr*>(&bound), &len) < 0) return errno_code();
+  // EAFNOSUPPORT for a family other than IPv4, IPv6, Unix.
+  auto address = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&bound), len);
+  if (!address) return address.error();
+  // The parent may have left it blocking (systemd does): a blocking accept4 would hang the loop.
+  if (auto ec = set_nonblocking(raw)) return ec;
+  if (auto ec = set_cloexec(raw)) return ec;
+  return ListenSocket(std::move(fd), *address, /*owns_path=*/false);
+}
+
 ListenSocket::ListenSocket(Fd fd, Address address, bool owns_path) noexcept
     : fd_(std::move(fd)), address_(address), owns_path_(owns_path) {}
 

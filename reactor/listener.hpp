@@ -6,6 +6,12 @@
 // Unix socket file (nobody accepts: connect is refused) is removed before binding; a live one
 // is EADDRINUSE; the file is removed when the ListenSocket is destroyed. Any thread.
 //
+// adopt() takes a socket that is already bound and listening, inherited from a parent process
+// (systemd socket activation, a hot restart handing its listeners on): it checks that the fd is
+// a listening stream socket, makes it non-blocking and close-on-exec, and reads its family and
+// bound address (getsockname). Options such as SO_REUSEPORT stay as the parent set them. An
+// adopted Unix socket's file is never removed: whoever bound it owns it.
+//
 // Listener accepts on one EventLoop (its thread only). Several loops may share one ListenSocket
 // (each Listener registers it with EPOLLEXCLUSIVE, so one wake-up per connection, not a
 // thundering herd), or each loop may own a SO_REUSEPORT socket. The ListenSocket must outlive
@@ -51,6 +57,10 @@ class ListenSocket {
  public:
   // Errors: EADDRINUSE, EACCES (privileged port, directory permissions), EADDRNOTAVAIL, ...
   static Result<ListenSocket> open(const Address& address, const ListenOptions& options = {});
+  // Takes ownership of `fd` (closed on error too). Errors: ENOTSOCK (not a socket),
+  // EPROTOTYPE (a socket, but not SOCK_STREAM: UDP, SOCK_SEQPACKET), EINVAL (a stream socket
+  // that does not listen), EAFNOSUPPORT (neither IPv4, IPv6 nor Unix), EBADF (not an open fd).
+  static Result<ListenSocket> adopt(Fd fd);
   ListenSocket(ListenSocket&& other) noexcept;
   ListenSocket& operator=(ListenSocket&& other) noexcept;
   ~ListenSocket();

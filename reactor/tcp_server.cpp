@@ -233,6 +233,20 @@ TcpServer::TcpServer(std::vector<LoopAndHandlers> loops, const Address& address,
   }
 }
 
+TcpServer::TcpServer(EventLoop& loop, ListenSocket socket, ConnectionHandlers& handlers,
+                     const ServerOptions& options)
+    : TcpServer(std::vector<LoopAndHandlers>{{&loop, &handlers}}, std::move(socket), options) {}
+
+TcpServer::TcpServer(std::vector<EventLoop*> loops, ListenSocket socket,
+                     ConnectionHandlers& handlers, const ServerOptions& options)
+    : TcpServer(sharing(loops, handlers), std::move(socket), options) {}
+
+TcpServer::TcpServer(std::vector<LoopAndHandlers> loops, ListenSocket socket,
+                     const ServerOptions& options)
+    : TcpServer(std::move(loops), socket.address(), options) {
+  adopted_.emplace(std::move(socket));
+}
+
 TcpServer::~TcpServer() {
   assert(home().in_loop_thread() && "destroy a TcpServer on its home loop's thread");
   *self_ = nullptr;  // what is in flight to the home loop is cancelled
@@ -258,10 +272,13 @@ std::error_code TcpServer::start() {
   // would close the socket the listeners use: refuse, and change nothing.
   if (phase_ != Phase::idle) return std::make_error_code(std::errc::connection_already_in_progress);
   assert(sockets_.empty() && "a completed stop closed them");
+  // SO_REUSEPORT needs a socket per loop, bound by us: an adopted socket is one, bound by another.
+  if (adopted_ && options_.listen.reuse_port)
+    return std::make_error_code(std::errc::invalid_argument);
   const bool per_loop = options_.listen.reuse_port && !address_.is_unix();
-  const std::size_t count = per_loop ? shards_.size() : 1;
+  const std::size_t count = adopted_ ? 0 : per_loop ? shards_.size() : 1;
   Address address = address_;
-  Address bound;
+  Address bound = address_;  // an adopted socket's address
   for (std::size_t i = 0; i < count; ++i) {
     auto socket = ListenSocket::open(address, options_.listen);
     if (!socket) {
@@ -278,7 +295,7 @@ std::error_code TcpServer::start() {
   for (std::size_t i = 0; i < shards_.size(); ++i) {
     Shard& shard = *shards_[i];
     shard.listener = std::make_unique<Listener>(
-        shard.loop, sockets_[per_loop ? i : 0],
+        shard.loop, adopted_ ? *adopted_ : sockets_[per_loop ? i : 0],
         [&shard](Fd fd, const Address& peer) { shard.accept(std::move(fd), peer); },
         listener_options);
     shard.listener->set_error_handler([&shard](std::error_code ec) { shard.accept_failed(ec); });
@@ -372,7 +389,8 @@ void TcpServer::shard_stopped() {
   // Every shard's listener is stopped: nothing uses them or the sockets any more.
   for (auto& shard : shards_)
     shard->listener.reset();
-  sockets_.clear();  // new connections are refused now, and a Unix socket file goes away
+  // New connections are refused now, and a Unix socket file goes away (an adopted socket stays).
+  sockets_.clear();
   phase_ = Phase::idle;
   if (on_stopped_) {
     auto done = std::move(on_stopped_);

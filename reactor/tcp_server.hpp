@@ -12,6 +12,13 @@
 // connections it accepted (ConnectionId::shard names its loop). The other loops must be running
 // from start() until stop() has completed.
 //
+// Adopted socket. Instead of an address, the server may be given a ListenSocket that is
+// already listening (ListenSocket::adopt: systemd socket activation, a hot restart). The server
+// owns it until it is destroyed: a stop stops accepting but keeps the socket open (connections
+// arriving meanwhile wait in its backlog), and start() after a stop serves it again. With
+// several loops the one socket is shared with EPOLLEXCLUSIVE; ListenOptions (reuse_port,
+// backlog) cannot apply to a socket someone else bound, and start() refuses reuse_port.
+//
 // Threads. Who may call what; with one loop, all of it is that loop's thread:
 //   constructor, set_open_handler(), set_error_handler() (before start()), start(), destructor:
 //       the home loop's thread.
@@ -95,6 +102,13 @@ class TcpServer {
   };
   TcpServer(std::vector<LoopAndHandlers> loops, const Address& address,
             const ServerOptions& options = {});
+  // The same three, serving an adopted listening socket (see above) instead of an address.
+  TcpServer(EventLoop& loop, ListenSocket socket, ConnectionHandlers& handlers,
+            const ServerOptions& options = {});
+  TcpServer(std::vector<EventLoop*> loops, ListenSocket socket, ConnectionHandlers& handlers,
+            const ServerOptions& options = {});
+  TcpServer(std::vector<LoopAndHandlers> loops, ListenSocket socket,
+            const ServerOptions& options = {});
   ~TcpServer();
   TcpServer(const TcpServer&) = delete;
   TcpServer& operator=(const TcpServer&) = delete;
@@ -105,11 +119,13 @@ class TcpServer {
   // Binds and starts accepting on every loop. Errors: those of ListenSocket::open
   // (EADDRINUSE, EACCES, ...), after which nothing listens; EALREADY
   // (std::errc::connection_already_in_progress) while the server listens or a stop is under
-  // way, and then nothing changes. Once stop() has completed, start() listens again (on the
-  // address as given: port 0 gets a new port).
+  // way, and then nothing changes; on an adopted socket, EINVAL when options.listen.reuse_port
+  // is set. Once stop() has completed, start() listens again (on the address as given: port 0
+  // gets a new port; an adopted socket is served again).
   std::error_code start();
   // The bound address (the real port when port 0 was asked). Valid after start(); after a stop,
-  // the address the server last listened on.
+  // the address the server last listened on. With an adopted socket, its address from the
+  // constructor on.
   const Address& address() const noexcept { return bound_; }
 
   // The connection with this id; nullptr when it has finished (a stale id) or never existed.
@@ -166,7 +182,8 @@ class TcpServer {
   ServerOptions options_;
   OpenHandler on_open_;
   Listener::ErrorHandler on_error_;
-  std::vector<ListenSocket> sockets_;             // one shared, or one per loop with reuse_port
+  std::vector<ListenSocket> sockets_;    // one shared, or one per loop with reuse_port
+  std::optional<ListenSocket> adopted_;  // served instead of sockets_, never closed by a stop
   std::atomic<std::size_t> open_connections_{0};  // all shards: the max_connections cap
   // The stop's state, home loop's thread only.
   Phase phase_ = Phase::idle;

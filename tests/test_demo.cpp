@@ -10,6 +10,7 @@
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -209,6 +210,14 @@ TEST_F(DemoTest, HelpSaysPinWrapsAroundWhenLoopsOutnumberCpus) {
   EXPECT_NE(e.out.find("wrap around", at), std::string::npos) << e.out;
 }
 
+// Issue 15 part 1: "--listen fd:N and --listen systemd" in the usage and --help text.
+TEST_F(DemoTest, HelpNamesTheInheritedSocketListenForms) {
+  auto e = run_server_to_exit({"--help"});
+  EXPECT_EQ(e.code, 0);
+  EXPECT_NE(e.out.find("fd:N"), std::string::npos) << e.out;
+  EXPECT_NE(e.out.find("systemd"), std::string::npos) << e.out;
+}
+
 TEST_F(DemoTest, UnixSocketListenerEchoes) {
   char dir_template[] = "/tmp/reactor-demo-XXXXXX";
   ASSERT_NE(::mkdtemp(dir_template), nullptr);
@@ -240,6 +249,144 @@ TEST_F(DemoTest, Ipv6ListenerEchoes) {
   auto r = run_load(
       {"echo", "--target", server.address(), "--connections", "2", "--duration", "1", "--json"});
   expect_clean_echo(r, 2, 64, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inherited listening sockets: --listen fd:N and --listen systemd (issue 15 part 1)
+
+// server_runner.hpp: "`fd:N` (a listening socket inherited as descriptor N)" and "ADDR being ...
+// an inherited socket's own address". The test process binds and listens, the child inherits
+// the socket (no close-on-exec) and serves it.
+TEST_F(DemoTest, InheritedFdListenerPrintsItsBoundAddressAndEchoes) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);  // inheritable, as a parent hands it on
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
+  ASSERT_EQ(::listen(fd, 64), 0) << std::strerror(errno);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  const std::string bound = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+
+  Server server({"--listen", "fd:" + std::to_string(fd)});
+  ::close(fd);  // the child holds it now; reactor-load must not inherit it too
+  ASSERT_TRUE(server.ready()) << server.child().err();
+  EXPECT_EQ(server.address(), bound);
+  auto r = run_load({"echo", "--target", bound, "--connections", "2", "--duration", "1", "--json"});
+  expect_clean_echo(r, 2, 64, 1);
+  server.child().signal(SIGTERM);
+  ASSERT_EQ(server.child().finish(deadline_in(kGenerous)), 0) << server.child().err();
+  EXPECT_NE(server.child().out().find("final: accepted=2 "), std::string::npos)
+      << server.child().out();
+}
+
+// server_runner.hpp: "one that is not a listening stream socket ... prints the reason on stderr
+// and exits 1".
+TEST_F(DemoTest, InheritedFdThatIsNotASocketExitsOneNamingIt) {
+  const int fd = ::open("/dev/null", O_RDONLY);  // inheritable
+  ASSERT_GE(fd, 0);
+  auto e = run_server_to_exit({"--listen", "fd:" + std::to_string(fd)});
+  ::close(fd);
+  EXPECT_EQ(e.code, 1);
+  EXPECT_EQ(e.first_err_line, "socket operation on non-socket: inherited fd " + std::to_string(fd));
+  EXPECT_EQ(e.out, "");
+}
+
+// server_runner.hpp: "--reuseport with an inherited socket is a usage error (exit 2)"; a
+// malformed fd:N too.
+TEST_F(DemoTest, InheritedFdWithReusePortOrMalformedExitsTwo) {
+  auto e = run_server_to_exit({"--listen", "fd:3", "--reuseport"});
+  EXPECT_EQ(e.code, 2);
+  EXPECT_EQ(e.first_err_line.rfind("--reuseport cannot apply to an inherited socket (fd:3)", 0), 0u)
+      << e.err;
+  e = run_server_to_exit({"--listen", "fd:three"});
+  EXPECT_EQ(e.code, 2);
+  EXPECT_EQ(e.first_err_line.rfind("malformed inherited fd: fd:three", 0), 0u) << e.err;
+}
+
+// server_runner.hpp: "`systemd` without the variables (or with another process's LISTEN_PID),
+// prints the reason on stderr and exits 1".
+TEST_F(DemoTest, SystemdListenWithoutOrWithAnotherProcessesSocketsExitsOne) {
+  ::unsetenv("LISTEN_PID");
+  ::unsetenv("LISTEN_FDS");
+  auto e = run_server_to_exit({"--listen", "systemd"});
+  EXPECT_EQ(e.code, 1);
+  EXPECT_EQ(e.first_err_line.rfind("--listen systemd: no sockets passed", 0), 0u) << e.err;
+
+  // The test process's own pid: never the child's.
+  ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1);
+  ::setenv("LISTEN_FDS", "1", 1);
+  e = run_server_to_exit({"--listen", "systemd"});
+  ::unsetenv("LISTEN_PID");
+  ::unsetenv("LISTEN_FDS");
+  EXPECT_EQ(e.code, 1);
+  EXPECT_EQ(e.first_err_line.rfind("--listen systemd: the sockets are for process " +
+                                       std::to_string(::getpid()) + ", not this one",
+                                   0),
+            0u)
+      << e.err;
+}
+
+// A Unix-socket client, connected to `path` as soon as something listens there (bounded).
+int connect_unix_when_listening(const std::string& path, Deadline deadline) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  for (;;) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) return fd;
+    ::close(fd);
+    // No event says "another process bound a path": poll, as wait_for_fd_count does.
+    if (std::chrono::steady_clock::now() >= deadline) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+// server_runner.hpp: "`systemd` (socket activation, sd_listen_fds(3) without libsystemd ...)",
+// with the real systemd-socket-activate: it binds the path, and at the first connection execs
+// echo_server with LISTEN_PID, LISTEN_FDS (and LISTEN_FDNAMES) set; the queued connection and
+// reactor-load's are echoed, and the file is left to its owner when the server ends.
+TEST_F(DemoTest, SystemdSocketActivationServesTheActivatedSocket) {
+  const std::string activate = "/usr/bin/systemd-socket-activate";
+  if (::access(activate.c_str(), X_OK) != 0) {
+    GTEST_SKIP() << activate << " is missing (Debian/Ubuntu package systemd)";
+  }
+  char dir_template[] = "/tmp/reactor-demo-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir_template), nullptr);
+  const std::string path = std::string(dir_template) + "/activated.sock";
+  {
+    Child server(activate, {"-l", path, "--", binary("ECHO_SERVER"), "--listen", "systemd"});
+    ASSERT_TRUE(server.started());
+    const int first = connect_unix_when_listening(path, deadline_in(kGenerous));
+    ASSERT_GE(first, 0) << std::strerror(errno) << server.err();
+    auto line = server.read_line(deadline_in(kGenerous));  // echo_server, started by `first`
+    ASSERT_TRUE(line) << server.err();
+    EXPECT_EQ(*line, "listening on unix:" + path);
+    const std::string hello = "activated";
+    ASSERT_EQ(::send(first, hello.data(), hello.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(hello.size()));
+    std::string got;
+    pollfd p{first, POLLIN, 0};
+    char buf[64];
+    while (got.size() < hello.size() && ::poll(&p, 1, ms_until(deadline_in(kGenerous))) == 1) {
+      const ssize_t n = ::recv(first, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      got.append(buf, static_cast<std::size_t>(n));
+    }
+    EXPECT_EQ(got, hello);
+    ::close(first);
+    auto r = run_load(
+        {"echo", "--target", "unix:" + path, "--connections", "2", "--duration", "1", "--json"});
+    expect_clean_echo(r, 2, 64, 1);
+    server.signal(SIGTERM);
+    ASSERT_EQ(server.finish(deadline_in(kGenerous)), 0) << server.err();
+    EXPECT_NE(server.out().find("final: accepted=3 "), std::string::npos) << server.out();
+    std::error_code ec;
+    EXPECT_TRUE(std::filesystem::exists(path, ec)) << "an adopted socket's file is not ours";
+  }
+  std::filesystem::remove_all(dir_template);
 }
 
 // The server's exit lines: `final: ... messages=M ...` and, with several loops,

@@ -377,6 +377,114 @@ Listener::AcceptHandler collect_into(Accepted& out) {
   };
 }
 
+// ---------------------------------------------------------------------------------------------
+// ListenSocket::adopt: sockets inherited from a parent process
+
+// A listening socket as a parent process leaves it: plain socket(), blocking, inheritable.
+Fd inherited_listener(const Address& address) {
+  Fd fd(::socket(address.family(), SOCK_STREAM, 0));
+  EXPECT_TRUE(fd) << std::strerror(errno);
+  EXPECT_EQ(::bind(fd.get(), address.sockaddr_ptr(), address.length()), 0) << std::strerror(errno);
+  EXPECT_EQ(::listen(fd.get(), 16), 0) << std::strerror(errno);
+  return fd;
+}
+
+// listener.hpp: adopt() "makes it non-blocking and close-on-exec, and reads its family and bound
+// address (getsockname)".
+TEST(ListenSocket, AdoptedTcpSocketReportsItsBoundAddressAndIsNonBlockingAndCloseOnExec) {
+  Fd fd = inherited_listener(Address::ipv4_loopback(0));
+  const int raw = fd.get();
+  ASSERT_FALSE(::fcntl(raw, F_GETFL) & O_NONBLOCK);
+  ASSERT_FALSE(::fcntl(raw, F_GETFD) & FD_CLOEXEC);
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  ASSERT_EQ(::getsockname(raw, reinterpret_cast<sockaddr*>(&ss), &len), 0);
+  auto bound = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+  ASSERT_TRUE(bound.ok());
+
+  auto socket = ListenSocket::adopt(std::move(fd));
+  ASSERT_TRUE(socket.ok()) << socket.error().message();
+  EXPECT_EQ(socket->fd(), raw);
+  EXPECT_EQ(socket->address(), *bound);
+  EXPECT_EQ(socket->address().family(), AF_INET);
+  EXPECT_NE(socket->address().port(), 0);
+  EXPECT_TRUE(::fcntl(raw, F_GETFL) & O_NONBLOCK);
+  EXPECT_TRUE(::fcntl(raw, F_GETFD) & FD_CLOEXEC);
+}
+
+// listener.hpp: "An adopted Unix socket's file is never removed: whoever bound it owns it."
+TEST(ListenSocket, AdoptedUnixSocketReportsItsPathAndNeverRemovesTheFile) {
+  TempDir dir;
+  const std::string path = dir.file("inherited.sock");
+  {
+    auto socket = ListenSocket::adopt(inherited_listener(unix_address(path)));
+    ASSERT_TRUE(socket.ok()) << socket.error().message();
+    EXPECT_EQ(socket->address(), unix_address(path));
+    EXPECT_EQ(connect_errno(unix_address(path)), 0);
+    // Moved and move-assigned over: still not ours to remove.
+    ListenSocket moved = std::move(*socket);
+    auto other = ListenSocket::open(Address::ipv4_loopback(0));
+    ASSERT_TRUE(other.ok());
+    moved = std::move(*other);
+  }
+  EXPECT_TRUE(path_exists(path));
+}
+
+// listener.hpp: adopt() errors "ENOTSOCK (not a socket)".
+TEST(ListenSocket, AdoptingAFileThatIsNotASocketIsNotASocketError) {
+  Fd file(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(file);
+  auto socket = ListenSocket::adopt(std::move(file));
+  ASSERT_FALSE(socket.ok());
+  EXPECT_EQ(socket.error(), std::errc::not_a_socket);
+}
+
+// listener.hpp: adopt() errors "EINVAL (a stream socket that does not listen)".
+TEST(ListenSocket, AdoptingABoundSocketThatDoesNotListenIsInvalidArgument) {
+  Fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  const Address any_port = Address::ipv4_loopback(0);
+  ASSERT_EQ(::bind(fd.get(), any_port.sockaddr_ptr(), any_port.length()), 0);
+  auto socket = ListenSocket::adopt(std::move(fd));
+  ASSERT_FALSE(socket.ok());
+  EXPECT_EQ(socket.error(), std::errc::invalid_argument);
+}
+
+// listener.hpp: adopt() errors "EPROTOTYPE (a socket, but not SOCK_STREAM: UDP, ...)".
+TEST(ListenSocket, AdoptingAUdpSocketIsWrongProtocolType) {
+  Fd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  const Address any_port = Address::ipv4_loopback(0);
+  ASSERT_EQ(::bind(fd.get(), any_port.sockaddr_ptr(), any_port.length()), 0);
+  auto socket = ListenSocket::adopt(std::move(fd));
+  ASSERT_FALSE(socket.ok());
+  EXPECT_EQ(socket.error(), std::errc::wrong_protocol_type);
+}
+
+// listener.hpp: adopt() "takes a socket that is already bound and listening": a Listener on it
+// accepts, including a connection that was queued before the adoption.
+TEST(ListenSocket, AdoptedSocketAcceptsQueuedAndNewConnections) {
+  Fd fd = inherited_listener(Address::ipv4_loopback(0));
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  ASSERT_EQ(::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&ss), &len), 0);
+  auto bound = Address::from_sockaddr(reinterpret_cast<sockaddr*>(&ss), len);
+  ASSERT_TRUE(bound.ok());
+  Fd queued(connect_to(*bound));  // in the backlog before anyone adopts the socket
+  ASSERT_TRUE(queued) << std::strerror(errno);
+
+  auto socket = ListenSocket::adopt(std::move(fd));
+  ASSERT_TRUE(socket.ok()) << socket.error().message();
+  // A blocking socket would hang the loop in accept4 once the queue is empty.
+  ASSERT_TRUE(::fcntl(socket->fd(), F_GETFL) & O_NONBLOCK);
+  EventLoop loop;
+  Accepted accepted;
+  Listener listener(loop, *socket, collect_into(accepted));
+  ASSERT_FALSE(listener.start());
+  Fd later(connect_to(socket->address()));
+  ASSERT_TRUE(later) << std::strerror(errno);
+  ASSERT_TRUE(run_until(loop, [&] { return accepted.sockets.size() == 2; }));
+  EXPECT_EQ(listener.accepted(), 2u);
+}
+
 TEST(Listener, AcceptsAndReportsThePeerAddress) {
   auto socket = ListenSocket::open(Address::ipv4_loopback(0));
   ASSERT_TRUE(socket.ok()) << socket.error().message();

@@ -197,6 +197,59 @@ TEST(TcpServer, StartWhileStoppingIsAlreadyAndStartAfterStopListensAgain) {
   ASSERT_TRUE(run_until(loop, [&] { return done == 2; }));
 }
 
+// A listening socket as a parent process (systemd, a restarting server) hands it on.
+ListenSocket adopted_listener(const Address& address) {
+  Fd fd(::socket(address.family(), SOCK_STREAM, 0));
+  EXPECT_EQ(::bind(fd.get(), address.sockaddr_ptr(), address.length()), 0) << std::strerror(errno);
+  EXPECT_EQ(::listen(fd.get(), 16), 0) << std::strerror(errno);
+  auto socket = ListenSocket::adopt(std::move(fd));
+  EXPECT_TRUE(socket.ok()) << socket.error().message();
+  return std::move(*socket);
+}
+
+// tcp_server.hpp: "the server may be given a ListenSocket that is already listening ... a stop
+// stops accepting but keeps the socket open (connections arriving meanwhile wait in its
+// backlog), and start() after a stop serves it again."
+TEST(TcpServer, AdoptedSocketServesAndIsServedAgainAfterAStop) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  ListenSocket socket = adopted_listener(Address::ipv4_loopback(0));
+  const Address bound = socket.address();
+  TcpServer server(loop, std::move(socket), handlers);
+  EXPECT_EQ(server.address(), bound) << "known from the constructor on";
+  ASSERT_FALSE(server.start());
+  EXPECT_EQ(server.address(), bound);
+  expect_echo(loop, bound, "adopted");
+
+  int done = 0;
+  server.stop(5s, [&] { ++done; });
+  ASSERT_TRUE(run_until(loop, [&] { return done == 1; }));
+  int waiting = connect_to(bound);  // the socket is still open: the kernel queues it
+  ASSERT_GE(waiting, 0) << std::strerror(errno);
+  ASSERT_FALSE(server.start());
+  ASSERT_TRUE(send_all(waiting, "queued"));
+  std::string got;
+  ASSERT_TRUE(receive(loop, waiting, 6, got));
+  EXPECT_EQ(got, "queued");
+  ::close(waiting);
+  server.stop(5s, [&] { ++done; });
+  ASSERT_TRUE(run_until(loop, [&] { return done == 2; }));
+}
+
+// tcp_server.hpp: "ListenOptions (reuse_port, backlog) cannot apply to a socket someone else
+// bound, and start() refuses reuse_port."
+TEST(TcpServer, AdoptedSocketWithReusePortIsInvalidArgumentAndNothingListens) {
+  EventLoop loop;
+  ConnectionHandlers handlers = echo_handlers();
+  ServerOptions options;
+  options.listen.reuse_port = true;
+  TcpServer server(loop, adopted_listener(Address::ipv4_loopback(0)), handlers, options);
+  EXPECT_EQ(server.start(), std::errc::invalid_argument);
+  int done = 0;
+  server.stop(5s, [&] { ++done; });  // nothing to stop: done runs
+  ASSERT_TRUE(run_until(loop, [&] { return done == 1; }));
+}
+
 TEST(TcpServer, StaleIdFindsNothingAfterCloseAndAfterItsSlotIsReused) {
   EventLoop loop;
   ConnectionHandlers handlers = echo_handlers();
@@ -1263,6 +1316,31 @@ TEST(TcpServerTwoLoops, BothLoopsAcceptFromTheSharedListenerAndEcho) {
   expect_all_echo(loop, clients);
   stop_server(loop, server, clients);
   EXPECT_EQ(log.closed.load(), 2 * kPerPhase);
+}
+
+// tcp_server.hpp: "With several loops the one [adopted] socket is shared with EPOLLEXCLUSIVE".
+TEST(TcpServerTwoLoops, AdoptedSocketIsSharedAndBothLoopsAccept) {
+  EventLoop loop;
+  LoopThread other;
+  ShardLog log;
+  TcpServer server(std::vector<EventLoop*>{&loop, &other.loop()},
+                   adopted_listener(Address::ipv4_loopback(0)), log.handlers);
+  server.set_open_handler(log.open_handler());
+  ASSERT_FALSE(server.start());
+
+  constexpr int kPerPhase = 10;
+  std::vector<int> clients;
+  {
+    LoopBlocker blocked(other.loop());
+    ASSERT_TRUE(connect_clients(server.address(), kPerPhase, clients)) << std::strerror(errno);
+    ASSERT_TRUE(run_until(loop, [&] { return log.count(0) == kPerPhase; }));
+  }
+  ASSERT_TRUE(connect_clients(server.address(), kPerPhase, clients)) << std::strerror(errno);
+  ASSERT_TRUE(log.wait_for(1, kPerPhase));
+  EXPECT_EQ(log.count(0), kPerPhase);
+  EXPECT_EQ(log.count(1), kPerPhase);
+  expect_all_echo(loop, clients);
+  stop_server(loop, server, clients);
 }
 
 TEST(TcpServerTwoLoops, EachLoopsConnectionsUseThatLoopsOwnHandlers) {
