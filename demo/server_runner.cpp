@@ -64,14 +64,15 @@ std::string describe(std::error_code ec, const reactor::Address& address) {
 // One --listen value, parsed in this one place: an address to bind, a listening socket inherited
 // as fd N, or the sockets passed by systemd socket activation.
 struct ListenSpec {
-  enum class Kind { address, fd, systemd };
+  enum class Kind { address, fd, systemd, udp };
   Kind kind = Kind::address;
-  reactor::Address address;  // Kind::address
+  reactor::Address address;  // Kind::address, Kind::udp
   int fd = -1;               // Kind::fd
 };
 
-// The value's grammar: `fd:N`, `systemd`, or an address (reactor::Address::parse). Returns the
-// usage error's text when it is malformed.
+// The value's grammar: `fd:N`, `systemd`, `udp:ADDR` (a datagram socket; ADDR an IP address and
+// port, or a Unix path as unix:PATH), or an address (reactor::Address::parse). Returns the usage
+// error's text when it is malformed.
 std::variant<ListenSpec, std::string> parse_listen(const std::string& text) {
   ListenSpec spec;
   if (text == "systemd") {
@@ -91,16 +92,20 @@ std::variant<ListenSpec, std::string> parse_listen(const std::string& text) {
     spec.fd = static_cast<int>(fd);
     return spec;
   }
-  auto address = reactor::Address::parse(text);
+  const bool udp = text.rfind("udp:", 0) == 0;
+  auto address = reactor::Address::parse(udp ? text.substr(4) : text);
   if (!address) return "malformed address: " + text + " (" + address.error().message() + ")";
+  spec.kind = udp ? ListenSpec::Kind::udp : ListenSpec::Kind::address;
   spec.address = *address;
   return spec;
 }
 
-// What one server listens on: an address to bind, or a socket already listening.
+// What one server listens on: an address to bind (a stream or, `datagram`, a datagram socket),
+// or a socket already listening.
 struct Listen {
   reactor::Address address;
   std::optional<reactor::ListenSocket> socket;
+  bool datagram = false;
 };
 
 // sd_listen_fds(3) by hand: LISTEN_PID must name this process, LISTEN_FDS counts the sockets
@@ -182,7 +187,9 @@ class Runner {
     reactor::ServerStats server;
     std::uint64_t messages = 0;
   };
-  Totals totals() const;
+  Totals totals();
+  std::error_code open_datagram_sockets(const reactor::Address& address, std::string& listening_on);
+  void close_datagram_sockets();
   // The loops' instruments (--stats): each loop's busy and idle time, stalls, timer delays.
   struct LoopTimes {
     std::vector<reactor::Duration> busy, idle;
@@ -201,6 +208,9 @@ class Runner {
   std::unique_ptr<MessageCounter[]> messages_;
   std::vector<std::unique_ptr<LoopHandlers>> protocols_;
   std::vector<std::unique_ptr<reactor::TcpServer>> servers_;
+  // --listen udp:ADDR: per loop, one socket per datagram address; created, used and destroyed
+  // on that loop's thread.
+  std::vector<std::vector<std::unique_ptr<reactor::DatagramSocket>>> datagram_sockets_;
 
   bool stopping_ = false;
   bool failed_ = false;  // a server did not start: no final counters
@@ -299,8 +309,21 @@ int Runner::run() {
   server_options.max_connections = static_cast<std::size_t>(settings_.max_connections);
   server_options.connection.idle_timeout = from_seconds(settings_.idle_timeout_s);
   int rc = kExitOk;
+  datagram_sockets_.resize(count);
+  std::vector<std::string> listening;  // in --listen order
   for (Listen& listen : listens_) {
     const reactor::Address address = listen.address;
+    if (listen.datagram) {
+      std::string bound;
+      if (auto ec = open_datagram_sockets(address, bound)) {
+        std::fprintf(stderr, "%s\n", describe(ec, "udp:" + address.to_string()).c_str());
+        rc = kExitRuntime;
+        failed_ = true;
+        break;
+      }
+      listening.push_back("udp:" + bound);
+      continue;
+    }
     auto server = listen.socket
                       ? std::make_unique<reactor::TcpServer>(served, std::move(*listen.socket),
                                                              server_options)
@@ -315,12 +338,13 @@ int Runner::run() {
       failed_ = true;
       break;
     }
+    listening.push_back(server->address().to_string());
     servers_.push_back(std::move(server));
   }
 
   if (rc == kExitOk) {
-    for (const auto& server : servers_) {
-      std::printf("listening on %s\n", server->address().to_string().c_str());
+    for (const std::string& address : listening) {
+      std::printf("listening on %s\n", address.c_str());
     }
     std::fflush(stdout);
     if (settings_.stats_s > 0) {
@@ -338,6 +362,7 @@ int Runner::run() {
   // Teardown, in dependency order: the servers (stopped; on the home loop), each loop's
   // protocol on its own thread, then the loop threads.
   servers_.clear();
+  close_datagram_sockets();
   for (std::size_t i = count; i-- > 0;)
     on_loop(i, [this, i] { protocols_[i].reset(); });
   threads_.clear();
@@ -374,8 +399,8 @@ void Runner::shutdown() {
     std::fflush(stdout);
     home_->stop();
   };
-  if (servers_.empty()) {
-    home_->stop();
+  if (servers_.empty()) {  // datagram sockets only (or nothing started): nothing to drain
+    finish();
     return;
   }
   for (auto& server : servers_) {
@@ -385,8 +410,49 @@ void Runner::shutdown() {
   }
 }
 
-Runner::Totals Runner::totals() const {
+// Every loop binds its own socket to `address` (SO_REUSEPORT when there are several loops), on
+// its own thread; with port 0 the first one's port is the others'. `listening_on`: the bound
+// address.
+std::error_code Runner::open_datagram_sockets(const reactor::Address& address,
+                                              std::string& listening_on) {
+  reactor::Address bind_to = address;
+  for (std::size_t i = 0; i < loops_.size(); ++i) {
+    std::error_code ec;
+    on_loop(i, [&, i] {
+      reactor::DatagramOptions options;
+      options.reuse_port = loops_.size() > 1;
+      auto socket =
+          std::make_unique<reactor::DatagramSocket>(*loops_[i], protocols_[i]->datagram, options);
+      ec = socket->bind(bind_to);
+      if (ec) return;
+      if (i == 0) {
+        auto bound = socket->local_address();
+        if (bound.ok()) bind_to = *bound;
+      }
+      datagram_sockets_[i].push_back(std::move(socket));
+    });
+    if (ec) return ec;
+  }
+  listening_on = bind_to.to_string();
+  return {};
+}
+
+void Runner::close_datagram_sockets() {
+  for (std::size_t i = 0; i < datagram_sockets_.size(); ++i)
+    on_loop(i, [this, i] { datagram_sockets_[i].clear(); });
+}
+
+Runner::Totals Runner::totals() {
   Totals t;
+  for (std::size_t i = 0; i < datagram_sockets_.size(); ++i) {
+    if (datagram_sockets_[i].empty()) continue;
+    on_loop(i, [&t, this, i] {
+      for (const auto& socket : datagram_sockets_[i]) {
+        t.server.bytes_in += socket->stats().received_bytes;
+        t.server.bytes_out += socket->stats().sent_bytes;
+      }
+    });
+  }
   for (const auto& server : servers_) {
     const reactor::ServerStats s = server->stats();
     t.server.accepted += s.accepted;
@@ -507,7 +573,11 @@ int run_server(int argc, char** argv, const ServerSpec& spec) {
     auto parsed = parse_listen(text);
     if (auto* error = std::get_if<std::string>(&parsed)) return usage_error(app, *error);
     const ListenSpec& spec_of = std::get<ListenSpec>(parsed);
-    if (spec_of.kind != ListenSpec::Kind::address && settings.reuse_port) {
+    if (spec_of.kind == ListenSpec::Kind::udp && !spec.datagrams) {
+      return usage_error(app, spec.name + " serves streams only: " + text);
+    }
+    if ((spec_of.kind == ListenSpec::Kind::fd || spec_of.kind == ListenSpec::Kind::systemd) &&
+        settings.reuse_port) {
       return usage_error(app, "--reuseport cannot apply to an inherited socket (" + text +
                                   "): it is one socket, bound by another process");
     }
@@ -530,6 +600,9 @@ int run_server(int argc, char** argv, const ServerSpec& spec) {
     switch (listen.kind) {
       case ListenSpec::Kind::address:
         listens.push_back({listen.address, std::nullopt});
+        break;
+      case ListenSpec::Kind::udp:
+        listens.push_back({listen.address, std::nullopt, true});
         break;
       case ListenSpec::Kind::fd:
         if (!adopt(listen.fd, "inherited fd " + std::to_string(listen.fd))) return kExitRuntime;

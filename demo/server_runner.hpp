@@ -1,7 +1,8 @@
 // The shared server runner: the command line, loops, threads, signals and counters of every
 // demo server, so that each server adds only its protocol.
 //
-//   SERVER [--listen ADDR|fd:N|systemd]... [--threads N] [--reuseport] [--pin] [--busy-poll USEC]
+//   SERVER [--listen ADDR|fd:N|systemd|udp:ADDR]... [--threads N] [--reuseport] [--pin]
+//   [--busy-poll USEC]
 //          [--max-conns N] [--idle-timeout SEC] [--stats SEC] [protocol options] [--help]
 //
 // What run_server() does, in order:
@@ -14,7 +15,10 @@
 //   variables are unset after use). Inherited sockets are checked with
 //   reactor::ListenSocket::adopt; one that is not a listening stream socket, or `systemd`
 //   without the variables (or with another process's LISTEN_PID), prints the reason on stderr
-//   and exits 1. --reuseport with an inherited socket is a usage error (exit 2);
+//   and exits 1. --reuseport with an inherited socket is a usage error (exit 2). `udp:ADDR`
+//   (servers whose spec says `datagrams`; a usage error for the others) binds a datagram
+//   socket (reactor::DatagramSocket) on every loop, SO_REUSEPORT when there are several,
+//   served by the loop's LoopHandlers::datagram callbacks;
 // - makes N loops: the calling thread's is loops[0], the home loop; the others run on
 //   reactor::LoopThread, named loop-1 ... loop-(N-1) (top -H, gdb, perf). With --pin, loop i is
 //   pinned to the i-th CPU of the process's allowed set (sched_getaffinity; the home loop's
@@ -24,13 +28,14 @@
 // - starts one reactor::TcpServer per --listen address or inherited socket on all loops (one
 //   listening socket shared with EPOLLEXCLUSIVE, or one SO_REUSEPORT socket per loop with
 //   --reuseport) and prints `listening on ADDR` per address to stdout, flushed, ADDR being the
-//   bound address (the real port when 0 was asked; an inherited socket's own address). A failure
+//   bound address (the real port when 0 was asked; an inherited socket's own address;
+//   `listening on udp:ADDR` for a datagram address), in --listen order. A failure
 //   prints `address already in use: ADDR` (or the like) as the first line on stderr and exits 1;
 // - serves until SIGINT or SIGTERM: then every server stops accepting and closes its
 //   connections gracefully (aborting what is still open after 2 s), the final counters are
 //   printed (`final: accepted=... refused=... messages=... bytes_in=... bytes_out=...
-//   fd_exhaustion=...`; with --threads N > 1, a second line `messages_per_loop=M0,M1,...`),
-//   exit 0.
+//   fd_exhaustion=...`, the bytes of datagram sockets included; with --threads N > 1, a second line
+//   `messages_per_loop=M0,M1,...`), exit 0.
 // - With --stats SEC, prints every SEC seconds:
 //   `stats: active=A accepted=N msgs/s=M bytes_in/s=I bytes_out/s=O fd_exhaustion=F busy=B%
 //   stalls=S loop_delay_p99_us=D`: B the busiest loop's share of the interval spent working
@@ -53,6 +58,7 @@
 #include <vector>
 
 #include <reactor/connection.hpp>
+#include <reactor/datagram_socket.hpp>
 #include <reactor/event_loop.hpp>
 #include <reactor/function.hpp>
 
@@ -89,6 +95,8 @@ struct LoopContext {
 struct LoopHandlers {
   virtual ~LoopHandlers() = default;
   reactor::ConnectionHandlers connection;
+  // The callbacks of the loop's datagram sockets (--listen udp:ADDR; ServerSpec::datagrams).
+  reactor::DatagramHandlers datagram;
   // Optional: runs for each new connection before any other of its callbacks.
   reactor::Function<void(reactor::Connection&)> on_open;
 };
@@ -97,6 +105,7 @@ struct ServerSpec {
   std::string name;            // the program's name in usage and error lines
   std::string description;     // one line for --help
   std::string default_listen;  // used when no --listen is given
+  bool datagrams = false;      // the protocol serves datagrams: --listen udp:ADDR is allowed
   // Optional: adds the protocol's own options (parsed with the shared ones; see demo/cli.hpp).
   std::function<void(CLI::App&)> add_options;
   // Called once per loop, on its thread, after the command line was parsed and before any

@@ -60,7 +60,10 @@ std::error_code DatagramSocket::bind(const Address& local) {
   assert_in_loop();
   if (fd_) return errc(std::errc::already_connected);
   if (auto ec = open(local.family())) return ec;
-  if (::bind(fd_.get(), local.sockaddr_ptr(), local.length()) != 0) {
+  const int on = 1;
+  if ((options_.reuse_port &&
+       ::setsockopt(fd_.get(), SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) ||
+      ::bind(fd_.get(), local.sockaddr_ptr(), local.length()) != 0) {
     std::error_code ec = errno_code();
     close();
     return ec;

@@ -125,6 +125,9 @@ struct DatagramOptions {
   int reads_per_event = 4;                 // recvmmsg batches per readiness (fairness)
   std::size_t max_queued_bytes = 1 << 20;  // queued output past which datagrams are dropped
   bool receive_timestamps = false;         // SO_TIMESTAMPNS: Datagram::timestamp (CLOCK_REALTIME)
+  // SO_REUSEPORT before bind(): several sockets (one per loop, say) bind one IP address and
+  // port, and the kernel spreads the senders over them (by a hash of the source).
+  bool reuse_port = false;
 };
 
 // Counters of one socket; loop thread only.
