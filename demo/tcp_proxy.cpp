@@ -11,8 +11,8 @@
 // - Bytes pass through unchanged in both directions. Client bytes that arrive before the
 //   upstream connection is up stay in the client's socket (its reading is paused until then).
 // - Mutual backpressure: when one side's queued output passes its high-water mark (1 MiB), the
-//   proxy stops reading from the other side, and reads again once that output has drained
-//   (the Connection has no low-water callback: on_drained, at zero, is the resume point). So each
+//   proxy stops reading from the other side, and reads again once that output has fallen below
+//   its low-water mark (256 KiB; on_low_water), so the other side keeps a window in flight. So each
 //   connection's queued_bytes() stays under the high-water mark plus what one readiness reads
 //   (reads_per_event x 64 KiB).
 // - Half-close passes through: the client's FIN becomes shutdown(SHUT_WR) towards the upstream
@@ -137,7 +137,7 @@ class ProxyLoop : public demo::LoopHandlers {
         s.upstream->pause_reading();
       }
     };
-    connection.on_drained = [](reactor::Connection& c) {
+    connection.on_low_water = [](reactor::Connection& c) {
       Session& s = *c.context_as<Session>();
       if (s.upstream && s.upstream_held) {
         s.upstream_held = false;
@@ -177,7 +177,7 @@ class ProxyLoop : public demo::LoopHandlers {
         s.client->pause_reading();
       }
     };
-    upstream_handlers_.on_drained = [](reactor::Connection& u) {
+    upstream_handlers_.on_low_water = [](reactor::Connection& u) {
       Session& s = *u.context_as<Session>();
       if (s.client && s.client_held) {
         s.client_held = false;

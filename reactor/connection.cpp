@@ -203,16 +203,32 @@ void Connection::handle_write() {
       // A short write means the send buffer is full: wait for the next EPOLLOUT rather than
       // hear EAGAIN from another send now. Resume reading at the low-water mark, not at zero,
       // so the peer keeps a window of work in flight; re-arm the high-water mark with it.
-      if (water_paused_ && output_.size() < options_.low_water_mark) {
-        water_paused_ = false;
+      if (high_water_fired_ && output_.size() < options_.low_water_mark) {
         high_water_fired_ = false;
-        update_interest();
+        if (water_paused_) {
+          water_paused_ = false;
+          update_interest();
+        }
+        if (handlers_.on_low_water) {
+          handlers_.on_low_water(*this);
+          if (state_ == State::closed) return;
+          update_interest();  // the callback may have sent or paused
+        }
       }
       return;
     }
   }
+  const bool was_high = high_water_fired_;
   high_water_fired_ = false;
   water_paused_ = false;
+  if (was_high && handlers_.on_low_water) {
+    handlers_.on_low_water(*this);
+    if (state_ == State::closed) return;
+    if (!output_.empty()) {  // the callback sent more
+      update_interest();
+      return;
+    }
+  }
   if (handlers_.on_drained) {
     handlers_.on_drained(*this);
     if (state_ == State::closed) return;

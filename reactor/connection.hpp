@@ -27,6 +27,10 @@
 //                             until output drains below low_water_mark. It runs inside the
 //                             send() that crossed the mark: the one callback a call of yours
 //                             can run. It may close or abort any connection.
+//   on_low_water(conn)        queued output fell below low_water_mark after on_high_water
+//                             (when it drains to zero at the latest, then before on_drained),
+//                             once per high-water crossing: where a producer that on_high_water
+//                             paused (a proxy's other side) resumes. The mark re-arms here.
 //   on_peer_shutdown(conn)    the peer half-closed (EOF), at most once; you may still send
 //                             (unless you shut the write side first), then close(). Without this
 //                             callback the connection closes gracefully at once, possibly in the
@@ -121,6 +125,7 @@ struct ConnectionHandlers {
   Function<void(Connection&, Buffer& input)> on_data;
   Function<void(Connection&)> on_drained;
   Function<void(Connection&, std::size_t queued)> on_high_water;
+  Function<void(Connection&)> on_low_water;
   Function<void(Connection&)> on_peer_shutdown;
   Function<void(Connection&, CloseReason, std::error_code)> on_close;
 };

@@ -26,14 +26,14 @@ EXPECTED = {
     'connection': NO_TSAN, 'connector': NO_TSAN, 'tcp_server': NO_TSAN, 'short_sends': NO_TSAN,
     'http_parser': NO_TSAN, 'resp_parser': NO_TSAN, 'histogram': NO_TSAN, 'demo': NO_TSAN,
     'http_server': NO_TSAN, 'kv_server': NO_TSAN, 'bad_input': NO_TSAN, 'soak': NO_TSAN,
-    'faults': NO_TSAN, 'embed': SANITIZERS_OFF, 'tcp_proxy': NO_TSAN,
+    'faults': NO_TSAN, 'embed': SANITIZERS_OFF, 'tcp_proxy': NO_TSAN, 'udp_echo': NO_TSAN,
     'datagram_socket': NO_TSAN,
     'resolver': NO_TSAN,  # built with -Dresolver=enabled, as build.sh configures every test build
     # The multi-threaded cases of other executables, picked by name into the TSan run
     # (tests/meson.build): the signal tests' second thread, two-loop servers, --threads demos.
     'event_loop_threads': TSAN_ONLY, 'tcp_server_threads': TSAN_ONLY, 'demo_threads': TSAN_ONLY,
     'http_server_threads': TSAN_ONLY, 'kv_server_threads': TSAN_ONLY,
-    'tcp_proxy_threads': TSAN_ONLY,
+    'tcp_proxy_threads': TSAN_ONLY, 'udp_echo_threads': TSAN_ONLY,
 }
 NO_REPORT = {'embed'}  # a shell script, not a GoogleTest executable: its exit status counts
 

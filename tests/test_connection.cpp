@@ -296,6 +296,9 @@ class ConnectionTest : public ::testing::Test {
       ++r.high_water_calls;
       if (on_high_water_) on_high_water_(c, queued, r);
     };
+    handlers_.on_low_water = [this](Connection& c) {
+      if (on_low_water_) on_low_water_(c, record_of(c));
+    };
     // Only when the test asks: without it the connection closes at the peer's EOF.
     if (on_peer_shutdown_) {
       handlers_.on_peer_shutdown = [this](Connection& c) {
@@ -368,6 +371,7 @@ class ConnectionTest : public ::testing::Test {
   std::function<void(Connection&, Buffer&, Record&)> on_data_ = echo;
   std::function<void(Connection&, Record&)> on_drained_;
   std::function<void(Connection&, std::size_t, Record&)> on_high_water_;
+  std::function<void(Connection&, Record&)> on_low_water_;
   std::function<void(Connection&, Record&)> on_peer_shutdown_;
   std::function<void(Connection&, Record&)> on_close_;
 };
@@ -792,6 +796,55 @@ TEST_F(ConnectionTest, ReadingGoesOnPastTheHighWaterMarkWhenPausingIsOff) {
   }));
   EXPECT_TRUE(client.received() == payload) << "echo differs";
   EXPECT_EQ(rec.close_calls, 0);
+}
+
+// connection.hpp, on_low_water: "queued output fell below low_water_mark after on_high_water
+// ..., once per high-water crossing ... The mark re-arms here." With pausing off (a proxy's
+// upstream side: the producer is elsewhere) the server sends 1 MiB three times, each after the
+// last one's low water: three high-water calls, three low-water calls, each below the mark with
+// bytes still queued (the small send buffer drains in steps), each before that round's
+// on_drained.
+TEST_F(ConnectionTest, OnLowWaterRunsOncePerHighWaterCrossingBelowTheLowWaterMark) {
+  constexpr std::size_t kLow = 192 * 1024;
+  ServerOptions options;
+  options.connection.high_water_mark = 512 * 1024;
+  options.connection.low_water_mark = kLow;
+  options.connection.pause_reading_at_high_water = false;
+  const std::string big = random_bytes(1 << 20, 57);
+  std::vector<std::string> events;
+  std::vector<std::size_t> queued_at_low;
+  int rounds = 0;
+  on_open_ = [](Connection& c, Record&) { EXPECT_FALSE(set_send_buffer(c.fd(), 64 * 1024)); };
+  on_data_ = [&](Connection& c, Buffer& input, Record&) {
+    input.consume(input.size());
+    ++rounds;
+    c.send(big);
+  };
+  on_high_water_ = [&](Connection&, std::size_t, Record&) { events.push_back("high"); };
+  on_low_water_ = [&](Connection& c, Record&) {
+    events.push_back("low");
+    queued_at_low.push_back(c.queued_bytes());
+    if (rounds < 3) {
+      ++rounds;
+      c.send(big);  // the next megabyte from here: the mark must have re-armed
+    }
+  };
+  on_drained_ = [&](Connection&, Record&) { events.push_back("drained"); };
+  const Address bound = start_server(Address::ipv4_loopback(0), options);
+  RawClient client(bound, 64 * 1024);
+  ASSERT_EQ(client.send_some("x"), 1u);
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some(16 * 1024);
+    return client.received().size() >= 3 * big.size() || client.failed() || client.eof();
+  }));
+  EXPECT_EQ(client.received().size(), 3 * big.size());
+  EXPECT_EQ(events,
+            (std::vector<std::string>{"high", "low", "high", "low", "high", "low", "drained"}));
+  ASSERT_EQ(queued_at_low.size(), 3u);
+  for (std::size_t q : queued_at_low) {
+    EXPECT_LT(q, kLow);
+    EXPECT_GT(q, 0u) << "on_low_water waited for the output to drain to zero";
+  }
 }
 
 // connection.hpp: pause_reading()/resume_reading() on a live connection: on_data "never while
