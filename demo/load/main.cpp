@@ -207,7 +207,7 @@ int main(int argc, char** argv) {
   demo::add_number(*udp, "--duration", settings.duration_s, 0.01, 1e6,
                    "Run for SEC seconds, then stop, whatever the server does", "SEC");
   int sockets = 1;
-  demo::add_number(*udp, "--sockets", sockets, 1, 100'000,
+  demo::add_number(*udp, "--sockets", sockets, 1, 10'000,
                    "Connected sockets; with --rate, datagram k goes to socket k mod N", "N");
   demo::add_number(*udp, "--threads", settings.threads, 1, 1024,
                    "Client loops, one per thread; sockets are spread over them", "T");

@@ -7,7 +7,9 @@
 // the Pattern at an offset derived from both. So the report tells apart:
 // - received: datagrams echoed for the first time, intact (their latency is recorded);
 // - lost: not echoed within --timeout (from the send time; with --rate from the due time), or
-//   still unanswered when its socket had sent kWindow more since (too old to track);
+//   still unanswered when its socket had sent a window more since (too old to track; the window
+//   is 1024 x --depth, or with --rate twice what a socket sends in --timeout, within 4096..2^20
+//   sequence numbers, 24 bytes each per socket);
 // - duplicated: an echo of a sequence number already received;
 // - reordered: received after one with a higher sequence number on the same socket;
 // - late: echoed after it was counted lost (or too old to track); not counted received;
@@ -36,8 +38,18 @@
 namespace load {
 namespace {
 
-constexpr std::size_t kHeader = 16;       // sequence number, check word
-constexpr std::uint64_t kWindow = 65536;  // sequence numbers a socket tracks (a power of two)
+constexpr std::size_t kHeader = 16;  // sequence number, check word
+
+// The sequence numbers a socket tracks (a power of two): see the header comment.
+std::uint64_t window(const Settings& settings) {
+  const double wanted = settings.rate > 0
+                            ? 2 * settings.rate / settings.connections * settings.timeout_s
+                            : 1024.0 * settings.depth;
+  std::uint64_t w = 4096;
+  while (w < (1u << 20) && static_cast<double>(w) < wanted)
+    w *= 2;
+  return w;
+}
 
 std::uint64_t check_word(std::uint64_t seq, std::uint64_t seed) noexcept {
   // splitmix64's finaliser: every bit of the input changes about half the output's.
@@ -56,7 +68,8 @@ class UdpClient final : public Client {
         timeout_(std::chrono::duration_cast<Duration>(
             std::chrono::duration<double>(worker.run.settings().timeout_s))),
         socket_(worker.loop, handlers_, socket_options(size_)),
-        ring_(kWindow),
+        ring_(window(worker.run.settings())),
+        mask_(ring_.size() - 1),
         out_(size_) {
     handlers_.on_datagrams = [this](reactor::DatagramSocket&,
                                     std::span<const reactor::Datagram> datagrams) {
@@ -112,7 +125,7 @@ class UdpClient final : public Client {
   void on_connected() override {}
   void on_connect_failed(std::error_code) override {}
 
-  Entry& entry(std::uint64_t seq) noexcept { return ring_[seq & (kWindow - 1)]; }
+  Entry& entry(std::uint64_t seq) noexcept { return ring_[seq & mask_]; }
 
   void send_one(TimePoint stamp) {
     const std::uint64_t seq = next_seq_;
@@ -125,10 +138,10 @@ class UdpClient final : public Client {
       return;
     }
     worker_.sent.add(1);
-    // The place of seq - kWindow: still unanswered after kWindow later sends, it is lost.
+    // The place of seq - window: still unanswered after a window of later sends, it is lost.
     Entry& e = entry(seq);
     if (e.fate == Fate::in_flight) lose(e);
-    if (seq >= kWindow) oldest_ = std::max(oldest_, seq - kWindow + 1);
+    if (seq >= ring_.size()) oldest_ = std::max(oldest_, seq - ring_.size() + 1);
     e = {seq, stamp, Fate::in_flight};
     ++next_seq_;
     ++in_flight_;
@@ -254,7 +267,8 @@ class UdpClient final : public Client {
   Duration timeout_;
   reactor::DatagramHandlers handlers_;  // before socket_: it must outlive it
   reactor::DatagramSocket socket_;
-  std::vector<Entry> ring_;  // sequence number seq at ring_[seq % kWindow]
+  std::vector<Entry> ring_;  // sequence number seq at ring_[seq & mask_]
+  std::uint64_t mask_;
   std::vector<std::byte> out_;
   reactor::TimerId sweep_;
   std::uint64_t next_seq_ = 0;   // sent: 0..next_seq_-1
