@@ -164,7 +164,7 @@ struct Worker {
   std::uint64_t echoed = 0;  // clients that echoed in the round
 
   // rate
-  std::unique_ptr<Schedule> schedule;  // the probe worker's; null on the bulk worker
+  std::unique_ptr<Schedule> schedule;  // the probe worker's, not the bulk's; udp --rate: each
   bool bulk = false;                   // this worker's clients are --bulk connections
   std::uint64_t due = 0;               // messages due before the run ended (udp --rate too)
 
