@@ -875,4 +875,219 @@ TEST_F(DemoTest, LoadAcceptHelpSaysItClosesWithReset) {
   EXPECT_NE(load.out().find("TIME_WAIT"), std::string::npos) << load.out();
 }
 
+// ---- reactor-load udp: verifying datagram echo ----
+
+// A UDP echo on 127.0.0.1 (a plain socket on a thread of its own, polled with a short tick and
+// bounded by kGenerous) that misbehaves with every `every`-th datagram it receives: drops it,
+// echoes it twice, holds it back until after the next one's echo, or flips payload byte 20.
+class UdpEcho {
+ public:
+  enum class Fault { none, drop, duplicate, reorder, corrupt };
+  explicit UdpEcho(Fault fault, int every = 10) : fault_(fault), every_(every) {
+    fd_ = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd_ < 0) return;
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      return;
+    }
+    address_ = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~UdpEcho() {
+    done_ = true;
+    if (thread_.joinable()) thread_.join();
+    if (fd_ >= 0) ::close(fd_);
+  }
+  const std::string& address() const { return address_; }
+
+ private:
+  void serve() {
+    const Deadline deadline = deadline_in(kGenerous);
+    std::uint64_t count = 0;
+    std::string held;
+    sockaddr_storage held_from{};
+    socklen_t held_len = 0;
+    while (!done_ && std::chrono::steady_clock::now() < deadline) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 20) <= 0) continue;
+      char buf[65536];
+      sockaddr_storage from{};
+      socklen_t len = sizeof from;
+      const ssize_t n =
+          ::recvfrom(fd_, buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &len);
+      if (n < 0) continue;
+      auto echo = [&](const char* bytes, std::size_t size, const sockaddr_storage& to,
+                      socklen_t to_len) {
+        (void)::sendto(fd_, bytes, size, 0, reinterpret_cast<const sockaddr*>(&to), to_len);
+      };
+      const auto size = static_cast<std::size_t>(n);
+      if (++count % static_cast<std::uint64_t>(every_) != 0 || fault_ == Fault::none) {
+        echo(buf, size, from, len);
+        if (!held.empty()) echo(held.data(), held.size(), held_from, held_len);
+        held.clear();
+        continue;
+      }
+      switch (fault_) {
+        case Fault::drop:
+        case Fault::none:
+          break;
+        case Fault::duplicate:
+          echo(buf, size, from, len);
+          echo(buf, size, from, len);
+          break;
+        case Fault::reorder:
+          held.assign(buf, size);
+          held_from = from;
+          held_len = len;
+          break;
+        case Fault::corrupt:
+          if (size > 20) buf[20] ^= 0x20;
+          echo(buf, size, from, len);
+          break;
+      }
+    }
+  }
+
+  Fault fault_;
+  int every_;
+  int fd_ = -1;
+  std::string address_;
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+// Checks a udp-mode JSON result: the keys, and that every datagram sent is accounted for once:
+// received, lost, corrupt (with an intact header, as every corruption here) or in flight.
+void expect_udp_accounts(const LoadResult& r) {
+  ASSERT_TRUE(r.json.is_object()) << r.err << r.out;
+  for (const char* key : {"mode",   "target",         "sockets",   "threads",    "size",
+                          "depth",  "offered_per_s",  "timeout_s", "duration_s", "due",
+                          "sent",   "received",       "lost",      "duplicated", "reordered",
+                          "late",   "corrupt",        "in_flight", "bytes",      "msgs_per_s",
+                          "errors", "errors_by_kind", "latency_us"}) {
+    EXPECT_TRUE(r.json.contains(key)) << key << ": " << r.out;
+  }
+  EXPECT_EQ(r.json["mode"], "udp");
+  const auto n = [&r](const char* key) { return r.json[key].get<std::uint64_t>(); };
+  EXPECT_GT(n("received"), 0u) << r.out;
+  EXPECT_EQ(n("sent"), n("received") + n("lost") + n("corrupt") + n("in_flight")) << r.out;
+  EXPECT_EQ(n("bytes"), n("received") * r.json["size"].get<std::uint64_t>()) << r.out;
+  const auto& latency = r.json["latency_us"];
+  EXPECT_GT(latency["p50"].get<double>(), 0.0);
+  EXPECT_LE(latency["p50"].get<double>(), latency["p99"].get<double>());
+  EXPECT_LE(latency["p99"].get<double>(), latency["max"].get<double>());
+}
+
+// Issue 17: "reactor-load udp --target ADDR --rate R|--depth D --size S: verifying datagram
+// echo ... latency percentiles, JSON"; --threads spreads the sockets over loops.
+TEST_F(DemoTest, UdpLoadWithTwoThreadsCountsEveryDatagramOnceAgainstAnEcho) {
+  UdpEcho server(UdpEcho::Fault::none);
+  ASSERT_FALSE(server.address().empty()) << std::strerror(errno);
+  for (const std::vector<std::string>& mode :
+       {std::vector<std::string>{"--depth", "8"}, std::vector<std::string>{"--rate", "2000"}}) {
+    std::vector<std::string> args = {"udp",        "--target", "udp:" + server.address(),
+                                     "--sockets",  "4",        "--threads",
+                                     "2",          "--size",   "100",
+                                     "--duration", "0.5",      "--timeout",
+                                     "10",         "--json"};
+    args.insert(args.end(), mode.begin(), mode.end());
+    auto r = run_load(args);
+    EXPECT_EQ(r.exit_code, 0) << mode[0] << ": " << r.err << r.out;
+    expect_udp_accounts(r);
+    EXPECT_EQ(r.json["target"], "udp:" + server.address());
+    EXPECT_EQ(r.json["sockets"], 4);
+    EXPECT_EQ(r.json["threads"], 2);
+    EXPECT_EQ(r.json["size"], 100);
+    for (const char* key : {"lost", "duplicated", "reordered", "late", "corrupt", "errors"})
+      EXPECT_EQ(r.json[key], 0) << mode[0] << " " << key << ": " << r.out;
+    if (mode[0] == "--depth") {
+      // Closed loop: at most D per socket still in flight when the run ended.
+      EXPECT_LE(r.json["in_flight"].get<std::uint64_t>(), 4u * 8u) << r.out;
+    } else {
+      // Open loop: every datagram handed out by the schedule was sent.
+      EXPECT_EQ(r.json["sent"], r.json["due"]) << r.out;
+      EXPECT_EQ(r.json["offered_per_s"], 2000.0);
+    }
+  }
+}
+
+// Brief: "each is counted in its own field": a dropped datagram is lost, a second copy
+// duplicated, one overtaken reordered, a wrong payload byte corrupt (not lost); only corrupt
+// fails the run.
+TEST_F(DemoTest, UdpLoadCountsLossDuplicationReorderingAndCorruptionApart) {
+  struct Case {
+    UdpEcho::Fault fault;
+    const char* field;  // the one fault field that must count
+    const char* timeout;
+    int exit_code;
+  };
+  for (const Case& c : {Case{UdpEcho::Fault::drop, "lost", "0.05", 0},
+                        Case{UdpEcho::Fault::duplicate, "duplicated", "10", 0},
+                        Case{UdpEcho::Fault::reorder, "reordered", "10", 0},
+                        Case{UdpEcho::Fault::corrupt, "corrupt", "10", 1}}) {
+    UdpEcho server(c.fault);
+    ASSERT_FALSE(server.address().empty()) << std::strerror(errno);
+    auto r = run_load({"udp", "--target", server.address(), "--depth", "4", "--size", "64",
+                       "--duration", "0.5", "--timeout", c.timeout, "--json"});
+    EXPECT_EQ(r.exit_code, c.exit_code) << c.field << ": " << r.err << r.out;
+    expect_udp_accounts(r);
+    EXPECT_GT(r.json[c.field].get<std::uint64_t>(), 0u) << c.field << ": " << r.out;
+    for (const char* other : {"lost", "duplicated", "reordered", "corrupt"}) {
+      // A short --timeout may also count a slow echo lost (and late when it comes): only the
+      // drop case uses one.
+      if (std::string(other) == c.field || (c.fault == UdpEcho::Fault::drop && other[0] == 'r'))
+        continue;
+      EXPECT_EQ(r.json[other], 0) << c.field << " run, " << other << ": " << r.out;
+    }
+    if (c.fault == UdpEcho::Fault::corrupt) {
+      // The tenth datagram is sequence number 9; byte 20 is in its payload.
+      EXPECT_EQ(r.json["errors_by_kind"]["wrong_bytes"], r.json["corrupt"]) << r.out;
+      EXPECT_NE(r.err.find("wrong bytes (first: datagram 9 byte 20: expected 0x"),
+                std::string::npos)
+          << r.err;
+    }
+  }
+}
+
+// Brief: "a target nobody listens on (ICMP refused) ends with a clear message and exit 1".
+TEST_F(DemoTest, UdpLoadToAPortNobodyListensOnEndsAtOnceWithExitOne) {
+  // A port just freed: nothing bound there, so the kernel answers port unreachable.
+  const int probe = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(probe, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  ASSERT_EQ(::bind(probe, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::getsockname(probe, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  ::close(probe);
+  const std::string target = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  auto r = run_load({"udp", "--target", target, "--depth", "1", "--duration", "30", "--json"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("connection refused by udp:" + target), std::string::npos) << r.err;
+  ASSERT_TRUE(r.json.is_object()) << r.out;
+  EXPECT_GE(r.json["errors_by_kind"]["refused"].get<std::uint64_t>(), 1u) << r.out;
+  EXPECT_EQ(r.json["received"], 0);
+  EXPECT_LT(r.json["duration_s"].get<double>(), 30.0);  // ended at once, not at --duration
+}
+
+TEST_F(DemoTest, UdpLoadUsageErrorsExitTwo) {
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"udp", "--target", "127.0.0.1:1"},                                  // neither
+           {"udp", "--target", "127.0.0.1:1", "--depth", "1", "--rate", "10"},  // both
+           {"udp", "--target", "127.0.0.1:1", "--depth", "1", "--size", "15"},  // < header
+           {"udp", "--target", "127.0.0.1:1", "--depth", "1", "--size", "65508"},
+           {"udp", "--target", "unix:/tmp/x", "--depth", "1"},
+           {"udp", "--target", "udp:nonsense", "--depth", "1"},
+           {"udp", "--depth", "1"}}) {
+    Child load(binary("REACTOR_LOAD"), args);
+    EXPECT_EQ(load.finish(deadline_in(kGenerous)), 2) << args.back() << ": " << load.err();
+    EXPECT_FALSE(load.first_err_line().empty());
+  }
+}
+
 }  // namespace

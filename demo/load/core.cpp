@@ -21,6 +21,8 @@ const char* to_string(Mode mode) {
       return "idle";
     case Mode::rate:
       return "rate";
+    case Mode::udp:
+      return "udp";
   }
   return "?";
 }
@@ -286,6 +288,16 @@ int LoadRun::run() {
       for (int i = 0; i < settings_.bulk; ++i)
         w.clients.push_back(make_bulk_client(w, static_cast<std::uint64_t>(i) * 41 + 7));
     }
+  } else if (settings_.mode == Mode::udp) {
+    // The sockets spread evenly over the loops (main.cpp keeps --threads <= --sockets).
+    const auto threads = static_cast<int>(workers_.size());
+    int first = 0;
+    for (int t = 0; t < threads; ++t) {
+      const int count = settings_.connections / threads + (t < settings_.connections % threads);
+      make_udp_clients(*workers_[static_cast<std::size_t>(t)], static_cast<std::uint64_t>(first),
+                       count);
+      first += count;
+    }
   } else {
     for (int i = 0; i < settings_.connections; ++i) {
       Worker& w = *workers_[static_cast<std::size_t>(i) % workers_.size()];
@@ -307,6 +319,7 @@ int LoadRun::run() {
           w.clients.push_back(make_idle_client(w, seed));
           break;
         case Mode::rate:
+        case Mode::udp:
           break;
       }
     }

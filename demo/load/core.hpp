@@ -5,10 +5,11 @@
 //   the workers, the merged result and its report (core.cpp, report.cpp).
 // - Worker: one client loop (a reactor::LoopThread) and its clients (core.cpp).
 // - Client: one simulated client on a worker's loop; one subclass per mode, each in its own
-//   file (echo.cpp, accept.cpp, churn.cpp, slowread.cpp, idle.cpp, rate.cpp), made by
-//   make_*_client(). StreamClient is what churn and idle share: one message in flight, every
-//   byte verified.
-// - Schedule: rate's open-loop timetable, which drives its worker's probe clients (rate.cpp).
+//   file (echo.cpp, accept.cpp, churn.cpp, slowread.cpp, idle.cpp, rate.cpp, udp.cpp), made by
+//   make_*_client() (rate, udp: make_*_clients()). StreamClient is what churn and idle share: one
+//   message in flight, every byte verified.
+// - Schedule: rate's open-loop timetable, which drives its worker's probe clients (rate.cpp;
+//   udp --rate has its own, udp.cpp).
 // - Pattern: the bytes every client sends and verifies. ErrorKind: errors counted by kind.
 #pragma once
 
@@ -41,7 +42,7 @@ using reactor::Clock;
 using reactor::Duration;
 using reactor::TimePoint;
 
-enum class Mode { echo, accept, churn, slowread, idle, rate };
+enum class Mode { echo, accept, churn, slowread, idle, rate, udp };
 
 const char* to_string(Mode mode);
 
@@ -62,6 +63,7 @@ struct Settings {
   bool spin = false;               // rate: the probe loop never sleeps
   int bulk = 0;                    // rate: closed-loop echo connections beside the probes
   std::int64_t bulk_size = 16384;  // rate: their message size
+  double timeout_s = 1;            // udp: a datagram not echoed within it is lost
 };
 
 inline constexpr Duration kConnectTimeout = 5s;
@@ -162,9 +164,16 @@ struct Worker {
   std::uint64_t echoed = 0;  // clients that echoed in the round
 
   // rate
-  std::unique_ptr<Schedule> schedule;  // the probe worker's; null on the bulk worker
+  std::unique_ptr<Schedule> schedule;  // the probe worker's, not the bulk's; udp --rate: each
   bool bulk = false;                   // this worker's clients are --bulk connections
-  std::uint64_t due = 0;               // messages due before the run ended
+  std::uint64_t due = 0;               // messages due before the run ended (udp --rate too)
+
+  // udp (udp.cpp says what each counts; corrupt ones are ErrorKind::wrong_bytes)
+  std::uint64_t lost = 0;
+  std::uint64_t duplicated = 0;
+  std::uint64_t reordered = 0;
+  std::uint64_t late = 0;
+  std::uint64_t in_flight = 0;  // at the end
 
   Counter messages;
   Counter bytes;
@@ -173,7 +182,7 @@ struct Worker {
   Counter bytes_sent;  // churn, slowread: bytes the kernel took from the clients
   Counter closes;      // churn: graceful closes done
   Counter resets;      // churn: resets (SO_LINGER 0) done
-  Counter sent;        // rate: probe messages sent
+  Counter sent;        // rate: probe messages sent; udp: datagrams sent
   Counter late_sends;  // rate: of those, sent more than kLateSend after they were due
   std::array<std::uint64_t, kErrorKinds> error_counts{};
   std::array<std::string, kErrorKinds> first_detail;
@@ -209,6 +218,7 @@ class LoadRun {
   int report();
   int report_fault_mode();
   int report_rate();
+  int report_udp();
 
   Settings settings_;
   Pattern pattern_;
@@ -399,5 +409,8 @@ std::unique_ptr<Client> make_idle_client(Worker& worker, std::uint64_t seed);
 void make_rate_clients(Worker& worker, int connections);
 // rate --bulk: an echo client of --bulk-size messages, one in flight.
 std::unique_ptr<Client> make_bulk_client(Worker& worker, std::uint64_t seed);
+// udp: `count` sockets on `worker`, numbered from `first` (their offsets into the pattern),
+// and with --rate the Schedule that drives them.
+void make_udp_clients(Worker& worker, std::uint64_t first, int count);
 
 }  // namespace load

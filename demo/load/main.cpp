@@ -9,6 +9,8 @@
 //                         [--ping SEC] [--retry SEC] [...]
 //   reactor-load rate     --target ADDR --rate R [--connections N] [--size BYTES]
 //                         [--duration SEC] [--spin] [--bulk K --bulk-size B] [--json]
+//   reactor-load udp      --target [udp:]ADDR (--rate R | --depth D) [--size BYTES]
+//                         [--duration SEC] [--sockets N] [--threads T] [--timeout SEC] [--json]
 //
 // echo: N connections each keep D messages of BYTES in flight and verify every echoed byte
 // against what was sent (a position-dependent pattern, offset per connection, so lost,
@@ -21,6 +23,13 @@
 // rates, p50..p99.99 and max, and late_sends (sent > 10 us after due: the client's own
 // lateness). --spin: never sleep. --bulk K: K closed-loop echo connections of --bulk-size bytes
 // beside the probes, on a loop of their own, reported as bulk_msgs_per_s. See rate.cpp.
+//
+// udp: verifying datagram echo over N connected DatagramSockets (spread over T loops), closed
+// loop (--depth D in flight per socket) or open loop (--rate R, as rate; latency from the due
+// time). Each datagram carries its sequence number, so loss (no echo within --timeout),
+// duplication and reordering are counted apart from corrupt datagrams (wrong bytes). Loss,
+// duplication and reordering alone do not fail the run; corrupt datagrams and socket errors
+// (ICMP port unreachable: refused, which ends the run at once) do. See udp.cpp.
 //
 // The fault modes (the soak test's clients, bench/soak.sh):
 // - churn: N clients each loop connect -> echo 0..8 messages of random size (1 B..64 KiB, one at
@@ -45,7 +54,7 @@
 //
 // Files: main.cpp (this: the command line), core.hpp/core.cpp (settings, Pattern, error kinds,
 // Client, Worker, LoadRun's control loop), report.cpp (text and JSON), and one file per mode:
-// echo.cpp, accept.cpp, churn.cpp, slowread.cpp, idle.cpp, rate.cpp.
+// echo.cpp, accept.cpp, churn.cpp, slowread.cpp, idle.cpp, rate.cpp, udp.cpp.
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
@@ -70,6 +79,8 @@ using load::Mode;
 using load::Settings;
 
 constexpr std::int64_t kMaxMessageSize = 16 << 20;
+constexpr std::int64_t kMaxDatagramSize = 65507;  // the most UDP over IPv4 carries
+constexpr std::int64_t kMinDatagramSize = 16;     // the header: sequence number, check word
 
 }  // namespace
 
@@ -176,11 +187,50 @@ int main(int argc, char** argv) {
       "late_sends counts the messages the client itself sent more than 10 us after due.\n"
       "Exit status: 0 when the run saw no error, 1 when it saw any, 2 for usage errors.");
 
+  CLI::App* udp = app.add_subcommand(
+      "udp",
+      "Datagram echo: connected UDP sockets, --depth in flight each or --rate open loop; loss, "
+      "duplication, reordering and corrupt datagrams counted apart");
+  udp->add_option("--target", settings.target_text,
+                  "UDP echo server: [udp:]127.0.0.1:PORT, [udp:][::1]:PORT")
+      ->type_name("ADDR")
+      ->required();
+  auto* udp_depth = demo::add_number(*udp, "--depth", settings.depth, 1, 4096,
+                                     "Closed loop: datagrams in flight per socket", "D");
+  auto* udp_rate = demo::add_number(
+      *udp, "--rate", settings.rate, 1e-3, 1e9,
+      "Open loop: datagrams per second over all sockets; latency from each one's due time", "R");
+  udp_rate->default_str("");
+  udp_depth->default_str("");
+  demo::add_number<std::int64_t>(*udp, "--size", settings.size, kMinDatagramSize, kMaxDatagramSize,
+                                 "Datagram size (16 of them are the header)", "BYTES");
+  demo::add_number(*udp, "--duration", settings.duration_s, 0.01, 1e6,
+                   "Run for SEC seconds, then stop, whatever the server does", "SEC");
+  int sockets = 1;
+  demo::add_number(*udp, "--sockets", sockets, 1, 10'000,
+                   "Connected sockets; with --rate, datagram k goes to socket k mod N", "N");
+  demo::add_number(*udp, "--threads", settings.threads, 1, 1024,
+                   "Client loops, one per thread; sockets are spread over them", "T");
+  demo::add_number(*udp, "--timeout", settings.timeout_s, 0.001, 3600.0,
+                   "A datagram not echoed within SEC (from its send, or due, time) is lost; with "
+                   "--depth its place is refilled",
+                   "SEC");
+  udp->add_flag("--json", settings.json, "Print the result as one JSON object on stdout");
+  udp->footer(
+      "Each datagram carries its socket's sequence number and a check word; the rest is a "
+      "pattern derived from both. Counted apart: lost (no echo within --timeout), duplicated, "
+      "reordered (after a higher sequence number), late (after it was counted lost) and corrupt "
+      "(wrong length, header or byte: not lost).\n"
+      "Exit status: 0 when every echo was intact and no socket error was seen (loss, duplication "
+      "and reordering alone are reported but do not fail the run: UDP may do them), 1 for a "
+      "corrupt datagram, a socket error (ICMP port unreachable: refused, which ends the run at "
+      "once) or no echo at all, 2 for usage errors.");
+
   // In the order of enum Mode.
   const std::vector<std::pair<const char*, CLI::App*>> modes = {
-      {"echo", echo},         {"accept", accept}, {"churn", churn},
-      {"slowread", slowread}, {"idle", idle},     {"rate", rate}};
-  const char* mode_list = "echo, accept, churn, slowread, idle or rate";
+      {"echo", echo}, {"accept", accept}, {"churn", churn}, {"slowread", slowread},
+      {"idle", idle}, {"rate", rate},     {"udp", udp}};
+  const char* mode_list = "echo, accept, churn, slowread, idle, rate or udp";
   // A first word that is not an option must name a mode.
   if (argc > 1 && argv[1][0] != '-' &&
       std::none_of(modes.begin(), modes.end(),
@@ -193,12 +243,23 @@ int main(int argc, char** argv) {
   if (parsed == modes.end())
     return demo::usage_error(app, std::string("missing mode: ") + mode_list);
   settings.mode = static_cast<Mode>(parsed - modes.begin());
+  if (settings.mode == Mode::udp) {
+    if ((udp_rate->count() > 0) == (udp_depth->count() > 0))
+      return demo::usage_error(app, "udp needs one of --rate R and --depth D");
+    if (settings.target_text.rfind("udp:", 0) == 0) settings.target_text.erase(0, 4);
+    settings.connections = sockets;
+    settings.threads = std::min(settings.threads, sockets);  // no loop without a socket
+  }
   auto target = reactor::Address::parse(settings.target_text);
   if (!target) {
     return demo::usage_error(
         app, "malformed address: " + settings.target_text + " (" + target.error().message() + ")");
   }
   settings.target = *target;
+  if (settings.mode == Mode::udp && settings.target.is_unix()) {
+    return demo::usage_error(app,
+                             "udp needs an IP address, not a Unix socket: " + settings.target_text);
+  }
   if (settings.mode == Mode::accept) settings.size = 1;
   if (settings.mode == Mode::rate) {
     if (bulk_size->count() > 0 && settings.bulk == 0)

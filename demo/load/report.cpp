@@ -31,6 +31,7 @@ void print_errors(const std::string& early_end,
 
 int LoadRun::report() {
   if (settings_.mode == Mode::rate) return report_rate();
+  if (settings_.mode == Mode::udp) return report_udp();
   if (settings_.mode != Mode::echo && settings_.mode != Mode::accept) return report_fault_mode();
   std::uint64_t messages = 0, bytes = 0, errors = 0;
   std::array<std::uint64_t, kErrorKinds> error_counts{};
@@ -156,6 +157,7 @@ int LoadRun::report_fault_mode() {
     case Mode::echo:
     case Mode::accept:
     case Mode::rate:
+    case Mode::udp:
       break;
   }
 
@@ -327,6 +329,111 @@ int LoadRun::report_rate() {
   }
   std::fflush(stdout);
   return errors == 0 && messages > 0 ? demo::kExitOk : demo::kExitRuntime;
+}
+
+// udp: what became of every datagram sent (udp.cpp), and latency of the ones received.
+int LoadRun::report_udp() {
+  std::uint64_t due = 0, sent = 0, received = 0, bytes = 0, errors = 0;
+  std::uint64_t lost = 0, duplicated = 0, reordered = 0, late = 0, in_flight = 0;
+  std::array<std::uint64_t, kErrorKinds> error_counts{};
+  std::array<std::string, kErrorKinds> details;
+  reactor::Histogram latency;
+  for (const auto& w : workers_) {
+    due += w->due;
+    sent += w->sent.load();
+    received += w->messages.load();
+    bytes += w->bytes.load();
+    errors += w->errors.load();
+    lost += w->lost;
+    duplicated += w->duplicated;
+    reordered += w->reordered;
+    late += w->late;
+    in_flight += w->in_flight;
+    latency.merge(w->latency);
+    for (std::size_t k = 0; k < kErrorKinds; ++k) {
+      error_counts[k] += w->error_counts[k];
+      if (details[k].empty()) details[k] = w->first_detail[k];
+    }
+  }
+  workers_.clear();
+  const std::uint64_t corrupt = error_counts[static_cast<std::size_t>(ErrorKind::wrong_bytes)];
+
+  const double seconds = std::max(1e-9, std::chrono::duration<double>(ended_ - started_).count());
+  const double per_s = static_cast<double>(received) / seconds;
+  auto us = [&latency](double p) {
+    return static_cast<double>(latency.value_at_percentile(p)) / 1000;
+  };
+  const double p50 = us(50), p90 = us(90), p99 = us(99), p999 = us(99.9), p9999 = us(99.99);
+  const double max = static_cast<double>(latency.max()) / 1000;
+  const std::string target = "udp:" + settings_.target.to_string();
+  const bool open_loop = settings_.rate > 0;
+
+  print_errors(early_end_, error_counts, details, received == 0 && errors == 0, target, seconds);
+
+  if (settings_.json) {
+    nlohmann::ordered_json by_kind = nlohmann::ordered_json::object();
+    for (std::size_t k = 0; k < kErrorKinds; ++k)
+      by_kind[key_of(static_cast<ErrorKind>(k))] = error_counts[k];
+    const nlohmann::ordered_json result = {
+        {"mode", "udp"},
+        {"target", target},
+        {"sockets", settings_.connections},
+        {"threads", settings_.threads},
+        {"size", settings_.size},
+        {"depth", open_loop ? 0 : settings_.depth},
+        {"offered_per_s", open_loop ? settings_.rate : 0.0},
+        {"timeout_s", settings_.timeout_s},
+        {"duration_s", seconds},
+        {"due", due},
+        {"sent", sent},
+        {"received", received},
+        {"lost", lost},
+        {"duplicated", duplicated},
+        {"reordered", reordered},
+        {"late", late},
+        {"corrupt", corrupt},
+        {"in_flight", in_flight},
+        {"bytes", bytes},
+        {"msgs_per_s", per_s},
+        {"errors", errors},
+        {"errors_by_kind", by_kind},
+        {"latency_us",
+         {{"p50", p50},
+          {"p90", p90},
+          {"p99", p99},
+          {"p999", p999},
+          {"p9999", p9999},
+          {"max", max}}},
+    };
+    std::printf("%s\n",
+                result.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  } else {
+    std::printf("reactor-load udp -> %s\n", target.c_str());
+    if (open_loop) {
+      std::printf("  sockets       %d (size %lld B, rate %.0f/s, threads %d)\n",
+                  settings_.connections, static_cast<long long>(settings_.size), settings_.rate,
+                  settings_.threads);
+    } else {
+      std::printf("  sockets       %d (size %lld B, depth %d, threads %d)\n", settings_.connections,
+                  static_cast<long long>(settings_.size), settings_.depth, settings_.threads);
+    }
+    std::printf("  duration      %.3f s\n", seconds);
+    std::printf("  datagrams     %llu sent, %llu received (%.0f/s), %llu in flight at the end\n",
+                static_cast<unsigned long long>(sent), static_cast<unsigned long long>(received),
+                per_s, static_cast<unsigned long long>(in_flight));
+    std::printf(
+        "  faults        %llu lost (> %.3g s), %llu duplicated, %llu reordered, %llu late, "
+        "%llu corrupt\n",
+        static_cast<unsigned long long>(lost), settings_.timeout_s,
+        static_cast<unsigned long long>(duplicated), static_cast<unsigned long long>(reordered),
+        static_cast<unsigned long long>(late), static_cast<unsigned long long>(corrupt));
+    std::printf(
+        "  latency (us)  p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  p99.99 %.1f  max %.1f  (%s)\n",
+        p50, p90, p99, p999, p9999, max, open_loop ? "from due time" : "round trip");
+    std::printf("  errors        %llu\n", static_cast<unsigned long long>(errors));
+  }
+  std::fflush(stdout);
+  return errors == 0 && received > 0 ? demo::kExitOk : demo::kExitRuntime;
 }
 
 }  // namespace load
