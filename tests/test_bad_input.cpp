@@ -160,7 +160,7 @@ INSTANTIATE_TEST_SUITE_P(Bad, KvServerCommandLine, ::testing::ValuesIn(kServerCa
 // gets as far as connecting.
 const std::vector<CommandCase> kLoadCases = [] {
   std::vector<CommandCase> cases = {
-      {"NoArguments", {}, 2, "missing mode: echo, accept, churn, slowread, idle or rate"},
+      {"NoArguments", {}, 2, "missing mode: echo, accept, churn, slowread, idle, rate or udp"},
       {"UnknownMode", {"bogus"}, 2, "unknown mode: bogus ("},
       {"NonUtf8Mode", {"\xff"}, 2, "unknown mode: \xff ("},
       {"FlagsWithoutMode", {"--target", "127.0.0.1:1"}, 2, "unknown option: --target"},
