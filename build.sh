@@ -25,14 +25,25 @@ install_missing() {
     "${missing[@]}" >/dev/null
 }
 
-# setup DIR ARGS...: configure once, reconfigure only when the options differ.
+# quietly COMMAND...: runs COMMAND, showing its output only when it fails (meson prints its
+# errors on stdout).
+quietly() {
+  local out
+  if ! out=$("$@" 2>&1); then
+    printf '%s\n' "$out" >&2
+    return 1
+  fi
+}
+
+# setup DIR ARGS...: configure once, reconfigure only when the options differ. A directory made
+# before an option existed does not know it (meson configure refuses): set it up again then.
 setup() {
   local dir=$1
   shift
   if [[ -f $dir/build.ninja ]]; then
-    meson configure "$dir" "$@" >/dev/null
+    meson configure "$dir" "$@" >/dev/null 2>&1 || quietly meson setup --reconfigure "$dir" "$@"
   else
-    meson setup "$dir" "$@" >/dev/null
+    quietly meson setup "$dir" "$@"
   fi
 }
 
