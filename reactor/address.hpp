@@ -85,6 +85,9 @@ class Address {
   friend bool operator==(const Address& a, const Address& b) noexcept;
 
  private:
+  // DatagramSocket has recvmmsg write IP sources straight into an Address it zeroed, keeping
+  // the invariant below (the kernel fills the whole sockaddr_in / sockaddr_in6).
+  friend class DatagramSocket;
   // Always fully zeroed before filling, so padding compares equal and == can compare bytes.
   sockaddr_storage storage_;
   socklen_t length_;

@@ -51,8 +51,11 @@ std::error_code DatagramSocket::open(int family) {
   // The one raw socket() of the datagram layer (socket.hpp opens only stream sockets).
   int fd = ::socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return errno_code();
-  if (auto ec = start(Fd(fd))) return ec;
-  family_ = family;
+  family_ = family;  // start() aims the receive headers by family
+  if (auto ec = start(Fd(fd))) {
+    family_ = AF_UNSPEC;
+    return ec;
+  }
   return {};
 }
 
@@ -106,12 +109,18 @@ std::error_code DatagramSocket::start(Fd fd) {
       return errno_code();
   }
   const std::size_t size = options_.max_datagram;
+  // IP sources go straight into each Datagram's Address, zeroed here: the kernel writes a whole
+  // sockaddr_in or sockaddr_in6 (padding zeroed), so the Address stays canonical, and no
+  // conversion runs per datagram. Unix names take Address::from_sockaddr's checks (an unnamed
+  // sender, the path's length).
+  const bool direct = family_ != AF_UNIX;
   for (std::size_t i = 0; i < batch; ++i) {
     receive_iov_[i] = {receive_buffer_.get() + i * size, size};
     msghdr& h = receive_headers_[i].msg_hdr;
     h.msg_iov = &receive_iov_[i];
     h.msg_iovlen = 1;
-    h.msg_name = &sources_[i];
+    datagrams_[i].source = Address();
+    h.msg_name = direct ? static_cast<void*>(&datagrams_[i].source.storage_) : &sources_[i];
     h.msg_control = control_slot_ != 0 ? &control_[i * control_slot_] : nullptr;
     reset_receive_header(i);
   }
@@ -200,14 +209,18 @@ void DatagramSocket::receive(const bool& closed) {
         }
       }
       socklen_t name_len = m.msg_hdr.msg_namelen;
-      auto* sa = reinterpret_cast<sockaddr*>(&sources_[static_cast<std::size_t>(i)]);
-      if (family_ == AF_UNIX && name_len < sizeof(sa_family_t)) {
-        // An unbound Unix sender: the kernel reports no name at all.
-        sa->sa_family = AF_UNIX;
-        name_len = sizeof(sa_family_t);
+      if (family_ != AF_UNIX) {
+        d.source.length_ = name_len;  // written in place (see start())
+      } else {
+        auto* sa = reinterpret_cast<sockaddr*>(&sources_[static_cast<std::size_t>(i)]);
+        if (name_len < sizeof(sa_family_t)) {
+          // An unbound Unix sender: the kernel reports no name at all.
+          sa->sa_family = AF_UNIX;
+          name_len = sizeof(sa_family_t);
+        }
+        auto source = Address::from_sockaddr(sa, name_len);
+        d.source = source ? *source : Address();
       }
-      auto source = Address::from_sockaddr(sa, name_len);
-      d.source = source ? *source : Address();
       stats_.received_bytes += len;
       stats_.truncated += d.truncated ? 1 : 0;
     }
