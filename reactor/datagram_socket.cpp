@@ -123,6 +123,10 @@ std::error_code DatagramSocket::start(Fd fd) {
     h.msg_name = direct ? static_cast<void*>(&datagrams_[i].source.storage_) : &sources_[i];
     h.msg_control = control_slot_ != 0 ? &control_[i * control_slot_] : nullptr;
     reset_receive_header(i);
+    msghdr& out = send_headers_[i].msg_hdr;
+    out = msghdr{};
+    out.msg_iov = &send_iov_[i];
+    out.msg_iovlen = 1;
   }
   auto added =
       loop_.add(fd.get(), io::readable, [this](std::uint32_t events) { on_events(events); });
@@ -315,12 +319,11 @@ std::error_code DatagramSocket::send_batch(std::span<const OutgoingDatagram> dat
         continue;
       }
       send_iov_[count] = {const_cast<std::byte*>(d.bytes.data()), d.bytes.size()};
+      // Only what differs per datagram: msg_iov, msg_iovlen and the zero control fields were
+      // set when the socket opened, and sendmmsg writes only msg_len.
       msghdr& h = send_headers_[count].msg_hdr;
-      h = msghdr{};
       h.msg_name = d.to ? const_cast<sockaddr*>(d.to->sockaddr_ptr()) : nullptr;
       h.msg_namelen = d.to ? d.to->length() : 0;
-      h.msg_iov = &send_iov_[count];
-      h.msg_iovlen = 1;
       index[count++] = next++;
     }
     if (count == 0) break;
