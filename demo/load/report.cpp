@@ -27,6 +27,14 @@ void print_errors(const std::string& early_end,
   }
 }
 
+// {"kind": count, ...} for every error kind, the zero ones included (scripts read them by key).
+nlohmann::ordered_json errors_by_kind(const std::array<std::uint64_t, kErrorKinds>& error_counts) {
+  nlohmann::ordered_json by_kind = nlohmann::ordered_json::object();
+  for (std::size_t k = 0; k < kErrorKinds; ++k)
+    by_kind[key_of(static_cast<ErrorKind>(k))] = error_counts[k];
+  return by_kind;
+}
+
 }  // namespace
 
 int LoadRun::report() {
@@ -188,10 +196,7 @@ int LoadRun::report_fault_mode() {
     default:
       break;
   }
-  nlohmann::ordered_json by_kind = nlohmann::ordered_json::object();
-  for (std::size_t k = 0; k < kErrorKinds; ++k)
-    by_kind[key_of(static_cast<ErrorKind>(k))] = error_counts[k];
-  result["errors_by_kind"] = by_kind;
+  result["errors_by_kind"] = errors_by_kind(error_counts);
 
   if (settings_.json) {
     std::printf("%s\n",
@@ -272,9 +277,7 @@ int LoadRun::report_rate() {
   print_errors(early_end_, error_counts, details, messages == 0 && errors == 0, target, seconds);
 
   if (settings_.json) {
-    nlohmann::ordered_json by_kind = nlohmann::ordered_json::object();
-    for (std::size_t k = 0; k < kErrorKinds; ++k)
-      by_kind[key_of(static_cast<ErrorKind>(k))] = error_counts[k];
+    const nlohmann::ordered_json by_kind = errors_by_kind(error_counts);
     const nlohmann::ordered_json result = {
         {"mode", "rate"},
         {"target", target},
@@ -371,9 +374,7 @@ int LoadRun::report_udp() {
   print_errors(early_end_, error_counts, details, received == 0 && errors == 0, target, seconds);
 
   if (settings_.json) {
-    nlohmann::ordered_json by_kind = nlohmann::ordered_json::object();
-    for (std::size_t k = 0; k < kErrorKinds; ++k)
-      by_kind[key_of(static_cast<ErrorKind>(k))] = error_counts[k];
+    const nlohmann::ordered_json by_kind = errors_by_kind(error_counts);
     const nlohmann::ordered_json result = {
         {"mode", "udp"},
         {"target", target},
