@@ -76,8 +76,9 @@ case $cmd in
     suites=() targets=()
     [[ $mode == tsan ]] && suites=(--suite threads) targets=(
       tests/test_threads tests/test_event_loop tests/test_tcp_server tests/test_demo
-      tests/test_http_server tests/test_kv_server
-      demo/echo_server demo/reactor-load demo/http_server demo/kv_server)
+      tests/test_http_server tests/test_kv_server tests/test_tcp_proxy tests/test_udp_echo
+      demo/echo_server demo/reactor-load demo/http_server demo/kv_server demo/tcp_proxy
+      demo/udp_echo)
     # enabled, not auto: a missing GoogleTest, CLI11 or c-ares is an error, not a smaller suite.
     setup "$dir" -Dtests=enabled -Ddemo=enabled -Dresolver=enabled "${opts[@]}"
     ninja -C "$dir" "${targets[@]}"
