@@ -242,7 +242,7 @@ int Runner::run() {
     loop_options.measure_time = true;
     loop_options.stall_threshold = std::chrono::microseconds(settings_.stall_us);
     loop_options.on_stall = [](const reactor::EventLoop::Stall& stall) {
-      static constexpr const char* kWork[] = {"io", "timer", "deferred", "posted"};
+      static constexpr const char* kWork[] = {"io", "timer", "deferred", "posted", "hook"};
       std::string what = kWork[static_cast<int>(stall.work)];
       if (stall.work == reactor::EventLoop::Work::io) what += " fd=" + std::to_string(stall.fd);
       std::fprintf(stderr, "stall: %s ran %.3f ms\n", what.c_str(),
@@ -411,16 +411,18 @@ void Runner::shutdown() {
 }
 
 // Every loop binds its own socket to `address` (SO_REUSEPORT when there are several loops), on
-// its own thread; with port 0 the first one's port is the others'. `listening_on`: the bound
-// address.
+// its own thread; with port 0 the first one's port is the others'. A Unix path: the home loop
+// only. `listening_on`: the bound address.
 std::error_code Runner::open_datagram_sockets(const reactor::Address& address,
                                               std::string& listening_on) {
   reactor::Address bind_to = address;
-  for (std::size_t i = 0; i < loops_.size(); ++i) {
+  // A Unix path binds once (SO_REUSEPORT does not share one): its socket is the home loop's.
+  const std::size_t sockets = address.is_unix() ? 1 : loops_.size();
+  for (std::size_t i = 0; i < sockets; ++i) {
     std::error_code ec;
     on_loop(i, [&, i] {
       reactor::DatagramOptions options;
-      options.reuse_port = loops_.size() > 1;
+      options.reuse_port = sockets > 1;
       auto socket =
           std::make_unique<reactor::DatagramSocket>(*loops_[i], protocols_[i]->datagram, options);
       ec = socket->bind(bind_to);

@@ -139,7 +139,8 @@ EventLoop::~EventLoop() {
       std::lock_guard lock(posted_mutex_);
       doomed.swap(posted_);
     }
-    if (doomed.empty()) break;
+    // A destructor above may have added a hook: go round again for it.
+    if (doomed.empty() && before_wait_.empty() && after_wait_.empty()) break;
     doomed.clear();
   }
   if (signal_fd_ >= 0) ::close(signal_fd_);
@@ -189,7 +190,7 @@ std::size_t EventLoop::run_once(std::optional<Duration> timeout) {
 #endif
   ++stats_.iterations;
   if (before_wait_hooks_) [[unlikely]]
-    run_hooks(before_wait_);
+    run_before_wait_hooks();
 
   if (!deferred_.empty() || stop_requested_.load(std::memory_order_relaxed)) {
     timeout = Duration::zero();
@@ -204,11 +205,11 @@ std::size_t EventLoop::run_once(std::optional<Duration> timeout) {
   const int n = wait(timeout);
   now_valid_ = false;
   if (after_wait_work_) [[unlikely]] {
-    if (!after_wait_.empty()) run_hooks(after_wait_);
-    if (measuring_) {
+    if (measuring_) {  // runs the after-wait hooks itself, measured
       dispatch_measured(n);
       return static_cast<std::size_t>(n);
     }
+    run_hooks(after_wait_, nullptr);
   }
   const epoll_event* events = events_.data();
   for (int i = 0; i < n; ++i) {
@@ -276,6 +277,7 @@ void EventLoop::dispatch_measured(int n) {
   now_valid_ = true;
   if (options_.measure_time) stats_.idle_time += woke - measured_until_;
   Meter meter(*this, woke);
+  if (!after_wait_.empty()) run_hooks(after_wait_, &meter);
   const epoll_event* events = events_.data();
   for (int i = 0; i < n; ++i) {
     const std::uint64_t token = events[i].data.u64;
@@ -556,12 +558,32 @@ bool EventLoop::remove_hook(HookId id) noexcept {
   return false;
 }
 
-void EventLoop::run_hooks(std::deque<Hook>& hooks) {
+// Before-wait hooks are work like any callback: with the instruments on, their time is busy
+// time (not the wait's idle time) and each is stall-checked.
+void EventLoop::run_before_wait_hooks() {
+  if (!measuring_) [[likely]] {
+    run_hooks(before_wait_, nullptr);
+    return;
+  }
+  const TimePoint start = clock_now();
+  if (options_.measure_time) stats_.idle_time += start - measured_until_;
+  Meter meter(*this, start);
+  run_hooks(before_wait_, &meter);
+  if (options_.measure_time) {
+    const TimePoint end = clock_now();
+    stats_.busy_time += end - start;
+    measured_until_ = end;
+  }
+}
+
+void EventLoop::run_hooks(std::deque<Hook>& hooks, Meter* meter) {
   hooks_running_ = &hooks;
   // By index, up to the count at the start: hooks added now first run next iteration.
   const std::size_t count = hooks.size();
   for (std::size_t i = 0; i < count; ++i) {
-    if (hooks[i].id != 0) hooks[i].fn();
+    if (hooks[i].id == 0) continue;
+    hooks[i].fn();
+    if (meter) meter->ran(Work::hook, -1);
   }
   hooks_running_ = nullptr;
   if (!hooks_removed_) [[likely]]

@@ -46,7 +46,8 @@
 //   returned; idle: all other time since construction, the wait and a busy-poll spin included),
 //   and timer_delay(), a histogram of how late each timer's callback started after its deadline.
 //   Costs two clock reads per iteration and one per timer fired.
-// - stall_threshold: a callback (one I/O handler, timer, deferred or posted task) that runs
+// - stall_threshold: a callback (one I/O handler, timer, deferred or posted task, loop hook) that
+// runs
 //   longer is a stall, counted in stats().stalls and reported to on_stall right after it returns,
 //   with its kind, the fd of an I/O handler, and its duration. Costs one clock read per callback.
 // - timer_slack: the loop thread's timer slack (prctl PR_SET_TIMERSLACK), how much later than
@@ -119,7 +120,7 @@ class EventLoop {
   using SignalHandler = Function<void(int signo)>;
 
   // What a dispatch round ran.
-  enum class Work : std::uint8_t { io, timer, deferred, posted };
+  enum class Work : std::uint8_t { io, timer, deferred, posted, hook };
   // A callback that ran longer than Options::stall_threshold.
   struct Stall {
     Work work;
@@ -311,7 +312,8 @@ class EventLoop {
   void run_tasks(Meter* meter);
   void recycle_removed_slots() noexcept;
   HookId add_hook(std::deque<Hook>& hooks, Task fn);
-  void run_hooks(std::deque<Hook>& hooks);
+  void run_hooks(std::deque<Hook>& hooks, Meter* meter);
+  void run_before_wait_hooks();
   void hooks_changed() noexcept;
   void on_wakeup();
   void take_posted();

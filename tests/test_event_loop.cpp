@@ -2618,5 +2618,48 @@ TEST(EventLoopHooks, HooksAreDestroyedWithTheLoopWhileItIsWhole) {
   SUCCEED();
 }
 
+// The instruments count loop hooks as work: "a callback (..., loop hook) that runs longer is a
+// stall", reported with Work::hook, and a hook's time is busy time, not the wait's idle time
+// (the demos flush every reply from a before-wait hook: --stats must see that work).
+TEST(EventLoopHooks, HooksAreBusyTimeAndStallCheckedWhenTheLoopMeasures) {
+  ManualClock clock;
+  const TimePoint created = clock.now();
+  std::vector<EventLoop::Stall> stalls;
+  EventLoop::Options options = stall_options(clock, 1ms, &stalls);
+  options.measure_time = true;
+  EventLoop loop(options);
+  loop.on_before_wait([&] { clock.advance(4ms); });
+  loop.on_after_wait([&] { clock.advance(2ms); });
+  clock.advance(10ms);  // idle before the first iteration
+  loop.run_once(0ns);
+  ASSERT_EQ(stalls.size(), 2u);
+  EXPECT_EQ(stalls[0].work, EventLoop::Work::hook);
+  EXPECT_EQ(stalls[0].duration, 4ms);
+  EXPECT_EQ(stalls[1].work, EventLoop::Work::hook);
+  EXPECT_EQ(stalls[1].duration, 2ms);
+  EXPECT_EQ(loop.stats().busy_time, 6ms);
+  EXPECT_EQ(loop.stats().idle_time, 10ms);
+  EXPECT_EQ(loop.stats().busy_time + loop.stats().idle_time, clock.now() - created);
+}
+
+// "A hook added from inside a hook first runs in the next iteration" for a before-wait hook
+// too; and one of the other kind removed from inside a hook is gone at once.
+TEST(EventLoopHooks, ABeforeWaitHookMayAddOneAndRemoveAnAfterWaitHook) {
+  EventLoop loop;
+  std::vector<std::string> log;
+  const HookId after = loop.on_after_wait([&] { log.push_back("after"); });
+  bool first = true;
+  loop.on_before_wait([&] {
+    log.push_back("before");
+    if (!first) return;
+    first = false;
+    EXPECT_TRUE(loop.remove_hook(after));
+    loop.on_before_wait([&] { log.push_back("added"); });
+  });
+  loop.run_once(0ms);
+  loop.run_once(0ms);
+  EXPECT_EQ(log, (std::vector<std::string>{"before", "before", "added"}));
+}
+
 }  // namespace
 }  // namespace reactor
