@@ -106,8 +106,8 @@ void HostConnector::start_next() {
         attempts_.emplace_back(std::make_unique<Connector>(loop_, std::move(connector_options)));
     const std::error_code ec = connector->connect(
         addresses_[index], Duration::max(), *handlers_,
-        [this](std::error_code result, ConnectionHandle handle) {
-          on_attempt(result, std::move(handle));
+        [this, index](std::error_code result, ConnectionHandle handle) {
+          on_attempt(index, result, std::move(handle));
         },
         connection_options_, counters_);
     if (!ec) {
@@ -126,7 +126,7 @@ void HostConnector::start_next() {
   if (failed_ == addresses_.size()) finish(last_error_, {});
 }
 
-void HostConnector::on_attempt(std::error_code ec, ConnectionHandle handle) {
+void HostConnector::on_attempt(std::size_t index, std::error_code ec, ConnectionHandle handle) {
   if (!pending()) return;  // finished in this round already; dropping `handle` closes it
   if (!ec) {
     finish({}, std::move(handle));
@@ -136,8 +136,8 @@ void HostConnector::on_attempt(std::error_code ec, ConnectionHandle handle) {
   ++failed_;
   if (failed_ == addresses_.size()) {
     finish(ec, {});
-  } else if (failed_ == started_) {
-    start_next();  // nothing is in flight: the next one now, not after the delay
+  } else if (index + 1 == started_) {
+    start_next();  // the latest attempt failed: the next one now, not after the delay
   }
 }
 

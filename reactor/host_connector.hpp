@@ -6,7 +6,7 @@
 // (an address, as Address::parse() reads it, Unix ones included, is connected to without DNS). The
 // addresses come in the Resolver's order (RFC 6724 sorted), then interleaved by family, starting
 // with the first one's (IPv6, IPv4, IPv6, ...). The first attempt starts at once; each next one
-// starts when the previous fails, or `attempt_delay` (250 ms, RFC 8305's recommended value) after
+// starts when the latest one fails, or `attempt_delay` (250 ms, RFC 8305's recommended value) after
 // it started if it has not finished, whichever is first: a stalled address (a firewall dropping
 // SYNs, a broken IPv6 path) costs attempt_delay, not a connect timeout. The first attempt to
 // connect wins, and every other one is cancelled (its socket closed). The handler runs exactly
@@ -71,7 +71,7 @@ class HostConnector {
  private:
   void on_resolved(std::error_code ec, std::span<const Address> addresses);
   void start_next();
-  void on_attempt(std::error_code ec, ConnectionHandle handle);
+  void on_attempt(std::size_t index, std::error_code ec, ConnectionHandle handle);
   void finish(std::error_code ec, ConnectionHandle handle);
 
   EventLoop& loop_;

@@ -681,5 +681,42 @@ TEST_F(HostConnectorTest, MalformedTargetsAreReturnedAndNumericHostsNeedNoDns) {
   EXPECT_EQ(out.calls, 1);
 }
 
+// "each next one starts when the latest one fails, or `attempt_delay` ... after it started":
+// the first address stalls (a full accept queue on ::1), the second (127.0.0.1, nobody
+// listening) is refused at once when the delay starts it, and the third (127.0.0.2, listening)
+// starts on that refusal, not a second delay later. On the test clock: the delay fires only when
+// the test moves it, and the test moves it once.
+TEST(HostConnector, AFailureOfTheLatestAttemptStartsTheNextAtOnce) {
+  auto probe = ListenSocket::open(Address::ipv6_loopback(0));
+  if (!probe.ok()) GTEST_SKIP() << "no IPv6 loopback: " << probe.error().message();
+  ManualClock clock;
+  EventLoop loop(test::with_clock(clock));
+  DnsResponder responder(loop);
+  ASSERT_NE(responder.port(), 0);
+  test::FullBacklog stalled(Address::ipv6_loopback(0));
+  const std::uint16_t port = stalled.address().port();
+  ConnectionHandlers echo = test::echo_handlers();
+  TcpServer server(loop, *Address::parse("127.0.0.2:" + std::to_string(port)), echo);
+  if (auto ec = server.start()) GTEST_SKIP() << "127.0.0.2:" << port << " taken: " << ec.message();
+  responder.add("three.test", "::1");
+  responder.add("three.test", "127.0.0.1");
+  responder.add("three.test", "127.0.0.2");
+  Resolver resolver(loop, {responder.servers(), 5s, 1});
+  HostConnector connector(loop, resolver);
+  ConnectionHandlers client;
+  Connected out;
+  ASSERT_FALSE(connector.connect("three.test:" + std::to_string(port), 1h, client, record(out)));
+  ASSERT_TRUE(run_until(loop, [&] { return connector.attempts() == 1; }));
+  ASSERT_EQ(connector.addresses().size(), 3u);
+  ASSERT_EQ(connector.addresses()[0].family(), AF_INET6) << "the stalled address was not first";
+  clock.advance(250ms);  // the delay: the second attempt, refused at once, then the third
+  ASSERT_TRUE(run_until(loop, [&] { return out.calls > 0; }))
+      << "attempts started: " << connector.attempts();
+  EXPECT_FALSE(out.error) << out.error.message();
+  EXPECT_EQ(connector.attempts(), 3u);
+  ASSERT_TRUE(out.handle);
+  EXPECT_EQ(out.handle->peer().to_string(), "127.0.0.2:" + std::to_string(port));
+}
+
 }  // namespace
 }  // namespace reactor
