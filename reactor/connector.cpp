@@ -127,8 +127,11 @@ void Connector::attempt_failed(std::error_code ec) {
 
 Duration Connector::next_delay() noexcept {
   const RetryPolicy& retry = connector_options_.retry;
-  if (backoff_ == Duration::zero()) {
-    backoff_ = std::min(retry.first_delay, retry.max_delay);
+  if (attempt_ <= 1) {
+    // At least 1 ms: a zero delay would retry a refused address on every iteration, for ever
+    // with no attempt limit.
+    backoff_ = std::max<Duration>(std::min(retry.first_delay, retry.max_delay),
+                                  std::chrono::milliseconds(1));
   } else {
     // In double: the product may pass what a Duration holds before the cap applies.
     const double next = static_cast<double>(backoff_.count()) * std::max(1.0, retry.multiplier);

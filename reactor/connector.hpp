@@ -65,7 +65,7 @@ class ConnectionHandle {
 
 struct RetryPolicy {
   int max_attempts = 1;  // attempts in all, the first included; 0: no limit
-  Duration first_delay = std::chrono::milliseconds(100);  // before the second attempt
+  Duration first_delay = std::chrono::milliseconds(100);  // before the second; at least 1 ms
   Duration max_delay = std::chrono::seconds(30);          // the cap
   double multiplier = 2.0;                                // each delay = the last x this
   double jitter = 0.2;  // 0..1: a delay d is drawn from [d x (1 - jitter), d]

@@ -1093,5 +1093,32 @@ TEST(ConnectorOptions, SourceAddressIsTheConnectionsLocalAddress) {
             std::errc::address_family_not_supported);
 }
 
+// RetryPolicy::first_delay: "at least 1 ms": a zero would retry a refused address on every
+// iteration. On the test clock nothing is retried until it moves 1 ms.
+TEST(ConnectorRetry, AZeroFirstDelayWaitsOneMillisecond) {
+  RefusedPort refused;
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  int attempts = 0;
+  Connector::Options options;
+  options.retry.max_attempts = 0;
+  options.retry.first_delay = Duration::zero();
+  options.retry.jitter = 0;
+  options.configure = [&](int) {
+    ++attempts;
+    return std::error_code{};
+  };
+  Connector connector(loop, std::move(options));
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(connector.connect(refused.address(), 10s, client.handlers, record_into(outcome)));
+  for (int i = 0; i < 20; ++i)
+    loop.run_once(1ms);
+  EXPECT_EQ(attempts, 1) << "retried without the clock moving";
+  clock.advance(1ms);
+  ASSERT_TRUE(run_until(loop, [&] { return attempts == 2; }));
+  connector.cancel();
+}
+
 }  // namespace
 }  // namespace reactor
