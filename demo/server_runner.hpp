@@ -17,7 +17,8 @@
 //   without the variables (or with another process's LISTEN_PID), prints the reason on stderr
 //   and exits 1. --reuseport with an inherited socket is a usage error (exit 2). `udp:ADDR`
 //   (servers whose spec says `datagrams`; a usage error for the others) binds a datagram
-//   socket (reactor::DatagramSocket) on every loop, SO_REUSEPORT when there are several,
+//   socket (reactor::DatagramSocket) on every loop, SO_REUSEPORT when there are several (a
+//   Unix path, udp:unix:PATH, which cannot be shared so: on the home loop only),
 //   served by the loop's LoopHandlers::datagram callbacks;
 // - makes N loops: the calling thread's is loops[0], the home loop; the others run on
 //   reactor::LoopThread, named loop-1 ... loop-(N-1) (top -H, gdb, perf). With --pin, loop i is

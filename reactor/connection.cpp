@@ -208,6 +208,7 @@ void Connection::handle_write() {
         if (water_paused_) {
           water_paused_ = false;
           update_interest();
+          if (state_ == State::closed) return;  // epoll_ctl failed: the connection ended
         }
         if (handlers_.on_low_water) {
           handlers_.on_low_water(*this);

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -135,6 +136,34 @@ TEST_F(UdpEchoTest, TwoThreadsEachServeDatagramsOnOnePort) {
   ASSERT_NE(comma, std::string::npos) << per_loop;
   EXPECT_GT(std::stoul(per_loop.substr(0, comma)), 0u) << per_loop;
   EXPECT_GT(std::stoul(per_loop.substr(comma + 1)), 0u) << per_loop;
+}
+
+// server_runner.hpp: "a Unix path, udp:unix:PATH, which cannot be shared so: on the home loop
+// only": with --threads 2 it starts, names the path, and echoes to a bound Unix sender.
+TEST_F(UdpEchoTest, AUnixPathWithTwoThreadsIsServedByTheHomeLoop) {
+  char dir[] = "/tmp/reactor-udp-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  const std::string path = std::string(dir) + "/echo.sock";
+  {
+    UdpEcho server({"--listen", "udp:unix:" + path, "--threads", "2"});
+    ASSERT_EQ(server.address(), "udp:unix:" + path) << server.child().err();
+    const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    const auto mine = reactor::Address::parse("unix:" + std::string(dir) + "/client.sock");
+    const auto theirs = reactor::Address::parse("unix:" + path);
+    ASSERT_TRUE(mine && theirs);
+    ASSERT_EQ(::bind(fd, mine->sockaddr_ptr(), mine->length()), 0);  // a name to answer to
+    ASSERT_EQ(::connect(fd, theirs->sockaddr_ptr(), theirs->length()), 0);
+    ASSERT_EQ(::send(fd, "hello", 5, 0), 5);
+    std::string d;
+    ASSERT_TRUE(receive(fd, d));
+    EXPECT_EQ(d, "hello");
+    ::close(fd);
+    server.child().signal(SIGTERM);
+    EXPECT_EQ(server.child().finish(deadline_in(kGenerous)), 0) << server.child().err();
+  }
+  ::unlink((std::string(dir) + "/client.sock").c_str());
+  ::unlink(path.c_str());
+  ::rmdir(dir);
 }
 
 // The runner's one --listen grammar: a malformed udp: address is a usage error (exit 2) naming
