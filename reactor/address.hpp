@@ -1,8 +1,10 @@
-// Address: an IPv4, IPv6 or Unix-domain stream socket address, held by value.
+// Address: an IPv4, IPv6 or Unix-domain socket address (stream or datagram: the protocol is the
+// socket's, not the address's), held by value.
 //
 // Contract:
 // - A value type (trivially copyable storage, no heap); copy it freely between threads.
-// - Nothing here resolves host names: the only name accepted is `localhost` (127.0.0.1).
+// - Nothing here resolves host names: the only name accepted is `localhost` (127.0.0.1); names
+//   are reactor_resolver's (resolver.hpp, host_connector.hpp).
 // - parse() accepts exactly these forms, and to_string() prints the canonical one:
 //     127.0.0.1:8080   [::1]:8080   [2001:db8::1]:80   localhost:8080   0.0.0.0:0
 //     unix:/run/x.sock   unix:relative/path.sock   unix:@name (Linux abstract namespace)

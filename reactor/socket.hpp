@@ -1,4 +1,5 @@
-// Fd and socket options: the one place where raw socket setup syscalls live.
+// Fd and socket options: where the stream layer's raw socket setup syscalls live (the datagram
+// layer, datagram_socket.cpp, makes its own: its options are per datagram socket).
 //
 // Ownership: Fd owns one file descriptor and closes it exactly once (in its destructor or in
 // reset()); it is move-only, and a moved-from Fd is empty (-1). release() hands the descriptor

@@ -76,7 +76,9 @@ struct ServerStats {
   std::uint64_t accepted = 0;
   std::uint64_t active = 0;
   // Accepted over max_connections and closed at once. A stop accepts nothing more: connections
-  // that arrive during one wait in the backlog and are reset when it completes, uncounted.
+  // that arrive during one wait in the backlog, uncounted, and are reset when it completes (the
+  // server's own socket closes), or stay queued for the next start() (an adopted socket, which
+  // the stop leaves open).
   std::uint64_t refused = 0;
   std::uint64_t fd_exhaustion = 0;  // EMFILE/ENFILE while accepting (other accept errors: on_error)
   std::uint64_t bytes_in = 0;
