@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 
 run_pkgs=(meson ninja-build g++ pkg-config libcli11-dev nlohmann-json3-dev)
 test_pkgs=("${run_pkgs[@]}" libgtest-dev libgmock-dev libbenchmark-dev python3 curl redis-tools
-           fiu-utils cmake libc-ares-dev systemd)
+           fiu-utils cmake libc-ares-dev systemd iproute2)
 
 install_missing() {
   local missing=() p
