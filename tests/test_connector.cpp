@@ -1120,5 +1120,47 @@ TEST(ConnectorRetry, AZeroFirstDelayWaitsOneMillisecond) {
   connector.cancel();
 }
 
+// Connector::Options::retry: "Each attempt has the full `timeout`": an attempt whose SYN is
+// dropped (a full accept queue) times out after 5 s on the test clock, the retry starts after
+// its backoff, and it too runs the whole 5 s before the handler hears ETIMEDOUT from attempt 2.
+TEST(ConnectorRetry, EachAttemptHasTheFullTimeout) {
+  FullBacklog backlog;
+  ManualClock clock;
+  EventLoop loop(with_clock(clock));
+  int attempts = 0;
+  Connector::Options options;
+  options.retry.max_attempts = 2;
+  options.retry.first_delay = 100ms;
+  options.retry.jitter = 0;
+  options.configure = [&](int) {
+    ++attempts;
+    return std::error_code{};
+  };
+  Connector connector(loop, std::move(options));
+  Client client;
+  Outcome outcome;
+  ASSERT_FALSE(connector.connect(backlog.address(), 5s, client.handlers, record_into(outcome)));
+  auto settle = [&] {
+    for (int i = 0; i < 3; ++i)
+      loop.run_once(0ms);
+  };
+  settle();
+  clock.advance(5s);  // the first attempt's timeout
+  settle();
+  EXPECT_EQ(attempts, 1);
+  EXPECT_EQ(outcome.calls, 0);
+  clock.advance(100ms);  // the backoff
+  settle();
+  EXPECT_EQ(attempts, 2);
+  clock.advance(4900ms);
+  settle();
+  EXPECT_EQ(outcome.calls, 0) << "the second attempt did not get the full timeout";
+  clock.advance(100ms);
+  settle();
+  ASSERT_EQ(outcome.calls, 1);
+  EXPECT_EQ(outcome.error, std::errc::timed_out) << outcome.error.message();
+  EXPECT_EQ(connector.attempt(), 2);
+}
+
 }  // namespace
 }  // namespace reactor
