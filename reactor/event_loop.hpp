@@ -306,8 +306,12 @@ class EventLoop {
   }
   class Meter;
   struct Hook;
-  int wait(std::optional<Duration> timeout);
-  int wait_slow(std::optional<Duration> timeout);
+  // A wait without a timeout (the wait() and wait_slow() argument): until an event arrives.
+  static constexpr Duration kNoTimeout = Duration::max();
+  std::size_t iterate(Duration timeout);
+  Duration until_next_timer() const noexcept;
+  int wait(Duration timeout);
+  int wait_slow(Duration timeout);
   void dispatch_measured(int n);
   void run_tasks(Meter* meter);
   void recycle_removed_slots() noexcept;
