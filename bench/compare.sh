@@ -6,11 +6,22 @@
 # peer): the rates the load generator saw, and the server's CPU time per message (which still
 # separates servers when the load generator, not the server, is the bottleneck). Keeps every
 # raw JSON result.
+# The servers: floor (bench/floor_server), reactor (demo/echo_server), reactor again as an A/A
+# column (reactor_aa: the same binary, a second, separate start, to show how far two runs of one
+# server differ), libuv, libevent, asio (the peers, bench/peer_*), and with --baseline,
+# reactor_base (BASE/demo/echo_server: another build, e.g. of the previous commit). Both tables
+# add the A/A spread |reactor - reactor_aa| / reactor when reactor_aa ran (a difference of the
+# reactor smaller than this is noise) and, when reactor_base ran, reactor against it.
+# Neither reactor_aa nor reactor_base counts as a peer.
 #
-#   bench/compare.sh [--build DIR] [--rounds N] [--duration SEC] [--out DIR]
-#                    [--servers "floor reactor libuv libevent asio"] [--scenarios "..."]
+#   bench/compare.sh [--build DIR] [--rounds N] [--duration SEC] [--out DIR] [--baseline BASE]
+#                    [--servers "floor reactor reactor_aa libuv libevent asio"] [--scenarios "..."]
 #
 # DIR: a release build with the demo and, for the peers, -Dpeers=enabled (default build-peers).
+# BASE: a second release build (same options) with demo/echo_server; --baseline adds
+# reactor_base to the servers (right after reactor and reactor_aa) unless --servers names it.
+# Relative DIR and BASE are from the repository root. A server that is not built is skipped
+# with a note (reactor_base is not: a missing BASE/demo/echo_server is an error).
 # Writes OUT/compare.jsonl (one line per run: round, scenario, server, the server's CPU ns,
 # reactor-load's JSON) and
 # OUT/compare.md (the table); OUT defaults to DIR/bench-results.
@@ -21,8 +32,9 @@
 #   c64x16k    64 connections, 16 KiB, depth 1
 #   accept     reactor-load accept, 8 clients looping connect-echo-RST
 #   busypoll   1 connection ping-pong, server and client spinning (bench/fixed_client
-#              --busy-poll; echo_server --busy-poll 10000000 vs floor_server --busy-poll;
-#              the peers have no busy-poll and are skipped)
+#              --busy-poll; echo_server --busy-poll 10000000 (reactor, reactor_aa,
+#              reactor_base) vs floor_server --busy-poll; the peers have no busy-poll and are
+#              skipped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/servers.sh
@@ -31,7 +43,8 @@ build="build-peers"
 rounds=5
 duration=2
 out=
-servers="floor reactor libuv libevent asio"
+baseline=
+servers="floor reactor reactor_aa libuv libevent asio"
 scenarios="pingpong c64d16 c1000d1 c64x16k accept busypoll"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -39,9 +52,10 @@ while [ $# -gt 0 ]; do
     --rounds) rounds=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --baseline) baseline=$2; shift 2 ;;
     --servers) servers=$2; shift 2 ;;
     --scenarios) scenarios=$2; shift 2 ;;
-    *) echo "usage: $0 [--build DIR] [--rounds N] [--duration SEC] [--out DIR] [--servers LIST] [--scenarios LIST]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--build DIR] [--rounds N] [--duration SEC] [--out DIR] [--baseline BASE] [--servers LIST] [--scenarios LIST]" >&2; exit 2 ;;
   esac
 done
 out=${out:-$build/bench-results}
@@ -51,8 +65,45 @@ client=$build/bench/fixed_client
 for tool in "$load" "$client"; do
   [ -x "$tool" ] || { echo "missing $tool: build $build first" >&2; exit 1; }
 done
-# shellcheck disable=SC2086 # the list is split into names on purpose
-read -r -a names <<<"$(available_servers "$build" $servers)"
+
+# compare_server_binary NAME: servers.sh's server_binary, plus the A/A column and the baseline.
+compare_server_binary() {
+  case "$1" in
+    reactor_aa) server_binary "$build" reactor ;;
+    reactor_base) echo "$baseline/demo/echo_server" ;;
+    *) server_binary "$build" "$1" ;;
+  esac
+}
+
+read -r -a requested <<<"$servers"
+if [ -n "$baseline" ]; then
+  [ -x "$baseline/demo/echo_server" ] || {
+    echo "--baseline $baseline: no $baseline/demo/echo_server (build it there first)" >&2
+    exit 1
+  }
+  if [[ " ${requested[*]} " != *" reactor_base "* ]]; then
+    # Right after reactor and reactor_aa, so the runs compared with each other are neighbours.
+    at=0
+    for i in "${!requested[@]}"; do
+      case "${requested[i]}" in reactor | reactor_aa) at=$((i + 1)) ;; esac
+    done
+    [ "$at" -gt 0 ] || at=${#requested[@]}
+    requested=("${requested[@]:0:at}" reactor_base "${requested[@]:at}")
+  fi
+elif [[ " ${requested[*]} " == *" reactor_base "* ]]; then
+  echo "reactor_base needs --baseline BASE (a build with demo/echo_server)" >&2
+  exit 2
+fi
+names=()
+for name in "${requested[@]}"; do
+  binary=$(compare_server_binary "$name") || { echo "unknown server: $name" >&2; exit 2; }
+  if [ -x "$binary" ]; then
+    names+=("$name")
+  else
+    echo "note: $name not built in $build (skipped)" >&2
+  fi
+done
+[ ${#names[@]} -gt 0 ] || { echo "no server built in $build" >&2; exit 1; }
 jsonl=$out/compare.jsonl
 : >"$jsonl"
 busy_messages=$(python3 -c "print(int(float('$duration') * 50000))")
@@ -60,11 +111,11 @@ busy_messages=$(python3 -c "print(int(float('$duration') * 50000))")
 # run_one ROUND SCENARIO SERVER: one server process, one load run, one JSON line.
 run_one() {
   local round=$1 scenario=$2 name=$3 binary extra=() result
-  binary=$(server_binary "$build" "$name")
+  binary=$(compare_server_binary "$name")
   if [ "$scenario" = busypoll ]; then
     case "$name" in
       floor) extra=(--busy-poll) ;;
-      reactor) extra=(--busy-poll 10000000) ;;
+      reactor | reactor_aa | reactor_base) extra=(--busy-poll 10000000) ;;
       *) return 0 ;;
     esac
   fi
@@ -91,6 +142,7 @@ run_one() {
 }
 
 echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p'), kernel $(uname -r)" >&2
+[ -z "$baseline" ] || echo "reactor_base: $baseline/demo/echo_server" >&2
 echo "load before: $(uptime)" >&2
 for round in $(seq "$rounds"); do
   order=("${names[@]}")
@@ -107,7 +159,7 @@ for round in $(seq "$rounds"); do
 done
 echo "load after: $(uptime)" >&2
 
-python3 - "$jsonl" "$rounds" >"$out/compare.md" <<'PY'
+python3 - "$jsonl" "$rounds" "$baseline" >"$out/compare.md" <<'PY'
 import json, statistics, sys
 from collections import defaultdict
 
@@ -124,7 +176,7 @@ for r in runs:
     if r["scenario"] != "busypoll" and res.get("messages") and r.get("server_cpu_ns"):
         cpu[key].append(r["server_cpu_ns"] / res["messages"])
 
-order = ["floor", "reactor", "libuv", "libevent", "asio"]
+order = ["floor", "reactor", "reactor_aa", "reactor_base", "libuv", "libevent", "asio"]
 servers = [s for s in order if any(k[1] == s for k in rate)]
 scenarios = []
 for r in runs:
@@ -142,34 +194,57 @@ labels = {
 def fmt(v):
     return f"{v/1e6:.2f} M" if v >= 1e6 else f"{v/1e3:.1f} k"
 
-peers = [s for s in servers if s not in ("floor", "reactor")]
-print(f"Medians of {sys.argv[2]} rounds; p99 latency (us) in parentheses.\n")
-print("| scenario | " + " | ".join(servers) + " | reactor/floor | reactor/best peer |")
-print("|---" * (len(servers) + 3) + "|")
+# reactor_aa (the reactor again) and reactor_base (another build of it) are controls, not peers.
+peers = [s for s in servers if s not in ("floor", "reactor", "reactor_aa", "reactor_base")]
+has_aa, has_base = "reactor_aa" in servers, "reactor_base" in servers
+extra_heads = ["A/A spread"] * has_aa
+
+def ratio(med, a, b):
+    return f"{med[a] / med[b]:.2f}" if a in med and b in med and med[b] else "-"
+
+def aa_spread(med):
+    a, b = med.get("reactor"), med.get("reactor_aa")
+    return f"{abs(a - b) / a:.1%}" if a and b is not None else "-"
+
+def row(sc, cells, ratios):
+    print(f"| {labels.get(sc, sc)} | " + " | ".join(cells + ratios) + " |")
+
+print(f"Medians of {sys.argv[2]} rounds; p99 latency (us) in parentheses."
+      + (" reactor_aa is reactor started a second time (A/A); A/A spread: |reactor - reactor_aa|"
+         " / reactor, how far two runs of one binary differ (a difference of the reactor smaller"
+         " than this is noise)." if has_aa else "")
+      + (f" reactor_base is {sys.argv[3]}/demo/echo_server; reactor/base: reactor's rate /"
+         " reactor_base's." if has_base else "") + "\n")
+heads = ["reactor/floor", "reactor/best peer"] + extra_heads + ["reactor/base"] * has_base
+print("| scenario | " + " | ".join(servers + heads) + " |")
+print("|---" * (len(servers) + len(heads) + 1) + "|")
 for sc in scenarios:
     med = {s: statistics.median(rate[(sc, s)]) for s in servers if rate[(sc, s)]}
     lat = {s: statistics.median(p99[(sc, s)]) for s in servers if p99[(sc, s)]}
     cells = [f"{fmt(med[s])} ({lat[s]:.0f})" if s in med else "-" for s in servers]
-    vs_floor = f"{med['reactor'] / med['floor']:.2f}" if "reactor" in med and "floor" in med else "-"
     best = max((med[s] for s in peers if s in med), default=None)
     vs_peer = f"{med['reactor'] / best:.2f}" if best and "reactor" in med else "-"
-    print(f"| {labels.get(sc, sc)} | " + " | ".join(cells) + f" | {vs_floor} | {vs_peer} |")
+    ratios = [ratio(med, "reactor", "floor"), vs_peer] + [aa_spread(med)] * has_aa
+    row(sc, cells, ratios + [ratio(med, "reactor", "reactor_base")] * has_base)
 print("\nServer CPU time (user + system) per message, ns, medians: what each message costs the "
       "server process, read from /proc/PID/schedstat around the load run (connection set-up "
       "included). Lower is better; where the load generator is the bottleneck the rates above tie, "
-      "and this is where servers differ. The ratios are floor / reactor and best peer / reactor: "
-      "the throughput ratio the server alone would reach.\n")
-print("| scenario | " + " | ".join(servers) + " | floor/reactor | best peer/reactor |")
-print("|---" * (len(servers) + 3) + "|")
+      "and this is where servers differ. The ratios are floor / reactor and best peer / reactor"
+      + (" (and base / reactor)" if has_base else "") + ": the throughput ratio the server alone "
+      "would reach." + (" A/A spread: |reactor - reactor_aa| / reactor of these CPU times."
+                        if has_aa else "") + "\n")
+heads = ["floor/reactor", "best peer/reactor"] + extra_heads + ["base/reactor"] * has_base
+print("| scenario | " + " | ".join(servers + heads) + " |")
+print("|---" * (len(servers) + len(heads) + 1) + "|")
 for sc in scenarios:
     med = {s: statistics.median(cpu[(sc, s)]) for s in servers if cpu[(sc, s)]}
     if not med:
         continue
     cells = [f"{med[s]:,.0f}" if s in med else "-" for s in servers]
-    vs_floor = f"{med['floor'] / med['reactor']:.2f}" if "reactor" in med and "floor" in med else "-"
     best = min((med[s] for s in peers if s in med), default=None)
     vs_peer = f"{best / med['reactor']:.2f}" if best and "reactor" in med else "-"
-    print(f"| {labels.get(sc, sc)} | " + " | ".join(cells) + f" | {vs_floor} | {vs_peer} |")
+    ratios = [ratio(med, "floor", "reactor"), vs_peer] + [aa_spread(med)] * has_aa
+    row(sc, cells, ratios + [ratio(med, "reactor_base", "reactor")] * has_base)
 spread = []
 for (sc, s), values in rate.items():
     if len(values) > 1:
