@@ -260,6 +260,8 @@ class Connection {
   void detach() noexcept;
 
  private:
+  friend class EventLoop;  // calls on_events, this connection's registration's handler
+
   enum class State : std::uint8_t { open, peer_shut, flushing, write_shut, closed };
 
   bool can_send() const noexcept { return state_ <= State::peer_shut; }
@@ -268,6 +270,7 @@ class Connection {
     assert(loop_.in_loop_thread() && "Connection method called off its loop's thread");
   }
   void on_events(std::uint32_t events);
+  void handle_events(std::uint32_t events);  // any but input alone (on_events' fast path)
   void handle_read();
   void handle_hangup();
   void unpark();

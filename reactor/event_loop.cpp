@@ -1,5 +1,7 @@
 #include "reactor/event_loop.hpp"
 
+#include "reactor/connection.hpp"
+
 #include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
@@ -224,7 +226,7 @@ inline std::size_t EventLoop::iterate(Duration timeout) {
       --stats_.events;
       continue;
     }
-    s.handler(events[i].events);
+    dispatch(s, events[i].events);
   }
   stats_.events += static_cast<std::uint64_t>(n);
 
@@ -233,6 +235,15 @@ inline std::size_t EventLoop::iterate(Duration timeout) {
   if (!deferred_.empty() || !posted_run_.empty()) run_tasks(nullptr);
   if (!removed_slots_.empty()) recycle_removed_slots();
   return static_cast<std::size_t>(n);
+}
+
+// A ready registration's handler: a connection's directly, any other through its IoHandler.
+inline void EventLoop::dispatch(Slot& s, std::uint32_t events) {
+  if (s.connection) {
+    s.connection->on_events(events);
+  } else {
+    s.handler(events);
+  }
 }
 
 // How long until the next timer can fire; kNoTimeout when none can (TimePoint::max() is
@@ -298,7 +309,7 @@ void EventLoop::dispatch_measured(int n) {
       continue;
     }
     const int fd = s.fd;  // the handler may remove itself
-    s.handler(events[i].events);
+    dispatch(s, events[i].events);
     meter.ran(Work::io, fd);
   }
   stats_.events += static_cast<std::uint64_t>(n);
@@ -321,7 +332,9 @@ const Histogram& EventLoop::timer_delay() const noexcept {
 void EventLoop::recycle_removed_slots() noexcept {
   // By index: a handler's destructor may remove more registrations.
   for (std::size_t i = 0; i < removed_slots_.size(); ++i) {
-    slot(removed_slots_[i]).handler = nullptr;
+    Slot& s = slot(removed_slots_[i]);
+    s.connection = nullptr;
+    s.handler = nullptr;
     free_slots_.push_back(removed_slots_[i]);
   }
   removed_slots_.clear();
@@ -427,6 +440,15 @@ void EventLoop::take_posted() {
 }
 
 Result<IoId> EventLoop::add(int fd, std::uint32_t interest, IoHandler handler) {
+  return add_slot(fd, interest, std::move(handler), nullptr);
+}
+
+Result<IoId> EventLoop::add_connection(int fd, std::uint32_t interest, Connection& connection) {
+  return add_slot(fd, interest, nullptr, &connection);
+}
+
+Result<IoId> EventLoop::add_slot(int fd, std::uint32_t interest, IoHandler handler,
+                                 Connection* connection) {
   assert_in_loop();
   std::uint32_t index;
   if (!free_slots_.empty()) {
@@ -450,6 +472,7 @@ Result<IoId> EventLoop::add(int fd, std::uint32_t interest, IoHandler handler) {
   s.token = ev.data.u64;
   s.fd = fd;
   s.interest = interest;
+  s.connection = connection;
   s.handler = std::move(handler);
   ++live_registrations_;
   return id;

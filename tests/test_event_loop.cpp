@@ -180,13 +180,17 @@ bool delivers_io(EventLoop& loop) {
 
 // The shared read buffer is Connection's internal (a friend), not part of the loop's API.
 template <class Loop>
-concept LendsItsReadBuffer = requires(Loop& loop, Buffer* buffer) {
-  loop.lend_read_buffer();
-  loop.return_read_buffer(buffer);
+concept SharesItsReadBuffer = requires(Loop& loop) {
+  loop.read_buffer();
+};
+template <class Loop>
+concept ClearsItsReadBuffer = requires(Loop& loop) {
+  loop.clear_read_buffer();
 };
 
 TEST(EventLoop, ReadBufferIsNotPartOfThePublicApi) {
-  static_assert(!LendsItsReadBuffer<EventLoop>, "lend/return_read_buffer must stay private");
+  static_assert(!SharesItsReadBuffer<EventLoop>, "read_buffer must stay private");
+  static_assert(!ClearsItsReadBuffer<EventLoop>, "clear_read_buffer must stay private");
 }
 
 // ---- readiness ----
