@@ -93,26 +93,15 @@ void Buffer::shrink_to_fit() noexcept {
   read_pos_ = write_pos_ = 0;
 }
 
-ReadResult Buffer::read_from(int fd, std::size_t max) {
-  assert(max > 0);
-  ReadResult result;
-  const std::size_t space = std::min(writable(), max);
-  if (space >= kOverflowSize) {
-    // Room for a large read already: one plain recv, no gather list, no copy.
-    ssize_t n;
-    do {
-      n = ::recv(fd, write_ptr(), space, 0);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) {
-      result.err = errno;
-      return result;
+ReadResult Buffer::read_interrupted(int fd, std::size_t space) {
+  for (;;) {
+    if (errno != EINTR) return {0, false, errno};
+    const ssize_t n = ::recv(fd, write_ptr(), space, 0);
+    if (n >= 0) {
+      write_pos_ += static_cast<std::size_t>(n);
+      return {static_cast<std::size_t>(n), static_cast<std::size_t>(n) == space, 0};
     }
-    result.bytes = static_cast<std::size_t>(n);
-    result.filled = result.bytes == space;
-    write_pos_ += result.bytes;
-    return result;
   }
-  return read_gathered(fd, space, std::min(kOverflowSize, max - space));
 }
 
 // Out of line: its 64 KiB stack frame and saved registers stay off read_from's common path.

