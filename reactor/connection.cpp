@@ -49,7 +49,11 @@ Connection::Connection(EventLoop& loop, Fd fd, const Address& peer, ConnectionHa
       counters_(counters),
       fd_(std::move(fd)),
       options_(options),
-      peer_(peer) {}
+      peer_(peer) {
+  // At least one read per readiness: with none, a level-triggered readiness would come back on
+  // every iteration unread, and the loop would spin.
+  options_.reads_per_event = std::max(1, options_.reads_per_event);
+}
 
 Connection::~Connection() {
   detach();

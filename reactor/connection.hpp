@@ -145,7 +145,8 @@ struct ConnectionOptions {
   Duration idle_timeout = Duration::zero();  // zero or Duration::max(): none
   IdleCounts idle_counts = IdleCounts::any;  // what counts as activity for idle_timeout
   bool tcp_nodelay = true;                   // TCP only
-  int reads_per_event = 4;  // reads per readiness while each read fills the buffer (fairness)
+  int reads_per_event = 4;  // reads per readiness while each read fills the buffer (fairness);
+                            // below 1 counts as 1
   // Hard bound on queued output: past it the connection is aborted (output_limit). Zero: no
   // bound beyond the high-water pause, which bounds only a peer that sends what we echo.
   std::size_t max_queued_bytes = 0;

@@ -921,6 +921,29 @@ TEST_F(ConnectionTest, ReadsPerEventBoundsTheReadsOfOneReadiness) {
       run_until([&] { return conn->bytes_received() == 1 + static_cast<std::size_t>(waiting); }));
 }
 
+// ConnectionOptions::reads_per_event below 1 counts as 1: a readiness always reads. (It read
+// nothing at all before: the level-triggered readiness then came back on every iteration, a
+// loop spinning at 100% CPU on a connection that never heard its peer.)
+TEST_F(ConnectionTest, ReadsPerEventBelowOneStillReadsOncePerReadiness) {
+  test::TempDir dir;
+  ServerOptions options;
+  options.connection.reads_per_event = 0;
+  on_data_ = [](Connection& conn, Buffer& input, Record&) {
+    conn.send(input.view());
+    input.consume(input.size());
+  };
+  const Address bound = start_server(test::unix_address(dir.file("s")), options);
+  RawClient client(bound);
+  ASSERT_EQ(client.send_some("ping"), 4u);
+  ASSERT_TRUE(run_until([&] {
+    client.receive_some();
+    return client.received() == "ping";
+  })) << "echoed: '"
+      << client.received() << "'";
+  ASSERT_EQ(records_.size(), 1u);
+  EXPECT_EQ(records_[0].data_calls, 1);
+}
+
 // ---- Fairness: a connection with megabytes arriving or queued does not hold the loop ----
 // Issue 14, "Fairness, shown deterministically": counted in iterations and bytes, never in time.
 // Two connections made directly on socketpairs, on one loop: `big` carries 8 MiB, `small` gets a
