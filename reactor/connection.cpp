@@ -126,11 +126,10 @@ void Connection::on_events(std::uint32_t events) {
 
 void Connection::handle_read() {
   DepthGuard guard(callback_depth_);  // on_data, on_peer_shutdown
-  for (int i = 0; i < options_.reads_per_event; ++i) {
+  for (int reads = options_.reads_per_event;;) {
     // With no unread input, read into the loop's shared buffer; whatever on_data leaves in it
     // moves into this connection's own buffer afterwards.
-    const bool shared = input_.empty();
-    Buffer& in = shared ? loop_.read_buffer() : input_;
+    Buffer& in = input_.empty() ? loop_.read_buffer() : input_;
     // At most 64 KiB a read, even into a large free space of its own: the fairness bound,
     // reads_per_event x 64 KiB an iteration, must not grow with a message kept whole.
     const ReadResult r = in.read_from(fd_.get(), Buffer::kOverflowSize);
@@ -151,14 +150,20 @@ void Connection::handle_read() {
     } else if (handlers_.on_data) {
       handlers_.on_data(*this, in);
     }
-    if (shared) {
-      if (!in.empty() && state_ != State::closed) input_.append(in.view());
-      loop_.clear_read_buffer();
-    }
+    // The shared buffer is left as the next read needs it (empty, its block in place) unless
+    // on_data left bytes in it, or moved them out and took the block with them.
+    if (&in != &input_ && (!in.empty() || in.capacity() < Buffer::kOverflowSize)) [[unlikely]]
+      keep_unconsumed(in);
     if (state_ == State::closed) return;
     // A short read means the socket is drained: another recv would only say EAGAIN.
-    if (!r.filled || reading_paused()) return;
+    if (!r.filled || reading_paused() || --reads == 0) return;
   }
+}
+
+// After a read into the loop's shared buffer: what on_data left there moves into input_.
+void Connection::keep_unconsumed(Buffer& shared) {
+  if (!shared.empty() && state_ != State::closed) input_.append(shared.view());
+  loop_.clear_read_buffer();
 }
 
 void Connection::handle_hangup() {

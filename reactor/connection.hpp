@@ -273,6 +273,7 @@ class Connection {
   void on_events(std::uint32_t events);
   void handle_events(std::uint32_t events);  // any but input alone (on_events' fast path)
   void handle_read();
+  void keep_unconsumed(Buffer& shared);
   void handle_hangup();
   void unpark();
   void handle_write();
