@@ -46,7 +46,9 @@ Connection::Connection(EventLoop& loop, Fd fd, const Address& peer, ConnectionHa
                        const ConnectionOptions& options, TrafficCounters* counters)
     : loop_(loop),
       handlers_(handlers),
-      counters_(counters),
+      // Without counters of its own, it counts where nobody reads: then every read and send
+      // adds to counters without first testing for them.
+      counters_(counters ? counters : &loop.uncounted_traffic_),
       fd_(std::move(fd)),
       options_(options),
       peer_(peer) {
@@ -143,7 +145,7 @@ void Connection::handle_read() {
       return;
     }
     bytes_in_ += r.bytes;
-    if (counters_) counters_->add_in(r.bytes);
+    counters_->add_in(r.bytes);
     note_activity();
     if (closing_) [[unlikely]] {
       in.clear();  // closing: input is read only to reach the peer's EOF

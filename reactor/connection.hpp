@@ -105,6 +105,7 @@
 #include "reactor/event_loop.hpp"
 #include "reactor/function.hpp"
 #include "reactor/socket.hpp"
+#include "reactor/traffic_counters.hpp"
 
 namespace reactor {
 
@@ -159,21 +160,6 @@ struct ConnectionId {
   std::uint32_t shard = 0;       // which loop of a multi-loop server
   explicit operator bool() const noexcept { return generation != 0; }
   friend bool operator==(ConnectionId, ConnectionId) = default;
-};
-
-// Byte counters a connection adds to as it goes (a server's, summed over its connections).
-// Single writer (the loop thread), readable from any thread.
-struct TrafficCounters {
-  std::atomic<std::uint64_t> bytes_in{0};
-  std::atomic<std::uint64_t> bytes_out{0};
-  void add_in(std::uint64_t n) noexcept { bump(bytes_in, n); }
-  void add_out(std::uint64_t n) noexcept { bump(bytes_out, n); }
-
- private:
-  // One writer: a plain load and store, no locked read-modify-write on the hot path.
-  static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n) noexcept {
-    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-  }
 };
 
 class Connection {
@@ -292,7 +278,7 @@ class Connection {
   void on_idle_timer();
   void count_out(std::size_t n) noexcept {
     bytes_out_ += n;
-    if (counters_) counters_->add_out(n);
+    counters_->add_out(n);
     // Without an idle timeout, the same single compare as before; with one, a second.
     if (options_.idle_timeout > Duration::zero() && options_.idle_counts == IdleCounts::any)
       last_activity_ = loop_.now();
@@ -311,7 +297,7 @@ class Connection {
   // will hold them (a server with thousands of connections pays a miss per line).
   EventLoop& loop_;
   ConnectionHandlers& handlers_;
-  TrafficCounters* counters_;
+  TrafficCounters* counters_;  // never null: the owner's, or the loop's uncounted traffic
   void* context_ = nullptr;
   Fd fd_;
   IoId io_id_;

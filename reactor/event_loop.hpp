@@ -83,6 +83,7 @@
 #include "reactor/histogram.hpp"
 #include "reactor/result.hpp"
 #include "reactor/timer_queue.hpp"
+#include "reactor/traffic_counters.hpp"
 
 namespace reactor {
 
@@ -365,6 +366,8 @@ class EventLoop {
 
   TimerQueue timers_;
   Buffer read_buffer_;
+  // Connection's internals: what a connection made without TrafficCounters counts into.
+  TrafficCounters uncounted_traffic_;
 
   std::vector<Task> deferred_;
   std::vector<Task> running_;
