@@ -93,15 +93,16 @@ void Buffer::shrink_to_fit() noexcept {
   read_pos_ = write_pos_ = 0;
 }
 
-ReadResult Buffer::read_interrupted(int fd, std::size_t space) {
-  for (;;) {
-    if (errno != EINTR) return {0, false, errno};
+ReadResult Buffer::read_interrupted(int fd, std::size_t space, int err) {
+  while (err == EINTR) {
     const ssize_t n = ::recv(fd, write_ptr(), space, 0);
     if (n >= 0) {
       write_pos_ += static_cast<std::size_t>(n);
       return {static_cast<std::size_t>(n), static_cast<std::size_t>(n) == space, 0};
     }
+    err = errno;
   }
+  return {0, false, err};
 }
 
 // Out of line: its 64 KiB stack frame and saved registers stay off read_from's common path.

@@ -113,8 +113,8 @@ class Buffer {
 
  private:
   [[gnu::noinline]] ReadResult read_gathered(int fd, std::size_t space, std::size_t overflow_size);
-  // read_from's recv failed: retried while EINTR, else the errno.
-  ReadResult read_interrupted(int fd, std::size_t space);
+  // read_from's recv failed with `err`: retried while EINTR, else that errno.
+  ReadResult read_interrupted(int fd, std::size_t space, int err);
 
   std::unique_ptr<char[]> data_;
   std::size_t capacity_ = 0;
@@ -131,7 +131,7 @@ inline ReadResult Buffer::read_from(int fd, std::size_t max) {
   // Room for a large read already: one plain recv, no gather list, no copy.
   const ssize_t n = ::recv(fd, write_ptr(), space, 0);
   if (n < 0) [[unlikely]]
-    return read_interrupted(fd, space);
+    return read_interrupted(fd, space, errno);  // passed: nothing between may touch errno
   write_pos_ += static_cast<std::size_t>(n);
   return {static_cast<std::size_t>(n), static_cast<std::size_t>(n) == space, 0};
 }

@@ -110,6 +110,7 @@ void Connection::on_events(std::uint32_t events) {
 // noinline: inlined, it would give on_events a frame and saved registers that the common
 // event pays for too (bench/cost.sh: 285 -> 278 instructions per message with it).
 [[gnu::noinline]] void Connection::handle_events(std::uint32_t events) {
+  // For handle_write and handle_hangup; handle_read guards itself (on_events' fast path).
   DepthGuard guard(callback_depth_);
   if (events & (io::readable | io::hangup | io::error)) {
     if (reading_) {
@@ -162,7 +163,9 @@ void Connection::handle_read() {
   }
 }
 
-// After a read into the loop's shared buffer: what on_data left there moves into input_.
+// After a read into the loop's shared buffer: what on_data left there moves into input_
+// (dropped if on_data closed the connection); then the shared buffer is emptied, and given a
+// block again if on_data moved the bytes out with theirs.
 void Connection::keep_unconsumed(Buffer& shared) {
   if (!shared.empty() && state_ != State::closed) input_.append(shared.view());
   loop_.clear_read_buffer();

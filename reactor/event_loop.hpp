@@ -299,8 +299,11 @@ class EventLoop {
     std::uint32_t interest = 0;
     int fd = -1;
     // A connection's registration (add_connection): dispatch calls it directly, and `handler`
-    // is empty. Every other registration has a handler and no connection. A direct call is
-    // one indirect call and one stack frame fewer per event on the busiest path there is.
+    // is empty. Every other registration has a handler and no connection. The one place the
+    // loop calls up a layer (event_loop.cpp includes connection.hpp): on the busiest path there
+    // is, it lets Connection::on_events be a two-compare jump to its read (bench/cost.sh: 294 /
+    // 228 -> 278 / 212 instructions per message at 1 / 100 connections, with the plain shared
+    // buffer below).
     Connection* connection = nullptr;
     IoHandler handler;
   };
@@ -351,9 +354,9 @@ class EventLoop {
   TimePoint measured_until_{};  // measure_time: the end of the last iteration (or creation)
   std::unique_ptr<Histogram> timer_delay_;  // measure_time only
   std::atomic<bool> stop_requested_{false};
-  // Set while run_once() runs, in debug builds only (the re-entrance assert); present in every
+  // Set while an iteration runs, in debug builds only (the re-entrance assert); present in every
   // build so the class has one layout whatever NDEBUG the includer has.
-  [[maybe_unused]] bool in_run_once_ = false;
+  [[maybe_unused]] bool in_iteration_ = false;
 
   std::vector<epoll_event> events_;
   std::vector<std::unique_ptr<Slot[]>> slot_chunks_;

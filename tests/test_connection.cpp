@@ -1707,6 +1707,49 @@ TEST_F(ConnectionTest, OnDataMayMoveTheInputAway) {
   EXPECT_EQ(client.received(), "firstsecondthird");
 }
 
+// The shared read buffer ("reads land in the loop's shared buffer; a connection keeps only
+// what its on_data leaves unconsumed"): bytes an on_data leaves there when it aborts or closes
+// its connection are dropped with it, and never reach the next connection's on_data, in the
+// same batch or later.
+TEST_F(ConnectionTest, BytesLeftByAConnectionEndedInOnDataNeverReachAnother) {
+  on_data_ = [](Connection& c, Buffer& input, Record& r) {
+    r.received.append(input.view());
+    if (input.view().front() == 'a') {
+      c.abort();  // leaves "abort me" unconsumed
+    } else if (input.view().front() == 'c') {
+      c.close();  // the same for a graceful close
+    } else {
+      input.consume(input.size());
+    }
+  };
+  const Address bound = start_server(Address::ipv4_loopback(0));
+  RawClient aborter(bound);
+  RawClient closer(bound);
+  RawClient reader(bound);
+  ASSERT_TRUE(run_until([&] { return records_.size() == 3; }));
+  // All three readable before one wait: one batch, in whatever order epoll reports them.
+  ASSERT_EQ(aborter.send_some("abort me"), 8u);
+  ASSERT_EQ(closer.send_some("close me"), 8u);
+  ASSERT_EQ(reader.send_some("mine"), 4u);
+  ASSERT_TRUE(run_until([&] {
+    int seen = 0;
+    for (const Record& r : records_)
+      seen += r.data_calls;
+    return seen == 3;
+  }));
+  ASSERT_EQ(reader.send_some("+more"), 5u);
+  ASSERT_TRUE(run_until([&] {
+    for (const Record& r : records_)
+      if (r.received.starts_with("mine")) return r.data_calls == 2;
+    return false;
+  }));
+  std::vector<std::string> seen;
+  for (const Record& r : records_)
+    seen.push_back(r.received);
+  std::sort(seen.begin(), seen.end());
+  EXPECT_EQ(seen, (std::vector<std::string>{"abort me", "close me", "mine+more"}));
+}
+
 TEST_F(ConnectionTest, OnDataMayCloseItsOwnConnection) {
   on_data_ = [](Connection& c, Buffer& input, Record&) {
     input.consume(input.size());

@@ -732,6 +732,41 @@ TEST(EventLoop, ATimerLaterThanTheTimeoutDoesNotLengthenTheWait) {
 // "epoll_wait, millisecond timeout rounded up": 1 ns waits 1 ms, never 0 (a timer would be woken
 // for before its deadline and spin); a timeout past what an int of milliseconds holds waits
 // INT_MAX ms rather than wrapping negative (forever) or to a short wait.
+// run_once(timeout): Duration::max() is as long a wait as nullopt, "until a timer is due or an
+// event arrives": a pending timer still bounds it, and fires in that same call. (Should it not,
+// the watchdog's post ends the wait and the assertion fails instead of the test hanging.)
+TEST(EventLoop, RunOnceWithDurationMaxIsStillBoundedByTheNextTimer) {
+  EventLoop loop;
+  bool fired = false;
+  loop.after(1ms, [&] { fired = true; });
+  std::atomic<bool> done{false};
+  std::thread watchdog([&] {
+    for (int i = 0; i < 1000 && !done.load(); ++i)
+      std::this_thread::sleep_for(10ms);
+    loop.post([] {});
+  });
+  loop.run_once(Duration::max());
+  done = true;
+  watchdog.join();
+  EXPECT_TRUE(fired) << "the wait outlasted the timer";
+}
+
+// run_once(timeout): a negative timeout is a zero one, "zero: does not block".
+TEST(EventLoop, RunOnceWithANegativeTimeoutDoesNotBlock) {
+  EventLoop loop;
+  std::atomic<bool> done{false};
+  std::thread watchdog([&] {
+    for (int i = 0; i < 1000 && !done.load(); ++i)
+      std::this_thread::sleep_for(10ms);
+    loop.post([] {});
+  });
+  const std::size_t events = loop.run_once(-1s);
+  const bool returned_alone = !done.exchange(true) && loop.stats().wakeups == 0;
+  watchdog.join();
+  EXPECT_EQ(events, 0u);
+  EXPECT_TRUE(returned_alone) << "it waited until the watchdog's post";
+}
+
 TEST(EventLoop, EpollWaitFallbackRoundsTheTimeoutUpToWholeMilliseconds) {
   EventLoop loop(fallback_options());
   FdPair p = make_pipe();
