@@ -94,15 +94,8 @@ elif [[ " ${requested[*]} " == *" reactor_base "* ]]; then
   echo "reactor_base needs --baseline BASE (a build with demo/echo_server)" >&2
   exit 2
 fi
-names=()
-for name in "${requested[@]}"; do
-  binary=$(compare_server_binary "$name") || { echo "unknown server: $name" >&2; exit 2; }
-  if [ -x "$binary" ]; then
-    names+=("$name")
-  else
-    echo "note: $name not built in $build (skipped)" >&2
-  fi
-done
+list=$(built_servers compare_server_binary "${requested[@]}") || exit 2
+read -r -a names <<<"$list"
 [ ${#names[@]} -gt 0 ] || { echo "no server built in $build" >&2; exit 1; }
 jsonl=$out/compare.jsonl
 : >"$jsonl"

@@ -17,19 +17,31 @@ server_binary() {
   esac
 }
 
-# available_servers BUILD NAME...: the NAMEs whose executable was built (peers need
-# -Dpeers=enabled), with a note on stderr for the others.
-available_servers() {
-  local build=$1 name found=()
+# built_servers RESOLVE NAME...: the NAMEs whose executable was built, space-separated, with a
+# note on stderr for the others. RESOLVE is a function that prints a name's executable and
+# fails for a name it does not know; then this fails too (status 2), naming it.
+built_servers() {
+  local resolve=$1 name binary found=()
   shift
   for name in "$@"; do
-    if [ -x "$(server_binary "$build" "$name")" ]; then
+    binary=$("$resolve" "$name") || { echo "unknown server: $name" >&2; return 2; }
+    if [ -x "$binary" ]; then
       found+=("$name")
     else
-      echo "note: $name not built in $build (skipped)" >&2
+      echo "note: $name not built (skipped)" >&2
     fi
   done
   echo "${found[@]}"
+}
+
+# available_servers BUILD NAME...: built_servers for the NAMEs of server_binary in BUILD (peers
+# need -Dpeers=enabled).
+available_servers() {
+  local build=$1
+  shift
+  # shellcheck disable=SC2317 # called by built_servers, through its RESOLVE argument
+  in_build() { server_binary "$build" "$1"; }
+  built_servers in_build "$@"
 }
 
 # start_server COMMAND...: runs COMMAND (which must end in a server's command line) in the

@@ -62,15 +62,9 @@ udp_server_binary() {
   esac
 }
 
-names=()
-for name in $servers; do
-  binary=$(udp_server_binary "$name") || { echo "unknown server: $name" >&2; exit 2; }
-  if [ -x "$binary" ]; then
-    names+=("$name")
-  else
-    echo "note: $name not built in $build (skipped)" >&2
-  fi
-done
+# shellcheck disable=SC2086 # the list is split into names on purpose
+list=$(built_servers udp_server_binary $servers) || exit 2
+read -r -a names <<<"$list"
 [ ${#names[@]} -gt 0 ] || { echo "no server built in $build" >&2; exit 1; }
 jsonl=$out/udp_compare.jsonl
 : >"$jsonl"
