@@ -292,19 +292,9 @@ void Connection::fail_write(std::error_code ec) {
   return written;
 }
 
-bool Connection::send(std::string_view data) {
-  assert_in_loop();
+bool Connection::send_queued(std::string_view data) {
   if (!can_send()) return false;
   if (data.empty()) return true;
-  if (output_.empty()) [[likely]] {
-    // The common case, kept short: one send of the whole message from the caller's bytes.
-    const ssize_t n = ::send(fd_.get(), data.data(), data.size(), MSG_NOSIGNAL);
-    if (static_cast<std::size_t>(n) == data.size()) [[likely]] {
-      count_out(data.size());
-      return true;
-    }
-    return finish_send(data, n);
-  }
   // EPOLLOUT is armed: the socket was full a moment ago. Queue; handle_write sends in order.
   // Queueing is not activity: an idle timeout still closes a peer that stopped reading.
   output_.append(data);

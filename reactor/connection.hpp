@@ -90,6 +90,7 @@
 // send a reset and the peer could lose the last reply. abort() closes at once with RST.
 #pragma once
 
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include <atomic>
@@ -268,7 +269,10 @@ class Connection {
   bool write_direct(const iovec* iov, int count, std::size_t total);
   // send(string_view) after a direct send that did not take all of `data` (n: its result):
   // retries EINTR, queues the rest, or records the failure.
-  [[gnu::noinline]] bool finish_send(std::string_view data, ssize_t n);
+  bool finish_send(std::string_view data, ssize_t n);
+  // send(string_view) where the direct send does not apply: closed or closing, an empty
+  // message, or output already queued.
+  bool send_queued(std::string_view data);
   void queue_output(const iovec* iov, int count, std::size_t skip);
   bool after_output_queued();
   void shut_write_now();
@@ -329,5 +333,22 @@ class Connection {
   Function<void(Connection&)> on_finished_;
   Address peer_;
 };
+
+// Inline: the call every reply makes. Its common case (open, nothing queued, the kernel takes
+// the whole message) then runs in the caller's frame instead of a call and a frame of its own
+// (bench/cost.sh: 241 / 173 -> 233 / 165 instructions per message at 1 / 100 connections).
+inline bool Connection::send(std::string_view data) {
+  assert_in_loop();
+  if (output_.empty() && can_send() && !data.empty()) [[likely]] {
+    // One send of the whole message, from the caller's bytes.
+    const ssize_t n = ::send(fd_.get(), data.data(), data.size(), MSG_NOSIGNAL);
+    if (static_cast<std::size_t>(n) == data.size()) [[likely]] {
+      count_out(data.size());
+      return true;
+    }
+    return finish_send(data, n);
+  }
+  return send_queued(data);
+}
 
 }  // namespace reactor
