@@ -44,6 +44,27 @@ available_servers() {
   built_servers in_build "$@"
 }
 
+# interleaved_rounds ROUNDS "SCENARIO..." NAME...: calls the caller's run_one ROUND SCENARIO
+# NAME for every scenario and server, ROUNDS times, the servers' order reversed every other
+# round (so neither drift nor warm-up favours one); a line on stderr after each round.
+interleaved_rounds() {
+  local rounds=$1 scenarios=$2 round scenario name i order
+  shift 2
+  for round in $(seq "$rounds"); do
+    order=("$@")
+    if [ $((round % 2)) -eq 0 ]; then
+      order=()
+      for ((i = $#; i >= 1; i--)); do order+=("${!i}"); done
+    fi
+    for scenario in $scenarios; do
+      for name in "${order[@]}"; do
+        run_one "$round" "$scenario" "$name"
+      done
+    done
+    echo "round $round/$rounds done ($(uptime | sed 's/.*load/load/'))" >&2
+  done
+}
+
 # start_server COMMAND...: runs COMMAND (which must end in a server's command line) in the
 # background and waits up to 60 s for its `listening on` line. Sets SERVER_PID (the pid of
 # COMMAND itself: a wrapper such as taskset or valgrind execs in place; strace does not, see
