@@ -160,19 +160,7 @@ run_one() {
 echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p'), kernel $(uname -r)" >&2
 echo "haproxy: $(haproxy -v 2>/dev/null | head -1 || echo none)" >&2
 echo "load before: $(uptime)" >&2
-for round in $(seq "$rounds"); do
-  order=("${names[@]}")
-  if [ $((round % 2)) -eq 0 ]; then
-    order=()
-    for ((i = ${#names[@]} - 1; i >= 0; i--)); do order+=("${names[i]}"); done
-  fi
-  for scenario in $scenarios; do
-    for name in "${order[@]}"; do
-      run_one "$round" "$scenario" "$name"
-    done
-  done
-  echo "round $round/$rounds done ($(uptime | sed 's/.*load/load/'))" >&2
-done
+interleaved_rounds "$rounds" "$scenarios" "${names[@]}"
 echo "load after: $(uptime)" >&2
 
 python3 - "$jsonl" "$rounds" "$rate" >"$out/proxy.md" <<'PY'
